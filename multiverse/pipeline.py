@@ -1,0 +1,203 @@
+"""``optimize``: the only place that knows the stage order (DESIGN.md §2).
+
+resolve → export (+ check) → fuse (+ check) → tune/quantize → validate → gate → bundle.
+Each stage takes a value and returns a new one; the gate is a policy here, reports are data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__, bundle, evaldata, hub
+from .errors import AccuracyGateError, UsageError
+from .export import export
+from .fuse import expected_fusions, fuse, summarize
+from .progress import Progress
+from .targets import get_target, missing_flags
+from .tuning import TuningReport, tune
+
+DEFAULT_OUT = Path("multiverse-bundles")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that shape a bundle (for the manifest)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"multiverse": __version__}
+    for pkg in ("onnxruntime", "onnx", "optimum-onnx", "optimum", "transformers", "torch", "neural-compressor",
+                "tokenizers", "sentence-transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def bundle_path(ckpt: hub.Checkpoint, target_name: str, out: str | Path | None) -> Path:
+    """``<out>/<model-slug>-<target>`` (default ``./multiverse-bundles``)."""
+    return Path(out or DEFAULT_OUT) / f"{bundle.slug(ckpt.name)}-{target_name}"
+
+
+def optimize(model: str | None = None, target: str = "native", *, task: str | None = None,
+             revision: str | None = None, out: str | Path | None = None, eval_data: str | None = None,
+             tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
+             quantize: bool = True, max_trials: int | None = None, threads: int | None = None,
+             progress: Progress | None = None) -> bundle.Bundle:
+    """Checkpoint → fused, int8 (when it pays), validated bundle.
+
+    Args:
+        model: Hub id, folder, short recipe name or None (embedded MiniLM).
+        target: CPU target name or ``native``.
+        eval_data: ``builtin`` (default), ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved
+            ``datasets`` folder (see ``evaldata.load``).
+        tolerance: maximum relative metric loss (0.01 = 1 %).
+        keep_failed: write the bundle (marked failed) even when the gate fails.
+        quantize: False ships the fused fp32 graph (still validated).
+        max_trials: tuning trial budget (default: the tuner's).
+        threads: intra-op threads for validation and latency measurement (default: physical cores).
+
+    Returns the written :class:`bundle.Bundle`.
+
+    Raises:
+        UsageError, RecipeError, HubError, EvalDataError: bad input, before any work is done.
+        ExportError, FusionError, QuantizationError: a stage failed.
+        AccuracyGateError: no candidate met the tolerance (exit code 3); ``.report`` has the numbers.
+    """
+    progress = progress or Progress()
+    if not (0 <= tolerance < 1):
+        raise UsageError(f"--tolerance {tolerance} must be in [0, 1): it is a relative loss, 0.01 = 1 %.")
+    tgt = get_target(target)
+    lacking = missing_flags(tgt)
+    if lacking:
+        progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built "
+                      "for that CPU, and latencies measured here are not the target's.")
+    with progress.stage("resolve", "Resolving the model") as s:
+        ckpt = hub.resolve(model, revision, task)
+        s["summary"] = (f"{ckpt.name} ({ckpt.model_type}, {ckpt.num_layers} layers, {ckpt.task}) "
+                        f"from {ckpt.source}" + (f" @ {ckpt.revision[:12]}" if ckpt.revision else ""))
+    dest = bundle_path(ckpt, tgt.name, out)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
+    data = evaldata.load(eval_data, ckpt.task)
+
+    work = Path(tempfile.mkdtemp(prefix="multiverse-"))
+    try:
+        with progress.stage("export", "Exporting to ONNX (optimum-onnx)") as s:
+            fp32 = export(ckpt, work / "fp32")
+            s["summary"] = f"opset {fp32.opset}, max |ONNX − PyTorch| {fp32.max_abs_diff:.1e}"
+        with progress.stage("fuse", "Fusing the graph (ONNX Runtime transformer optimizer)") as s:
+            fused = fuse(fp32, work / "fused", ckpt, tgt)
+            fam = summarize(fused.fused_ops)
+            s["summary"] = ", ".join(f"{k} {v}" for k, v in fam.items()) + f"; max diff {fused.max_abs_diff:.1e}"
+        for w in fused.fusion_warnings:
+            progress.warn(f"partial fusion: {w}")
+        with progress.stage("tune", f"Quantizing and validating on {data.name} ({len(data)} examples)") as s:
+            chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", quantize=quantize,
+                                  max_trials=max_trials, threads=threads, progress=progress)
+            s["summary"] = report.summary()
+        validation = report.chosen_validation
+        manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report, data, tolerance)
+        passed = validation is not None and validation.passed
+        if not passed and not keep_failed:
+            raise AccuracyGateError(_gate_message(report, tolerance), report)
+        with progress.stage("bundle", "Writing the bundle") as s:
+            written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
+                                   readme=_readme(manifest, dest), dockerfile=_DOCKERFILE, overwrite=overwrite)
+            s["summary"] = str(dest)
+        if not passed:
+            raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _gate_message(report: TuningReport, tolerance: float) -> str:
+    best = report.best_trial()
+    if best is None:
+        return "Accuracy gate failed: no candidate could be validated."
+    v = best.validation
+    return (f"Accuracy gate failed at tolerance {tolerance:g}: the best candidate ({best.label}) has {v.metric} "
+            f"{v.optimised:.4f} vs reference {v.reference:.4f} (relative loss {v.relative_loss:.4f}); "
+            f"{v.failure()}. Raise --tolerance, or give --eval-data that represents your traffic.")
+
+
+def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport, data, tolerance) -> dict:
+    from .quantize import int8_weight_fraction
+    from .tasks import TextTokenizer
+    from .tasks.feature_extraction import load_pooling
+
+    config = ckpt.config
+    manifest = {
+        "task": ckpt.task,
+        "source": {"repo_id": ckpt.repo_id, "revision": ckpt.revision, "local_path": str(ckpt.path),
+                   "local_hash": ckpt.local_hash, "found_in": ckpt.source},
+        "target": {"name": tgt.name, "description": tgt.description, "arch": tgt.isa.arch,
+                   "required_flags": list(tgt.isa.required_flags), "session": dict(tgt.session)},
+        "model": {"model_type": ckpt.model_type, "num_layers": ckpt.num_layers, "num_heads": ckpt.num_heads,
+                  "hidden_size": ckpt.hidden_size, "labels": config.get("id2label") if ckpt.task != "feature-extraction" else None},
+        "precision": chosen.stage if chosen.stage == "int8" else "fp32",
+        "export": {"exporter": "optimum-onnx", "opset": fp32.opset, "max_abs_diff": fp32.max_abs_diff,
+                   "dynamic_axes": {"batch": 0, "sequence": 1}},
+        "fusion": {"ops": fused.fused_ops, "families": summarize(fused.fused_ops),
+                   "expected": expected_fusions(ckpt.num_layers), "warnings": list(fused.fusion_warnings),
+                   "max_abs_diff": fused.max_abs_diff},
+        "quantization": chosen.quantization,
+        "int8_weight_fraction": round(int8_weight_fraction(chosen.path), 4),
+        "sizes_bytes": {"fp32": fp32.size_bytes, "model": chosen.size_bytes},
+        "tuning": report.to_dict(),
+        "validation": report.chosen_validation.to_dict() if report.chosen_validation else None,
+        "max_sequence_length": TextTokenizer(chosen.model_dir).max_length,
+        "versions": versions(),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if ckpt.task == "feature-extraction":
+        manifest["pooling"] = load_pooling(chosen.model_dir).describe()
+    return manifest
+
+
+def _readme(m: dict, dest: Path) -> str:
+    v = m.get("validation") or {}
+    src = m["source"]
+    rows = "\n".join(f"| {t['label']} | {t['validation']['optimised']:.4f} | {t['validation']['relative_loss']:.4f} | "
+                     f"{'yes' if t['validation']['passed'] else 'no'} | {t['p50_ms'] if t['p50_ms'] is not None else '-'} |"
+                     for t in m["tuning"]["trials"] if t.get("validation"))
+    return f"""# {dest.name}
+
+Optimised by [Multiverse](https://github.com/) {m['versions']['multiverse']} for **{m['target']['name']}**
+({m['target']['description']}).
+
+- Source: `{src['repo_id'] or src['local_path']}` revision `{src['revision'] or 'local'}`
+- Task: `{m['task']}`; precision: **{m['precision']}**; max sequence length {m['max_sequence_length']} tokens
+- Required CPU flags: {', '.join(m['target']['required_flags']) or 'none'}
+- Fused ops: {', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
+
+## Accuracy ({v.get('dataset')}, {v.get('n')} examples, tolerance {v.get('tolerance')})
+
+{v.get('metric')}: reference {v.get('reference', float('nan')):.4f}, optimised {v.get('optimised', float('nan')):.4f},
+relative loss {v.get('relative_loss', float('nan')):.4f}: **{'passed' if v.get('passed') else 'FAILED'}**.
+
+| candidate | {v.get('metric')} | relative loss | passed | p50 ms |
+|---|---|---|---|---|
+{rows}
+
+## Serve
+
+```bash
+pip install "multiverse[serve]"
+multiverse serve {dest.name}
+curl -s localhost:8080/predict -H 'content-type: application/json' -d '{{"inputs": "Hello world"}}'
+```
+"""
+
+
+_DOCKERFILE = """FROM python:3.11-slim
+RUN pip install --no-cache-dir "multiverse[serve]"
+COPY . /bundle
+EXPOSE 8080
+CMD ["multiverse", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8080"]
+"""

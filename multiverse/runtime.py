@@ -1,0 +1,89 @@
+"""The single place where ONNX Runtime sessions are configured.
+
+Serve, benchmark and validate all call :func:`make_session`, so what is measured is what
+is served. Imports only onnxruntime and the standard library (serving path).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping
+
+import onnxruntime as ort
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by the cgroup CPU quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), or None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return q / p if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: the affinity mask, minus SMT siblings, capped by the cgroup quota.
+
+    Never the host's logical CPU count: ORT with one thread per hyper-thread, or more
+    threads than the container's quota, loses most of the int8 speed-up (PITFALLS.md).
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = list(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    for cpu in cpus:
+        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("0", str(cpu)))
+    n = max(1, len(cores))
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota)))
+    return n
+
+
+def make_session(
+    model_path: str | os.PathLike,
+    threads: int | None = None,
+    session_config: Mapping[str, str] | None = None,
+    *,
+    enable_profiling: bool = False,
+) -> ort.InferenceSession:
+    """Create the ONNX Runtime CPU session used everywhere.
+
+    Args:
+        model_path: ``.onnx`` file.
+        threads: intra-op threads; default :func:`physical_cores`. Inter-op is always 1
+            (sequential execution: encoder graphs are a chain).
+        session_config: target-specific ``SessionOptions.add_session_config_entry`` pairs,
+            e.g. ``{"session.x64quantprecision": "1"}`` on CPUs without VNNI.
+        enable_profiling: write an ORT profile JSON (for the benchmark's one-cell profile).
+
+    Raises:
+        onnxruntime exceptions propagate; callers wrap them in their stage's error.
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or physical_cores())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Graph is already fused offline by fuse.py; ORT's own online passes (constant folding,
+    # layout) are still worth running and are deterministic.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    for key, value in (session_config or {}).items():
+        so.add_session_config_entry(str(key), str(value))
+    so.enable_profiling = enable_profiling
+    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])

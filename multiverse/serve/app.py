@@ -1,0 +1,628 @@
+"""The FastAPI application: Infinity-compatible ``/predict``, TEI and OpenAI routes, health, metrics.
+
+Build it with :func:`create_app`; run it with :func:`multiverse.serve.server.serve` (uvicorn).
+The model loads and warms up in a background thread after start-up, so the liveness probe
+answers at once and readiness (and every model route) answers 503 until the model is ready.
+
+Hot path: the body is read (size-limited) by a small ASGI guard, parsed and validated in one
+step by pydantic-core, checked against the limits on the event loop, then tokenized, run and
+post-processed by the engine's worker thread; the answer is serialised with pydantic-core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic_core import to_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import InputError, MultiverseError
+from .engine import Engine, NotRunning, Overloaded, Result
+from .metrics import Metrics
+from .schemas import (TIMING_HEADERS, TIMING_UNIT, ApiError, EmbedRequest, ErrorBody, OpenAIEmbeddingRequest,
+                      OpenAIEmbeddingResponse, PredictRequest, PredictResponse, RankItem, RerankRequest, body_schema,
+                      parse)
+from .settings import ServeSettings
+
+log = logging.getLogger("multiverse.serve")
+
+#: Routes that never need the API key (orchestrator probes).
+PUBLIC_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready"})
+
+_JSON = "application/json"
+_TRUNCATION_KEYS = ("truncate", "truncation")
+_TASK_PARAMS = {
+    "text-classification": ("top_k",),
+    "feature-extraction": ("normalize",),
+    "ranking": ("raw_scores",),
+    "token-classification": ("ignore_labels",),
+}
+
+DESCRIPTION = f"""
+Multiverse serves one optimised ONNX bundle (one model, one task) on CPU.
+
+* `POST /predict` — the Infinity-container contract: `{{"inputs": str | [str] | [[text, text_pair]], "parameters": {{...}}}}`.
+  A single string gets a single result, a list gets a list of results.
+* TEI-compatible `POST /embed`, `POST /rerank`, `POST /predict`, `GET /info`, `GET /health`;
+  OpenAI-compatible `POST /v1/embeddings` (feature-extraction bundles).
+* `GET /v2/health/live`, `GET /v2/health/ready` (503 until the model is loaded and warmed up), `GET /metrics` (Prometheus).
+
+**Timing headers** (pipeline routes), all in {TIMING_UNIT}:
+`x-compute-time` (tokenization + inference + post-processing of this request; no queueing),
+`x-tokenization-time`, `x-queue-time`, `x-inference-time`, `x-postprocess-time`.
+`x-compute-tokens` counts real tokens after truncation, `x-compute-characters` the characters sent.
+
+**Errors** are JSON `{{"error": "...", "error_type": "..."}}`: 400 empty input or a body that is not JSON
+(not UTF-8, malformed, nested too deeply), 401 missing or wrong API key, 404/405 unknown route or method,
+413 body too large, 422 invalid input (wrong types or shape, unknown fields or parameters, batch or text
+too long, pairs sent to a single-text model, a route that does not fit the model's task), 429 overloaded
+(bounded queue; retry after a moment), 503 not ready, 500 internal error (details only in the server log).
+Texts longer than the model's token limit are truncated, not rejected.
+"""
+
+
+class _State:
+    """Everything the routes share: settings, metrics, the predictor and its engine once loaded."""
+
+    def __init__(self, source: Any, settings: ServeSettings):
+        self.source = source
+        self.settings = settings
+        self.metrics = Metrics()
+        self.predictor = None
+        self.engine: Engine | None = None
+        self.ready = False
+        self.failed: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dim: int | None = None
+        self.manifest: dict = {}
+        self.task: str | None = None
+        self.threads: int | None = settings.threads
+        if _is_predictor(source):
+            self.predictor = source
+            self.task = source.task
+            self.manifest = dict(getattr(getattr(source, "bundle", None), "manifest", {}) or {})
+        elif not callable(source):
+            from ..bundle import Bundle, read_manifest
+
+            self.manifest = source.manifest if isinstance(source, Bundle) else read_manifest(source)
+            self.task = self.manifest.get("task")
+        src = self.manifest.get("source") or {}
+        self.model_name = settings.model_name or src.get("repo_id") or (
+            Path(str(src.get("local_path"))).name if src.get("local_path") else None) or "multiverse-model"
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> None:
+        """Load the predictor (unless given), warm it up, start the engine, then report ready."""
+        try:
+            predictor = self.predictor
+            if predictor is None:
+                if callable(self.source) and not isinstance(self.source, (str, Path)):
+                    predictor = self.source()
+                else:
+                    from ..inference import Predictor
+
+                    predictor = Predictor.from_bundle(self.source, threads=self.settings.threads,
+                                                      allow_isa_mismatch=self.settings.allow_isa_mismatch)
+                self.manifest = self.manifest or dict(getattr(getattr(predictor, "bundle", None), "manifest", {}) or {})
+            self.task = predictor.task
+            if self.settings.warmup:
+                self._warmup(predictor)
+            engine = Engine(predictor, max_queue=self.settings.max_queue, batch_tokens=self.settings.batch_tokens,
+                            max_rows=self.settings.max_batch)
+            engine.start()
+            if self.threads is None:
+                from ..runtime import physical_cores
+
+                self.threads = physical_cores()
+            self.predictor, self.engine = predictor, engine
+            self.ready = True
+            self.metrics.ready.set(1)
+            log.info("model ready: %s (%s), %s ORT threads", self.model_name, self.task, self.threads)
+        except BaseException as exc:  # noqa: BLE001 - reported through readiness and on_fatal
+            self.failed = exc
+            log.error("could not load the model: %s", exc, exc_info=not isinstance(exc, MultiverseError))
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    def _warmup(self, predictor) -> None:
+        texts = ["Warm-up.", "The quick brown fox jumps over the lazy dog near the river bank. " * 3,
+                 "Multiverse makes transformer encoders fast on CPUs."]
+        long_text = "warm up the model at its longest sequence " * max(1, predictor.max_length // 4)
+        batch = texts * 3
+        if self.task == "ranking":
+            pair = lambda t: (t, t)  # noqa: E731
+            runs = [[pair(texts[0])], [pair(texts[1])], [pair(t) for t in batch], [pair(long_text)]]
+        else:
+            runs = [[texts[0]], [texts[1]], batch, [long_text]]
+        for items in runs:
+            out = predictor.predict(items)
+        first = predictor.predict(runs[0]).results
+        if self.task == "feature-extraction":
+            self.dim = len(first[0])
+        del out
+
+    def shutdown(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.engine is not None:
+            self.engine.stop(self.settings.graceful_timeout)
+
+    # ------------------------------------------------------------------ request helpers
+    def require_ready(self) -> None:
+        if not self.ready:
+            if self.failed is not None:
+                raise ApiError(503, "NotReady", "The model failed to load; see the server log.")
+            raise ApiError(503, "NotReady", "The model is loading; retry in a moment.", {"retry-after": "1"})
+
+    def require_task(self, task: str, route: str) -> None:
+        if self.task != task:
+            raise ApiError(422, "WrongTask", f"{route} needs a {task} model; this server runs a {self.task} model. "
+                                             "Use POST /predict.")
+
+    def check_items(self, inputs: Any) -> tuple[list, int]:
+        """Validated inputs as a list of texts or (text, text_pair) tuples, and their character count."""
+        if not isinstance(inputs, str):
+            if len(inputs) == 0:
+                raise ApiError(400, "EmptyInput", "`inputs` is empty: send at least one text.")
+            if len(inputs) > self.settings.max_batch:
+                raise ApiError(422, "BatchTooLarge", f"{len(inputs)} inputs in one request; the limit is "
+                                                     f"{self.settings.max_batch}. Split the batch.")
+        try:
+            items = self.predictor.normalize(inputs)
+        except InputError as exc:
+            raise ApiError(422, "InvalidInput", str(exc)) from None
+        max_chars = self.settings.max_chars
+        n_chars = 0
+        for i, item in enumerate(items):
+            for text in ((item,) if isinstance(item, str) else item):
+                n = len(text)
+                if n == 0 or text.isspace():
+                    raise ApiError(400, "EmptyInput", f"Input {i} is empty or whitespace only; send some text.")
+                if n > max_chars:
+                    raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; the limit is {max_chars} "
+                                                        "(texts longer than the model's token limit are truncated).")
+                n_chars += n
+        return items, n_chars
+
+    def check_params(self, params: dict | None) -> dict:
+        """Validated task parameters (see ``PredictRequest.parameters``)."""
+        if not params:
+            return {}
+        allowed = _TASK_PARAMS.get(self.task, ())
+        clean: dict = {}
+        for key, value in params.items():
+            if key in _TRUNCATION_KEYS:
+                if not isinstance(value, bool):
+                    raise ApiError(422, "InvalidInput", f"`{key}` must be true or false.")
+            elif key == "truncation_direction":
+                _check_direction(value)
+            elif key not in allowed:
+                raise ApiError(422, "InvalidInput", f"Unknown parameter `{str(key)[:64]}` for a {self.task} model; "
+                                                    f"accepted: {', '.join(allowed + _TRUNCATION_KEYS)}, "
+                                                    "truncation_direction.")
+            elif key == "top_k":
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                    raise ApiError(422, "InvalidInput", "`top_k` must be an integer ≥ 1, or null for all labels.")
+                clean[key] = value
+            elif key in ("normalize", "raw_scores"):
+                if not isinstance(value, bool):
+                    raise ApiError(422, "InvalidInput", f"`{key}` must be true or false.")
+                clean[key] = value
+            elif key == "ignore_labels":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ApiError(422, "InvalidInput", "`ignore_labels` must be a list of label strings.")
+                clean[key] = value
+        return clean
+
+    async def run(self, items: list, params: dict) -> Result:
+        """Queue validated inputs and await the engine's result (429 when the queue is full)."""
+        try:
+            future = self.engine.submit(items, params, self.loop)
+        except Overloaded:
+            raise ApiError(429, "Overloaded", "The server is at capacity; retry in a moment.",
+                           {"retry-after": "1"}) from None
+        except NotRunning:
+            raise ApiError(503, "NotReady", "The server is shutting down.") from None
+        try:
+            result = await future
+        except InputError as exc:
+            raise ApiError(422, "InvalidInput", str(exc)) from None
+        except Exception:
+            log.exception("pipeline failed")
+            raise ApiError(500, "InternalServerError", "Internal server error; see the server log.") from None
+        self.metrics.observe_result(result, len(items))
+        return result
+
+
+def _is_predictor(obj: Any) -> bool:
+    return hasattr(obj, "handler") and hasattr(obj, "encode") and hasattr(obj, "run")
+
+
+def _check_direction(value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or value.lower() != "right"):
+        raise ApiError(422, "InvalidInput", "`truncation_direction` must be \"right\" (the only one supported).")
+
+
+def _timing_headers(res: Result, n_chars: int) -> dict[str, str]:
+    return {
+        "x-compute-time": f"{res.compute_ms:.3f}",
+        "x-tokenization-time": f"{res.tokenization_ms:.3f}",
+        "x-queue-time": f"{res.queue_ms:.3f}",
+        "x-inference-time": f"{res.inference_ms:.3f}",
+        "x-postprocess-time": f"{res.postprocess_ms:.3f}",
+        "x-compute-tokens": str(res.n_tokens),
+        "x-compute-characters": str(n_chars),
+    }
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(to_json(payload), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message, "error_type": error_type}, status, headers)
+
+
+_STATUS_TYPES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed",
+                 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 422: "InvalidInput", 429: "Overloaded",
+                 503: "NotReady"}
+
+
+class _Guard:
+    """Pure-ASGI outer layer: API key, body size limit (the body is read here, once), request metrics."""
+
+    def __init__(self, app, state: _State):
+        self.app = app
+        self.state = state
+        key = state.settings.api_key
+        self.key = key.encode() if key else None
+        self.max_body = state.settings.max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_tracked(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            path = scope["path"]
+            if self.key is not None and path not in PUBLIC_PATHS and not self._authorized(scope):
+                await _send_error(send_tracked, 401, "Unauthorized",
+                                  "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+                                  [(b"www-authenticate", b"Bearer")])
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(scope, receive, send_tracked)
+                if body is None:
+                    return
+                delivered = False
+
+                async def replay():
+                    nonlocal delivered
+                    if not delivered:
+                        delivered = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_tracked)
+            else:
+                await self.app(scope, receive, send_tracked)
+        finally:
+            self.state.metrics.observe_request(scope["path"], status[0], time.perf_counter() - t0)
+
+    def _authorized(self, scope) -> bool:
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                    break
+            elif name == b"x-api-key":
+                given = value.strip()
+                break
+        return hmac.compare_digest(given, self.key)
+
+    async def _read_body(self, scope, receive, send) -> bytes | None:
+        limit = self.max_body
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = None
+                break
+        too_large = declared is not None and declared > limit
+        chunks: list[bytes] = []
+        size = 0
+        if not too_large:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                if not chunks and not more:
+                    if len(chunk) > limit:
+                        too_large = True
+                        break
+                    return chunk
+                size += len(chunk)
+                if size > limit:
+                    too_large = True
+                    break
+                chunks.append(chunk)
+                if not more:
+                    return b"".join(chunks)
+            chunks.clear()
+        # Too large: read and discard up to 8× the limit, so the client sees the 413 instead of a reset.
+        drained, cap, closing = size, 8 * limit, True
+        if declared is None or declared <= cap:
+            while drained <= cap:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    closing = False
+                    break
+        await _send_error(send, 413, "PayloadTooLarge",
+                          f"The request body is larger than {limit} bytes; send smaller batches.",
+                          [(b"connection", b"close")] if closing else [])
+        return None
+
+
+async def _send_error(send, status: int, error_type: str, message: str, extra: list | None = None) -> None:
+    body = to_json({"error": message, "error_type": error_type})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _responses(ok_model: Any, description: str) -> dict:
+    headers = {name: {"description": doc, "schema": {"type": "string"}} for name, doc in TIMING_HEADERS.items()}
+    out: dict = {200: {"model": ok_model, "description": description, "headers": headers}}
+    for code, what in ((400, "Empty input or malformed body"), (401, "Missing or wrong API key"),
+                       (413, "Body too large"), (422, "Invalid input"), (429, "Overloaded"), (503, "Not ready")):
+        out[code] = {"model": ErrorBody, "description": what}
+    return out
+
+
+def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """Build the HTTP application for one model.
+
+    Args:
+        source: a bundle folder (``str``/``Path``) or loaded ``multiverse.bundle.Bundle`` (loaded with
+            ``Predictor.from_bundle`` in the background at start-up), a ready
+            ``multiverse.inference.Predictor``, or a zero-argument callable returning one.
+        settings: limits and knobs (:class:`ServeSettings`; defaults when omitted).
+
+    Returns a FastAPI app. ``app.state.multiverse`` holds the shared state; set its ``on_fatal``
+    callback to learn about a failed model load. Raises BundleError when ``source`` is a folder
+    without a readable manifest.
+    """
+    settings = settings or ServeSettings()
+    state = _State(source, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.loop = asyncio.get_running_loop()
+        threading.Thread(target=state.load, name="multiverse-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, state.shutdown)
+
+    app = FastAPI(title="Multiverse", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.multiverse = state
+
+    # ----------------------------------------------------------------- errors
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.error_type, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error."
+        return _error(exc.status_code, _STATUS_TYPES.get(exc.status_code, "HTTPError"), message,
+                      dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, "InvalidInput", "Invalid request.")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error(500, "InternalServerError", "Internal server error; see the server log.")
+
+    # ----------------------------------------------------------------- routes
+    @app.post("/predict", summary="Run the model (Infinity contract; TEI /predict)", response_class=Response,
+              openapi_extra=body_schema(PredictRequest), responses=_responses(PredictResponse, "Task results: "
+              "labels and scores (text-classification), embeddings (feature-extraction), entities "
+              "(token-classification), one score per pair (ranking). One result for a string input, a list "
+              "for a list input."))
+    async def predict(request: Request):
+        body = await request.body()
+        state.require_ready()
+        req = parse(PredictRequest, body)
+        items, n_chars = state.check_items(req.inputs)
+        params = state.check_params(req.parameters)
+        if req.raw_scores is not None:
+            params.update(state.check_params({"raw_scores": req.raw_scores}) if req.raw_scores else {})
+        _check_direction(req.truncation_direction)
+        res = await state.run(items, params)
+        payload = res.results[0] if isinstance(req.inputs, str) else res.results
+        return _json(payload, headers=_timing_headers(res, n_chars))
+
+    @app.post("/embed", summary="Embeddings (TEI)", response_class=Response, openapi_extra=body_schema(EmbedRequest),
+              responses=_responses(list[list[float]], "One embedding per input (always a list)."))
+    async def embed(request: Request):
+        body = await request.body()
+        state.require_ready()
+        state.require_task("feature-extraction", "/embed")
+        req = parse(EmbedRequest, body)
+        _check_direction(req.truncation_direction)
+        if req.prompt_name is not None:
+            raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
+        _check_dimensions(req.dimensions, state.dim)
+        items, n_chars = state.check_items(req.inputs)
+        res = await state.run(items, {"normalize": req.normalize})
+        return _json(res.results, headers=_timing_headers(res, n_chars))
+
+    @app.post("/rerank", summary="Rerank passages for a query (TEI)", response_class=Response,
+              openapi_extra=body_schema(RerankRequest),
+              responses=_responses(list[RankItem], "Passages sorted by score, best first."))
+    async def rerank(request: Request):
+        body = await request.body()
+        state.require_ready()
+        state.require_task("ranking", "/rerank")
+        req = parse(RerankRequest, body)
+        _check_direction(req.truncation_direction)
+        if not req.texts:
+            raise ApiError(400, "EmptyInput", "`texts` is empty: send at least one passage.")
+        items, n_chars = state.check_items([[req.query, t] for t in req.texts])
+        res = await state.run(items, {"raw_scores": req.raw_scores})
+        order = sorted(range(len(res.results)), key=lambda i: -res.results[i])
+        if req.return_text:
+            payload = [{"index": i, "score": res.results[i], "text": req.texts[i]} for i in order]
+        else:
+            payload = [{"index": i, "score": res.results[i]} for i in order]
+        return _json(payload, headers=_timing_headers(res, n_chars))
+
+    @app.post("/v1/embeddings", summary="Embeddings (OpenAI)", response_class=Response,
+              openapi_extra=body_schema(OpenAIEmbeddingRequest),
+              responses=_responses(OpenAIEmbeddingResponse, "OpenAI embeddings list."))
+    async def openai_embeddings(request: Request):
+        body = await request.body()
+        state.require_ready()
+        state.require_task("feature-extraction", "/v1/embeddings")
+        req = parse(OpenAIEmbeddingRequest, body)
+        _check_dimensions(req.dimensions, state.dim)
+        items, n_chars = state.check_items(req.input)
+        res = await state.run(items, {})
+        if req.encoding_format == "base64":
+            data = [{"object": "embedding", "index": i,
+                     "embedding": base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")}
+                    for i, v in enumerate(res.results)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(res.results)]
+        payload = {"object": "list", "data": data, "model": state.model_name,
+                   "usage": {"prompt_tokens": res.n_tokens, "total_tokens": res.n_tokens}}
+        return _json(payload, headers=_timing_headers(res, n_chars))
+
+    @app.get("/info", summary="Model and server information (TEI)")
+    async def info():
+        return _json(_info(state))
+
+    @app.get("/health", summary="200 when the model is ready, else 503 (TEI)",
+             responses={503: {"model": ErrorBody, "description": "Not ready"}})
+    async def health():
+        state.require_ready()
+        return _json({"status": "ok"})
+
+    @app.get("/v2/health/live", summary="Liveness: 200 while the process serves HTTP")
+    async def live():
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready", summary="Readiness: 200 once the model is loaded and warmed up, else 503",
+             responses={503: {"model": ErrorBody, "description": "Not ready"}})
+    async def ready():
+        state.require_ready()
+        return _json({"ready": True})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics():
+        m = state.metrics
+        m.queue_size.set(state.engine.queue_size if state.engine is not None else 0)
+        return Response(m.render(), media_type=m.content_type)
+
+    _make_routes_lean(app)
+    app.add_middleware(_Guard, state=state)
+    return app
+
+
+def _make_routes_lean(app: FastAPI) -> None:
+    """Call our endpoints directly (they take only the Request), skipping FastAPI's dependency solving.
+
+    The routes stay ``APIRoute`` objects, so the OpenAPI document is unchanged.
+    """
+    from fastapi.routing import APIRoute
+    from starlette.routing import request_response
+
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint.__module__ == __name__:
+            endpoint = route.endpoint
+            if endpoint.__code__.co_argcount == 1:
+                route.app = request_response(endpoint)
+            else:
+                route.app = request_response(_no_request(endpoint))
+
+
+def _no_request(endpoint):
+    async def call(request: Request):
+        return await endpoint()
+
+    return call
+
+
+def _check_dimensions(dimensions: int | None, dim: int | None) -> None:
+    if dimensions is not None and dimensions != dim:
+        raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size) or omitted.")
+
+
+def _info(state: _State) -> dict:
+    m = state.manifest
+    p = state.predictor
+    task = state.task
+    config = getattr(p, "config", {}) or {}
+    labels = {str(k): v for k, v in (config.get("id2label") or {}).items()}
+    if task == "feature-extraction":
+        pooling = getattr(getattr(p, "handler", None), "pooling", None)
+        model_type: dict = {"embedding": {"pooling": getattr(pooling, "mode", "mean"), "dim": state.dim}}
+    elif task == "ranking":
+        model_type = {"reranker": {"id2label": labels}}
+    elif task == "token-classification":
+        model_type = {"token_classifier": {"id2label": labels}}
+    else:
+        model_type = {"classifier": {"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}}
+    s = state.settings
+    return {
+        "model_id": state.model_name,
+        "model_sha": (m.get("source") or {}).get("revision"),
+        "model_dtype": m.get("precision"),
+        "model_type": model_type,
+        "task": task,
+        "target": (m.get("target") or {}).get("name"),
+        "max_input_length": getattr(p, "max_length", None) or m.get("max_sequence_length"),
+        "max_concurrent_requests": s.max_queue,
+        "max_batch_tokens": s.batch_tokens,
+        "max_client_batch_size": s.max_batch,
+        "max_input_characters": s.max_chars,
+        "max_body_bytes": s.max_body_bytes,
+        "tokenization_workers": 1,
+        "threads": state.threads,
+        "ready": state.ready,
+        "timing_unit": TIMING_UNIT,
+        "version": __version__,
+    }

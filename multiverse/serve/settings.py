@@ -1,0 +1,74 @@
+"""Server settings: limits and knobs of ``multiverse serve`` with their defaults (all documented in ``/info``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``multiverse serve`` can be told.
+
+    Attributes:
+        host: address to bind. ``127.0.0.1`` (loopback only) unless told otherwise.
+        port: TCP port (0: any free port; the chosen one is logged).
+        threads: ONNX Runtime intra-op threads; ``None`` = physical cores allowed by the
+            affinity mask and the cgroup CPU quota (``multiverse.runtime.physical_cores``).
+        api_key: when set, every route except the health probes needs
+            ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``); else 401.
+        allow_isa_mismatch: serve a bundle whose target needs CPU flags this host lacks
+            (then ``session.x64quantprecision=1`` is set).
+        max_batch: inputs per request (texts, pairs or rerank passages); more is 422.
+        max_chars: characters per text (each side of a pair); more is 422. Texts longer
+            than the model's token limit are truncated, not rejected.
+        max_body_bytes: request body size; more is 413.
+        max_queue: requests waiting for the inference worker; when full the answer is 429.
+        batch_tokens: server-side batching. 0 (default) runs each request on its own; N > 0
+            merges queued requests into one ONNX Runtime run while
+            ``rows × longest sequence ≤ N`` padded tokens. Batching raises throughput under
+            load but, with dynamic int8 activation scales, lets a result depend (slightly)
+            on other clients' requests, so it is opt-in.
+        graceful_timeout: seconds in-flight requests get to finish after SIGTERM.
+        warmup: run a few inferences (short, batched and longest) before reporting ready.
+        model_name: name reported by ``/info`` and ``/v1/embeddings`` (default: the bundle's source).
+        log_level: uvicorn log level.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int | None = None
+    api_key: str | None = None
+    allow_isa_mismatch: bool = False
+    max_batch: int = 256
+    max_chars: int = 50_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_queue: int = 128
+    batch_tokens: int = 0
+    graceful_timeout: float = 30.0
+    warmup: bool = True
+    model_name: str | None = None
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port < 65536, f"--port {self.port} must be in 0..65535 (0: any free port, logged)."),
+            (self.threads is None or self.threads >= 1, f"--threads {self.threads} must be ≥ 1."),
+            (self.max_batch >= 1, f"--max-batch {self.max_batch} must be ≥ 1."),
+            (self.max_chars >= 1, f"--max-chars {self.max_chars} must be ≥ 1."),
+            (self.max_body_bytes >= 1024, f"--max-body {self.max_body_bytes} must be ≥ 1024 bytes."),
+            (self.max_queue >= 1, f"--max-queue {self.max_queue} must be ≥ 1."),
+            (self.batch_tokens >= 0, f"--batch-tokens {self.batch_tokens} must be ≥ 0 (0 disables batching)."),
+            (self.graceful_timeout > 0, f"graceful timeout {self.graceful_timeout} must be > 0 seconds."),
+            (self.api_key is None or len(self.api_key) > 0, "--api-key must not be empty."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def public(self) -> dict:
+        """The settings without secrets (for ``/info``)."""
+        d = asdict(self)
+        d["api_key"] = self.api_key is not None
+        return d

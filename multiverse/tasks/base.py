@@ -1,0 +1,135 @@
+"""Tokenization shared by every task (``tokenizers`` only: this is on the serving path).
+
+Fused attention in ONNX Runtime assumes right padding, so padding is always forced to the
+right whatever the tokenizer file says. Truncation is to the model's *real* position limit
+(``max_position_embeddings`` minus the RoBERTa-style padding offset), never to a tokenizer's
+sentinel ``model_max_length`` (PITFALLS.md, Inputs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from ..errors import InputError
+
+# Architectures whose position ids start at padding_idx + 1 (=2): 514 positions, 512 usable.
+_POSITION_OFFSET_MODEL_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized, right-padded batch.
+
+    Attributes:
+        arrays: model inputs by name, int64 arrays of shape [batch, seq_len]
+            (``input_ids``, ``attention_mask``, ``token_type_ids``).
+        encodings: the ``tokenizers.Encoding`` of each row (offsets for token-classification).
+        texts: the raw texts (first text of each pair for ranking).
+        n_tokens: number of real (non-pad) tokens in the batch.
+    """
+
+    arrays: dict[str, np.ndarray]
+    encodings: list[Encoding]
+    texts: list[str]
+    n_tokens: int
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        return self.arrays["attention_mask"]
+
+
+def max_sequence_length(config: dict, tokenizer_config: dict | None = None, st_config: dict | None = None) -> int:
+    """Usable sequence length in tokens: min(tokenizer ``model_max_length``, sentence-transformers
+    ``max_seq_length``, real position limit).
+
+    The position limit is ``max_position_embeddings`` minus 2 for RoBERTa-family models
+    (position ids start at ``padding_idx + 1``); sentinel ``model_max_length`` values
+    (1e30 in many tokenizer configs) are ignored.
+    """
+    limit = int(config.get("max_position_embeddings") or 512)
+    if config.get("model_type") in _POSITION_OFFSET_MODEL_TYPES:
+        limit -= int(config.get("pad_token_id", 1) or 1) + 1
+    tok_max = (tokenizer_config or {}).get("model_max_length")
+    if isinstance(tok_max, (int, float)) and 0 < tok_max < 1_000_000:
+        limit = min(limit, int(tok_max))
+    st_max = (st_config or {}).get("max_seq_length")
+    if isinstance(st_max, int) and st_max > 0:
+        limit = min(limit, st_max)
+    return limit
+
+
+class TextTokenizer:
+    """Right-padding, truncating wrapper around a ``tokenizers.Tokenizer`` loaded from ``tokenizer.json``."""
+
+    def __init__(self, model_dir: str | Path, max_length: int | None = None):
+        model_dir = Path(model_dir)
+        tok_file = model_dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise InputError(f"{model_dir} has no tokenizer.json; re-run `multiverse optimize` to write one.")
+        self.tokenizer = Tokenizer.from_file(str(tok_file))
+        config = _read_json(model_dir / "config.json")
+        tok_config = _read_json(model_dir / "tokenizer_config.json")
+        st_config = _read_json(model_dir / "sentence_bert_config.json")
+        self.max_length = int(max_length or max_sequence_length(config, tok_config, st_config))
+        pad_token = _token_str(tok_config.get("pad_token")) or _token_str(
+            _read_json(model_dir / "special_tokens_map.json").get("pad_token")
+        )
+        pad_id = self.tokenizer.token_to_id(pad_token) if pad_token else None
+        if pad_id is None:
+            pad_id = int(config.get("pad_token_id") or 0)
+            pad_token = self.tokenizer.id_to_token(pad_id) or "[PAD]"
+        self.pad_id = int(pad_id)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length, strategy="longest_first")
+        self.tokenizer.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)
+
+    def encode(
+        self,
+        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        input_names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids"),
+    ) -> Encoded:
+        """Tokenize a batch of texts or (text, text_pair) pairs.
+
+        Returns int64 arrays of shape [batch, longest_in_batch] for exactly the graph's
+        ``input_names`` (missing ``token_type_ids`` are zeros; extras are dropped).
+        Raises InputError on an empty batch.
+        """
+        if len(inputs) == 0:
+            raise InputError("Empty batch: send at least one input.")
+        encodings = self.tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        arrays: dict[str, np.ndarray] = {}
+        for name in input_names:
+            if name == "input_ids":
+                arrays[name] = ids
+            elif name == "attention_mask":
+                arrays[name] = mask
+            elif name == "token_type_ids":
+                arrays[name] = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
+            elif name == "position_ids":
+                arrays[name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+            else:
+                raise InputError(f"The graph wants an input {name!r} that Multiverse cannot build from text.")
+        texts = [i if isinstance(i, str) else i[0] for i in inputs]
+        return Encoded(arrays=arrays, encodings=encodings, texts=texts, n_tokens=int(mask.sum()))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _token_str(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None

@@ -1,0 +1,39 @@
+"""ranking (cross-encoders): one relevance score per (query, passage) pair.
+
+``score`` is ``sigmoid(logit)`` by default, as sentence-transformers' ``CrossEncoder`` and
+TEI's ``/rerank`` do for one-label models; ``raw_scores=True`` returns the logit. With two
+or more labels the score is the softmax probability of the last label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import Encoded
+from .text_classification import sigmoid, softmax
+
+OUTPUT = "logits"
+
+
+class Handler:
+    """Logits [batch, 1 or num_labels] → float scores per pair."""
+
+    name = "ranking"
+    output = OUTPUT
+    accepts_pairs = True
+
+    def __init__(self, model_dir: str | Path, config: dict):
+        self.config = config
+
+    def scores(self, output: np.ndarray, raw: bool = False) -> np.ndarray:
+        """float32 [batch] scores: logits when ``raw`` (one-label models), else probabilities."""
+        if output.shape[-1] == 1:
+            logits = output[:, 0].astype(np.float32)
+            return logits if raw else sigmoid(logits)
+        return softmax(output)[:, -1]
+
+    def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list[float]:
+        raw = bool((params or {}).get("raw_scores", False))
+        return [float(s) for s in self.scores(output, raw)]

@@ -1,0 +1,226 @@
+"""Stage 5: measure an ONNX candidate against the original PyTorch model on an eval set.
+
+A report is data; whether it passes is decided against the tolerance here, and what to do
+about a failure is the pipeline's policy. Relative loss = (reference − optimised) /
+reference (DESIGN.md §5). With labelled data the metric is the task metric of each model
+against the labels; without labels it is agreement with the reference model (reference = 1).
+
+Gated checks per task (tolerance τ, default 0.01):
+- feature-extraction: mean cosine to the fp32 embedding ≥ 1 − τ and min cosine ≥ 1 − 2τ.
+- text-classification: relative loss of accuracy (labelled) or label agreement ≤ τ.
+- token-classification: relative loss of entity F1 (labelled) or token-label agreement ≤ τ.
+- ranking: relative loss of MRR (labelled, or against the reference's top passage) ≤ τ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import metrics
+from .errors import EvalDataError
+from .evaldata import EvalSet
+from .tasks import Encoded, TextTokenizer, make_handler
+
+BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Reference vs optimised on one eval set.
+
+    Attributes:
+        metric: the headline metric (``accuracy``, ``entity_f1``, ``mrr``, ``mean_cosine``,
+            ``label_agreement``, ``token_agreement``).
+        reference, optimised: its value for the PyTorch model and the candidate.
+        relative_loss: (reference − optimised) / reference.
+        checks: every gated check; ``passed`` is all of them.
+        details: secondary numbers (min cosine, agreement, macro-F1 ...).
+    """
+
+    dataset: str
+    task: str
+    n: int
+    metric: str
+    reference: float
+    optimised: float
+    relative_loss: float
+    tolerance: float
+    passed: bool
+    checks: tuple[Check, ...] = ()
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def failure(self) -> str:
+        """One sentence naming each failed check and the gap, or '' when passed."""
+        bad = [c for c in self.checks if not c.passed]
+        return "; ".join(f"{c.name} {c.value:.4f} vs required {c.threshold:.4f} (gap {abs(c.value - c.threshold):.4f})"
+                         for c in bad)
+
+
+@dataclass(frozen=True)
+class TaskOutputs:
+    """Comparable outputs of one model on an eval set.
+
+    ``values``: feature-extraction float32 [n, dim] embeddings; text-classification float32
+    [n, num_labels] logits; ranking float32 [n_pairs] scores (probabilities); token-classification:
+    per text int [n_tokens_i] argmax label ids over real tokens. ``entities``: NER entities per text.
+    """
+
+    values: Any
+    entities: list | None = None
+
+
+def _items(data: EvalSet) -> list:
+    if data.task == "ranking":
+        return [(g.query, p) for g in data.groups for p in g.passages]
+    return list(data.texts)
+
+
+def collect(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence], Encoded], handler,
+            data: EvalSet, batch_size: int = BATCH_SIZE) -> TaskOutputs:
+    """Run ``forward`` over ``data`` in right-padded batches and reduce to :class:`TaskOutputs`."""
+    items = _items(data)
+    if not items:
+        raise EvalDataError(f"Eval set {data.name!r} is empty; give --eval-data with at least one example.")
+    parts, entities = [], []
+    for i in range(0, len(items), batch_size):
+        enc = encode(items[i:i + batch_size])
+        raw = forward(enc)
+        if data.task == "feature-extraction":
+            parts.append(handler.vectors(raw, enc))
+        elif data.task == "text-classification":
+            parts.append(raw.astype(np.float32))
+        elif data.task == "ranking":
+            parts.append(handler.scores(raw))
+        else:
+            mask = enc.attention_mask.astype(bool)
+            parts.extend(raw[b][mask[b]].argmax(-1) for b in range(raw.shape[0]))
+            entities.extend(handler.postprocess(raw, enc, {}))
+    if data.task == "token-classification":
+        return TaskOutputs(parts, entities)
+    return TaskOutputs(np.concatenate(parts, axis=0))
+
+
+def reference_outputs(ckpt, data: EvalSet, model_dir, threads: int | None = None) -> TaskOutputs:
+    """Outputs of the original PyTorch model (tokenized by the bundle's tokenizer, so inputs are identical)."""
+    import json
+
+    from .reference import ReferenceModel
+
+    ref = ReferenceModel(ckpt, threads)
+    tok = TextTokenizer(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    handler = make_handler(ckpt.task, model_dir, config)
+    return collect(ref.forward, tok.encode, handler, data)
+
+
+def candidate_outputs(predictor, data: EvalSet) -> TaskOutputs:
+    """Outputs of an ONNX candidate (a ``multiverse.inference.Predictor``)."""
+    return collect(predictor.run, predictor.encode, predictor.handler, data)
+
+
+def _check(name: str, value: float, threshold: float, higher_is_better: bool = True) -> Check:
+    ok = value >= threshold - 1e-12 if higher_is_better else value <= threshold + 1e-12
+    return Check(name, float(value), float(threshold), bool(ok))
+
+
+def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tolerance: float) -> ValidationReport:
+    """Compare candidate to reference outputs on ``data`` and gate at ``tolerance``.
+
+    ``config`` is the model's ``config.json`` (``id2label`` maps predicted ids to label names).
+    Raises EvalDataError when labels cannot be matched to the model's labels.
+    """
+    task, details = data.task, {}
+    if task == "feature-extraction":
+        cos = metrics.cosine_rows(ref.values, cand.values)
+        details = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                   "retrieval_agreement@1": metrics.retrieval_agreement(ref.values, cand.values, k=1)
+                   if len(cos) > 1 else 1.0}
+        metric, r, o = "mean_cosine", 1.0, float(cos.mean())
+        checks = (_check("mean_cosine", o, 1 - tolerance), _check("min_cosine", float(cos.min()), 1 - 2 * tolerance))
+    elif task == "text-classification":
+        ref_ids, cand_ids = ref.values.argmax(-1), cand.values.argmax(-1)
+        details["label_agreement"] = float((ref_ids == cand_ids).mean())
+        if data.labels is not None:
+            gold = _gold_ids(data.labels, config, ref.values.shape[-1])
+            r, o = metrics.accuracy(ref_ids, gold), metrics.accuracy(cand_ids, gold)
+            details.update(reference_macro_f1=metrics.macro_f1(ref_ids, gold), optimised_macro_f1=metrics.macro_f1(cand_ids, gold))
+            metric = "accuracy"
+        else:
+            metric, r, o = "label_agreement", 1.0, details["label_agreement"]
+        checks = (_check(f"relative loss of {metric}", metrics.relative_loss(r, o), tolerance, False),)
+    elif task == "token-classification":
+        agree = np.concatenate([a == b for a, b in zip(ref.values, cand.values)])
+        details["token_agreement"] = float(agree.mean()) if agree.size else 1.0
+        spans = lambda ents: [{(e["start"], e["end"], e["entity_group"]) for e in row} for row in ents]  # noqa: E731
+        details["entity_agreement_f1"] = metrics.entity_f1(spans(cand.entities), spans(ref.entities))["f1"]
+        if data.labels is not None:
+            gold = [{(int(s), int(e), str(t)) for s, e, t in row} for row in data.labels]
+            r = metrics.entity_f1(spans(ref.entities), gold)["f1"]
+            o = metrics.entity_f1(spans(cand.entities), gold)["f1"]
+            metric = "entity_f1"
+        else:
+            metric, r, o = "token_agreement", 1.0, details["token_agreement"]
+        checks = (_check(f"relative loss of {metric}", metrics.relative_loss(r, o), tolerance, False),)
+    elif task == "ranking":
+        sizes = [len(g.passages) for g in data.groups]
+        bounds = np.cumsum([0] + sizes)
+        ref_groups = [ref.values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        cand_groups = [cand.values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        details["max_abs_score_diff"] = float(np.abs(ref.values - cand.values).max())
+        if data.labelled:
+            relevant = [set(g.relevant) for g in data.groups]
+            r, o = metrics.mrr(ref_groups, relevant), metrics.mrr(cand_groups, relevant)
+            details["optimised_ndcg@10"] = metrics.ndcg_at_k(cand_groups, relevant, k=10)
+        else:
+            relevant = [{int(np.argmax(s))} for s in ref_groups]
+            r, o = 1.0, metrics.mrr(cand_groups, relevant)
+        metric = "mrr"
+        checks = (_check("relative loss of mrr", metrics.relative_loss(r, o), tolerance, False),)
+    else:  # pragma: no cover - tasks are validated upstream
+        raise EvalDataError(f"Unknown task {task!r}.")
+    return ValidationReport(
+        dataset=data.name, task=task, n=len(data), metric=metric, reference=float(r), optimised=float(o),
+        relative_loss=float(metrics.relative_loss(r, o)), tolerance=tolerance,
+        passed=all(c.passed for c in checks), checks=checks, details=details,
+    )
+
+
+def _gold_ids(labels: Sequence, config: dict, num_labels: int) -> np.ndarray:
+    names = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
+    out = []
+    for label in labels:
+        if isinstance(label, (int, np.integer)) and 0 <= int(label) < num_labels:
+            out.append(int(label))
+        elif str(label) in names:
+            out.append(names[str(label)])
+        else:
+            raise EvalDataError(
+                f"Eval label {label!r} is not one of the model's labels ({', '.join(sorted(names)) or num_labels}); "
+                "use the label names from config.json id2label or class ids."
+            )
+    return np.asarray(out)
+
+
+def validate(ckpt, predictor, data: EvalSet, tolerance: float = 0.01, reference: TaskOutputs | None = None,
+             threads: int | None = None) -> ValidationReport:
+    """Stage 5: :func:`score` of ``predictor`` (an ONNX candidate) against the PyTorch ``ckpt`` on ``data``.
+
+    Pass ``reference`` (from :func:`reference_outputs`) to reuse it across candidates.
+    """
+    if reference is None:
+        reference = reference_outputs(ckpt, data, predictor.model_dir, threads)
+    return score(data, reference, candidate_outputs(predictor, data), predictor.config, tolerance)
