@@ -149,6 +149,7 @@ def serve(
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body", help="Request body bytes (more: 413)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting for the model (more: 429)."),
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
+    max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per ONNX Runtime run; bigger requests are split."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict (Infinity), TEI and OpenAI routes, /metrics. Stops cleanly on SIGTERM."""
@@ -157,7 +158,7 @@ def serve(
     try:
         run(bundle, host=host, port=port, threads=threads, api_key=api_key, allow_isa_mismatch=allow_isa_mismatch,
             max_batch=max_batch, max_chars=max_chars, max_body_bytes=max_body, max_queue=max_queue,
-            batch_tokens=batch_tokens, log_level=log_level)
+            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, log_level=log_level)
     except MultiverseError as exc:
         _fail(exc)
 

@@ -16,7 +16,7 @@ import numpy as np
 def _check_pairs(pred: Sequence, gold: Sequence) -> None:
     if len(pred) != len(gold):
         raise ValueError(f"pred has {len(pred)} items but gold has {len(gold)}.")
-    if not gold:
+    if len(gold) == 0:
         raise ValueError("Cannot score an empty set of predictions.")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,9 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "model.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint meant for static image models on the root logger
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_dynamic(
@@ -51,6 +55,8 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
             f"onnxruntime.quantization failed on {model.path} with {config.label()}: {exc}. "
             "Try --no-quantize to ship the fused fp32 graph, or report the model."
         ) from exc
+    finally:
+        root.setLevel(level)
     ops = quantized_op_counts(dest)
     if not ops:
         raise QuantizationError(f"quantize_dynamic quantized no op of {list(config.op_types)} in {model.path}.")

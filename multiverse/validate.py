@@ -133,7 +133,9 @@ def candidate_outputs(predictor, data: EvalSet) -> TaskOutputs:
 
 
 def _check(name: str, value: float, threshold: float, higher_is_better: bool = True) -> Check:
-    ok = value >= threshold - 1e-12 if higher_is_better else value <= threshold + 1e-12
+    # A bound on a metric is exact (fp32 ONNX is not bit-identical to PyTorch, so a cosine bound
+    # of 1 is not met); a bound on a relative loss allows float rounding of (r - o) / r.
+    ok = value >= threshold if higher_is_better else value <= threshold + 1e-12
     return Check(name, float(value), float(threshold), bool(ok))
 
 

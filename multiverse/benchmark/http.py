@@ -40,6 +40,25 @@ class HttpSystem:
         except Exception:  # noqa: BLE001
             return {}
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Poll ``GET /health`` until it answers 200 (the server loads and warms up first).
+
+        Raises BenchmarkError when it does not within ``timeout_s`` seconds."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                r = self.client.get(self.url + "/health")
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.5)
+        raise BenchmarkError(f"{self.url} was not ready after {timeout_s:.0f} s ({last}). Is `multiverse serve` running there?")
+
     def __call__(self, inputs: Sequence) -> list:
         import httpx
 
@@ -78,13 +97,14 @@ def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_s
     cutter = TextCutter(b.path, b.manifest.get("max_sequence_length"))
     cells = expand([1], seq_lens, batch_sizes, available_cores=1, max_length=cutter.max_length)
     system = HttpSystem(url, api_key)
+    system.wait_ready()
     info = system.info()
     pairs = corpus()
     rows = []
     progress.start(len(cells))
     try:
         for c in cells:
-            row = {"system": system.name, "cores": None, "seq_len": c.seq_len, "batch_size": c.batch_size}
+            row = {"system": system.name, "cores": info.get("threads") if isinstance(info.get("threads"), int) else None, "seq_len": c.seq_len, "batch_size": c.batch_size}
             if c.skipped:
                 row.update(status="skipped", reason=c.skip_reason)
             else:
@@ -107,7 +127,7 @@ def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_s
     finally:
         system.close()
         progress.stop()
-    notes = [f"measured over HTTP at {url} (server threads: {(info.get('settings') or {}).get('threads', 'unknown')}); "
+    notes = [f"measured over HTTP at {url} (server threads: {info.get('threads', 'unknown')}); "
              "client latency includes HTTP and JSON; x-compute-time is the server's pipeline time"]
     rep = report_mod.build_report(bundle=b, systems=[system.name], cells=cells, rows=rows, budget=budget, notes=notes)
     rep["server"] = {"url": url, "info": info}

@@ -195,7 +195,16 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
     batches = sorted({r["batch_size"] for r in ok})
     systems = [s for s in ("multiverse", "multiverse-http", "optimum", "transformers") if any(r["system"] == s for r in ok)]
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
-    title = f"{report['bundle'].get('source')} ({report['bundle'].get('model_type')}) on {report['host']['cpu']}"
+    title = (f"{Path(str(report['bundle'].get('source'))).name} ({report['bundle'].get('model_type')}, "
+             f"{report['bundle'].get('precision')}) on {report['host']['cpu']}")
+    seq_ticks = sorted({r["seq_len"] for r in ok})
+
+    def x_axis(ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(seq_ticks)
+        ax.set_xticklabels([str(s) for s in seq_ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("sequence length (tokens)")
 
     def series(system, c, b, key):
         pts = sorted((r["seq_len"], r["stats"][key]) for r in ok
@@ -203,7 +212,7 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     # throughput
-    fig, axes = plt.subplots(1, len(cores), figsize=(4.2 * len(cores), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(cores), figsize=(max(5.5, 4.2 * len(cores)), 3.8), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cores):
         for system in systems:
             for i, b in enumerate(batches):
@@ -211,9 +220,8 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
                 if x:
                     ax.plot(x, y, linestyle=styles[i % len(styles)], marker=".", color=_COLORS.get(system),
                             label=f"{system} b{b}")
-        ax.set_xscale("log", base=2)
+        x_axis(ax)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
         ax.set_title(f"{c} core{'s' if c != 1 else ''}" if c else "server")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("throughput (samples/s)")
@@ -226,7 +234,7 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
 
     # latency percentiles at the smallest batch
     b0 = batches[0]
-    fig, axes = plt.subplots(1, len(cores), figsize=(4.2 * len(cores), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(cores), figsize=(max(5.5, 4.2 * len(cores)), 3.8), squeeze=False, sharey=True)
     for ax, c in zip(axes[0], cores):
         for system in systems:
             x, p50 = series(system, c, b0, "p50_ms")
@@ -237,9 +245,8 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
                 _, y = series(system, c, b0, key)
                 ax.scatter(x, y, marker=mk, s=10, color=_COLORS.get(system), alpha=0.6,
                            label=f"{system} {key[:3]}" if system == systems[0] else None)
-        ax.set_xscale("log", base=2)
+        x_axis(ax)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
         ax.set_title((f"{c} core{'s' if c != 1 else ''}" if c else "server") + f", batch {b0}")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("end-to-end latency (ms)")
@@ -254,7 +261,7 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
     sp = report["speedups"]
     if sp:
         baselines = sorted({s["baseline"] for s in sp})
-        fig, axes = plt.subplots(1, len(baselines), figsize=(4.6 * len(baselines), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(baselines), figsize=(max(5.5, 4.6 * len(baselines)), 3.8), squeeze=False)
         for ax, base in zip(axes[0], baselines):
             for c in sorted({s["cores"] for s in sp}):
                 for i, b in enumerate(batches):
@@ -264,8 +271,7 @@ def plot(report: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linestyle=styles[i % len(styles)],
                                 label=f"{c}c b{b}")
             ax.axhline(1.0, color="grey", linewidth=0.8)
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("sequence length (tokens)")
+            x_axis(ax)
             ax.set_ylabel(f"p50 speed-up vs {base} (×)")
             ax.set_title(f"Multiverse vs {base}")
             ax.grid(True, alpha=0.3)
@@ -301,6 +307,9 @@ def table(report: dict, title: str | None = None):
         t.add_column(col, justify="right" if col != "system" else "left")
     for base in bases:
         t.add_column(f"× {base}", justify="right")
+    has_http = any(r.get("http") for r in report["results"])
+    if has_http:
+        t.add_column("server p50 ms", justify="right")
     for r in report["results"]:
         st = r.get("stats")
         key = (r["cores"], r["seq_len"], r["batch_size"])
@@ -312,6 +321,8 @@ def table(report: dict, title: str | None = None):
         else:
             cells = [f"[dim]{r['status']}[/dim]", "", "", "", "", ""]
             extra = [""] * len(bases)
+        if has_http:
+            extra.append(f"{r['http']['compute_time']['p50_ms']:.2f}" if r.get("http") else "")
         t.add_row(*head, *cells, *extra)
     return t
 

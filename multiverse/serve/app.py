@@ -122,7 +122,7 @@ class _State:
             if self.settings.warmup:
                 self._warmup(predictor)
             engine = Engine(predictor, max_queue=self.settings.max_queue, batch_tokens=self.settings.batch_tokens,
-                            max_rows=self.settings.max_batch)
+                            max_rows=self.settings.max_batch, max_run_tokens=self.settings.max_run_tokens)
             engine.start()
             if self.threads is None:
                 from ..runtime import physical_cores
@@ -139,21 +139,26 @@ class _State:
                 self.on_fatal(exc)
 
     def _warmup(self, predictor) -> None:
+        """A few runs before ready: short single texts, a small batch, then runs at the ``max_run_tokens`` budget
+        for several sequence lengths (longest first), so the session's memory arena reaches its working size now
+        rather than under load."""
         texts = ["Warm-up.", "The quick brown fox jumps over the lazy dog near the river bank. " * 3,
                  "Multiverse makes transformer encoders fast on CPUs."]
-        long_text = "warm up the model at its longest sequence " * max(1, predictor.max_length // 4)
-        batch = texts * 3
+        word = "warm "  # one token per word in common vocabularies; truncation caps the rest
+        budget, max_len, max_rows = self.settings.max_run_tokens, predictor.max_length, self.settings.max_batch
+        runs = [[texts[0]], [texts[1]], texts * 3]
+        seq = max_len
+        while seq >= 16:
+            rows = max(1, min(max_rows, budget // seq))
+            runs.append([word * (seq - 2)] * rows)
+            seq //= 2
         if self.task == "ranking":
-            pair = lambda t: (t, t)  # noqa: E731
-            runs = [[pair(texts[0])], [pair(texts[1])], [pair(t) for t in batch], [pair(long_text)]]
-        else:
-            runs = [[texts[0]], [texts[1]], batch, [long_text]]
+            half = lambda t: t[: len(t) // 2]  # noqa: E731
+            runs = [[(half(t), half(t)) for t in items] for items in runs]
         for items in runs:
-            out = predictor.predict(items)
-        first = predictor.predict(runs[0]).results
+            predictor.predict(items)
         if self.task == "feature-extraction":
-            self.dim = len(first[0])
-        del out
+            self.dim = len(predictor.predict(runs[0]).results[0])
 
     def shutdown(self) -> None:
         self.ready = False
@@ -353,6 +358,7 @@ class _Guard:
                     declared = None
                 break
         too_large = declared is not None and declared > limit
+        more = True  # the client has more body to send
         chunks: list[bytes] = []
         size = 0
         if not too_large:
@@ -362,10 +368,7 @@ class _Guard:
                     return None
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
-                if not chunks and not more:
-                    if len(chunk) > limit:
-                        too_large = True
-                        break
+                if not chunks and not more and len(chunk) <= limit:
                     return chunk
                 size += len(chunk)
                 if size > limit:
@@ -376,8 +379,8 @@ class _Guard:
                     return b"".join(chunks)
             chunks.clear()
         # Too large: read and discard up to 8× the limit, so the client sees the 413 instead of a reset.
-        drained, cap, closing = size, 8 * limit, True
-        if declared is None or declared <= cap:
+        drained, cap, closing = size, 8 * limit, more
+        if more and (declared is None or declared <= cap):
             while drained <= cap:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -617,6 +620,7 @@ def _info(state: _State) -> dict:
         "max_input_length": getattr(p, "max_length", None) or m.get("max_sequence_length"),
         "max_concurrent_requests": s.max_queue,
         "max_batch_tokens": s.batch_tokens,
+        "max_run_tokens": s.max_run_tokens,
         "max_client_batch_size": s.max_batch,
         "max_input_characters": s.max_chars,
         "max_body_bytes": s.max_body_bytes,

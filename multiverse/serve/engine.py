@@ -67,7 +67,8 @@ class Result:
 
 
 class _Job:
-    __slots__ = ("items", "params", "future", "loop", "enqueued", "enc", "tok_ms")
+    __slots__ = ("items", "params", "future", "loop", "enqueued", "enc", "tok_ms", "inference_ms", "post_ms",
+                 "results", "rows", "failed", "done_rows")
 
     def __init__(self, items: list, params: dict, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.items = items
@@ -94,12 +95,18 @@ class Engine:
     Args:
         predictor: a loaded predictor (its session is shared; only the worker calls it).
         max_queue: requests that may wait; :meth:`submit` raises :class:`Overloaded` beyond.
-        batch_tokens: padded-token budget per merged run; 0 disables cross-request batching.
-        max_rows: most rows in one merged run.
+        batch_tokens: padded-token budget (rows × longest sequence) of the requests merged into
+            one batch; 0 disables cross-request batching.
+        max_rows: most rows merged into one batch.
+        max_run_tokens: padded-token cap of one ONNX Runtime run. Larger requests (or merged
+            batches) are split into several runs, in order, each trimmed to its own longest
+            row, which bounds the memory the session's arena grows to.
     """
 
-    def __init__(self, predictor, *, max_queue: int = 128, batch_tokens: int = 0, max_rows: int = 256):
+    def __init__(self, predictor, *, max_queue: int = 128, batch_tokens: int = 0, max_rows: int = 256,
+                 max_run_tokens: int = 4096):
         self.predictor = predictor
+        self.max_run_tokens = int(max_run_tokens)
         self.max_queue = int(max_queue)
         self.batch_tokens = int(batch_tokens)
         self.max_rows = int(max_rows)
@@ -209,38 +216,99 @@ class Engine:
                     j.loop.call_soon_threadsafe(_deliver, j.future, None, exc)
 
     def _run(self, batch: list[_Job]) -> None:
+        """Run the jobs' rows in ORT runs of at most ``max_run_tokens`` padded tokens, then post-process each job."""
         predictor = self.predictor
-        if len(batch) == 1:
-            enc = batch[0].enc
-        else:
-            enc = Encoded(arrays=_merge([j.enc.arrays for j in batch], self._pad_id), encodings=[], texts=[],
-                          n_tokens=sum(j.enc.n_tokens for j in batch))
-        t_run = time.perf_counter()
-        output = predictor.run(enc)
-        t_done = time.perf_counter()
-        inference_ms = (t_done - t_run) * 1e3
-        rows = int(output.shape[0])
-        postprocess = predictor.handler.postprocess
-        start = 0
+        t_start = time.perf_counter()
         for j in batch:
-            n = len(j.items)
-            out = output if len(batch) == 1 else output[start:start + n]
-            start += n
-            if out.ndim == 3 and out.shape[1] != j.enc.arrays["input_ids"].shape[1]:
-                out = out[:, : j.enc.arrays["input_ids"].shape[1]]
+            j.inference_ms = 0.0
+            j.post_ms = 0.0
+            j.results = []
+            j.rows = 0
+            j.failed = False
+        for run in self._plan(batch):
+            if len(run) == 1 and run[0][1] == 0 and run[0][2] == len(run[0][0].items):
+                job = run[0][0]
+                pieces = [(job, job.enc)]
+                enc = job.enc
+            else:
+                pieces = [(job, _slice(job.enc, a, b)) for job, a, b in run]
+                enc = Encoded(arrays=_merge([p[1].arrays for p in pieces], self._pad_id), encodings=[], texts=[],
+                              n_tokens=sum(p[1].n_tokens for p in pieces))
             t0 = time.perf_counter()
-            try:
-                results = postprocess(out, j.enc, j.params)
-            except BaseException as exc:  # noqa: BLE001
-                log.exception("post-processing failed")
-                j.loop.call_soon_threadsafe(_deliver, j.future, None, exc)
+            output = predictor.run(enc)
+            run_ms = (time.perf_counter() - t0) * 1e3
+            rows = int(output.shape[0])
+            offset = 0
+            for job, sub in pieces:
+                n = sub.arrays["input_ids"].shape[0]
+                out = output if len(pieces) == 1 else output[offset:offset + n]
+                offset += n
+                width = sub.arrays["input_ids"].shape[1]
+                if out.ndim == 3 and out.shape[1] != width:
+                    out = out[:, :width]
+                job.inference_ms += run_ms
+                job.rows = max(job.rows, rows)
+                if job.failed:
+                    continue
+                t1 = time.perf_counter()
+                try:
+                    job.results.extend(predictor.handler.postprocess(out, sub, job.params))
+                except BaseException as exc:  # noqa: BLE001
+                    log.exception("post-processing failed")
+                    job.failed = True
+                    job.loop.call_soon_threadsafe(_deliver, job.future, None, exc)
+                    continue
+                job.post_ms += (time.perf_counter() - t1) * 1e3
+                job.done_rows += n
+                if job.done_rows == len(job.items):
+                    queue_ms = max(0.0, (t_start - job.enqueued) * 1e3 - job.tok_ms)
+                    res = Result(job.results, job.tok_ms, queue_ms, job.inference_ms, job.post_ms,
+                                 job.tok_ms + job.inference_ms + job.post_ms, job.enc.n_tokens, job.rows)
+                    job.loop.call_soon_threadsafe(_deliver, job.future, res, None)
+                    job.enc = None
+
+    def _plan(self, batch: list[_Job]) -> list[list[tuple[_Job, int, int]]]:
+        """Group the batch's rows, in order, into runs with rows × longest real length ≤ ``max_run_tokens``.
+
+        A job that fits in one run is never split; a bigger one is split greedily.
+        Each run is a list of ``(job, first_row, end_row)`` pieces.
+        """
+        budget = self.max_run_tokens
+        runs: list[list[tuple[_Job, int, int]]] = []
+        current: list[tuple[_Job, int, int]] = []
+        rows = longest = 0
+        for job in batch:
+            job.done_rows = 0
+            lengths = job.enc.arrays["attention_mask"].sum(axis=1).tolist()
+            n_rows, job_longest = len(lengths), max(lengths)
+            if n_rows * job_longest <= budget:
+                if current and (rows + n_rows) * max(longest, job_longest) > budget:
+                    runs.append(current)
+                    current, rows, longest = [], 0, 0
+                current.append((job, 0, n_rows))
+                rows, longest = rows + n_rows, max(longest, job_longest)
                 continue
-            post_ms = (time.perf_counter() - t0) * 1e3
-            queue_ms = max(0.0, (t_run - j.enqueued) * 1e3 - j.tok_ms)
-            res = Result(results, j.tok_ms, queue_ms, inference_ms, post_ms, j.tok_ms + inference_ms + post_ms,
-                         j.enc.n_tokens, rows)
-            j.enc = None
-            j.loop.call_soon_threadsafe(_deliver, j.future, res, None)
+            if current:
+                runs.append(current)
+                current, rows, longest = [], 0, 0
+            start = 0
+            for i, n in enumerate(lengths):
+                if rows and (rows + 1) * max(longest, n) > budget:
+                    runs.append([(job, start, i)])
+                    start, rows, longest = i, 0, 0
+                rows, longest = rows + 1, max(longest, n)
+            current = [(job, start, n_rows)]
+        if current:
+            runs.append(current)
+        return runs
+
+
+def _slice(enc: Encoded, a: int, b: int) -> Encoded:
+    """Rows ``a:b`` of a right-padded batch, trimmed to their longest real length."""
+    width = max(1, int(enc.arrays["attention_mask"][a:b].sum(axis=1).max()))
+    arrays = {k: v[a:b, :width] for k, v in enc.arrays.items()}
+    return Encoded(arrays=arrays, encodings=enc.encodings[a:b], texts=enc.texts[a:b],
+                   n_tokens=int(arrays["attention_mask"].sum()))
 
 
 def _merge(parts: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, np.ndarray]:

@@ -30,6 +30,9 @@ class ServeSettings:
             ``rows × longest sequence ≤ N`` padded tokens. Batching raises throughput under
             load but, with dynamic int8 activation scales, lets a result depend (slightly)
             on other clients' requests, so it is opt-in.
+        max_run_tokens: padded tokens (rows × longest sequence) of one ONNX Runtime run; a
+            larger request is split into several runs (its results are joined in order). This
+            bounds the memory the session's arena grows to; the warm-up runs this shape once.
         graceful_timeout: seconds in-flight requests get to finish after SIGTERM.
         warmup: run a few inferences (short, batched and longest) before reporting ready.
         model_name: name reported by ``/info`` and ``/v1/embeddings`` (default: the bundle's source).
@@ -46,6 +49,7 @@ class ServeSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue: int = 128
     batch_tokens: int = 0
+    max_run_tokens: int = 4096
     graceful_timeout: float = 30.0
     warmup: bool = True
     model_name: str | None = None
@@ -60,6 +64,7 @@ class ServeSettings:
             (self.max_body_bytes >= 1024, f"--max-body {self.max_body_bytes} must be ≥ 1024 bytes."),
             (self.max_queue >= 1, f"--max-queue {self.max_queue} must be ≥ 1."),
             (self.batch_tokens >= 0, f"--batch-tokens {self.batch_tokens} must be ≥ 0 (0 disables batching)."),
+            (self.max_run_tokens >= 1, f"--max-run-tokens {self.max_run_tokens} must be ≥ 1."),
             (self.graceful_timeout > 0, f"graceful timeout {self.graceful_timeout} must be > 0 seconds."),
             (self.api_key is None or len(self.api_key) > 0, "--api-key must not be empty."),
         ]

@@ -437,8 +437,15 @@ def _save_minilm_head(out_dir: Path, auto_cls, head_state: dict, max_length: int
     """
     import torch
 
+    from transformers.utils import logging as hf_logging
+
     path, _, _ = _minilm()
-    model = auto_cls.from_pretrained(path, **config_kw)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # not the "newly initialized ... TRAIN this model" warning: we set the head next
+    try:
+        model = auto_cls.from_pretrained(path, **config_kw)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = set(head_state) - set(model.state_dict())
     if missing:
         raise KeyError(f"head weights {sorted(missing)} not in {type(model).__name__}")

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random checkpoints and bundles (built once per session), offline HF cache.
+
+Nothing here touches the Hub: HF_HUB_OFFLINE=1 is set for the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from multiverse.testing.checkpoints import TASKS, tiny_checkpoint  # noqa: E402
+
+TARGET = "native"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """task → folder of a tiny random BERT checkpoint (hidden 32, 2 layers)."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {task: tiny_checkpoint(task, root / task) for task in TASKS}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """task → bundle folder written by the real pipeline for each tiny checkpoint."""
+    from multiverse.pipeline import optimize
+
+    out = tmp_path_factory.mktemp("bundles")
+    return {task: optimize(str(path), TARGET, out=out / task).path for task, path in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(tmp_path_factory) -> Path:
+    """The real all-MiniLM-L6-v2 (embedded default) optimized for this host."""
+    from multiverse.pipeline import optimize
+
+    return optimize(None, TARGET, out=tmp_path_factory.mktemp("minilm")).path

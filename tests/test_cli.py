@@ -1,0 +1,93 @@
+"""The CLI: thin commands, one-line errors, exit codes 0/1/2/3, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from multiverse.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_targets_lists_native():
+    r = run("targets", "--json")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert doc["native"] in doc["targets"] and "icelake" in doc["targets"]
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["optimize", "acme/definitely-missing", "--target", "icelake"], 1, "not found"),
+    (["optimize", "--target", "pentium4"], 2, "Unknown target"),
+    (["optimize", "--task", "summarization"], 2, "Unknown task"),
+    (["optimize", "--tolerance", "-1"], 2, "tolerance"),
+])
+def test_bad_input_one_line_error(args, code, words, tmp_path):
+    r = run(*args, "--out", tmp_path)
+    assert r.exit_code == code, r.output
+    assert words in r.output and r.output.count("error:") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    r = run("optimize", tmp_path / "m", "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "no config.json" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "line 1"),
+    ('{"text": "no label here"}\n', "label"),
+])
+def test_bad_eval_file(content, words, tiny_checkpoints, tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text(content)
+    r = run("optimize", tiny_checkpoints["text-classification"], "--eval-data", path, "--out", tmp_path / "o")
+    assert r.exit_code == 2, r.output
+    assert words in r.output and not (tmp_path / "o").exists()
+
+
+def test_missing_eval_file(tiny_checkpoints, tmp_path):
+    r = run("optimize", tiny_checkpoints["text-classification"], "--eval-data", tmp_path / "nope.csv", "--out", tmp_path)
+    assert r.exit_code == 2 and "nope.csv" in r.output
+
+
+def test_existing_output_folder(tiny_bundles, tiny_checkpoints):
+    out = tiny_bundles["ranking"].parent
+    r = run("optimize", tiny_checkpoints["ranking"], "--out", out)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_gate_failure_exits_3_with_json(tiny_checkpoints, tmp_path):
+    r = run("optimize", tiny_checkpoints["feature-extraction"], "--tolerance", "0", "--json", "--out", tmp_path)
+    assert r.exit_code == 3, r.output
+    doc = json.loads(r.stdout)
+    assert doc["error_type"] == "AccuracyGateError" and doc["report"]["trials"]
+    assert "mean_cosine" in doc["error"]
+
+
+def test_foreign_target_warns_and_builds(tiny_checkpoints, tmp_path):
+    r = run("optimize", tiny_checkpoints["text-classification"], "--target", "arm64", "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    assert "lacks arch:aarch64" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["manifest"]["target"]["name"] == "arm64"
+    r = run("inspect", doc["bundle"])
+    assert r.exit_code == 0 and "lacks arch:aarch64" in r.stdout
+
+
+def test_console_script_entry_point(tiny_bundles):
+    proc = subprocess.run([sys.executable, "-m", "multiverse.cli", "inspect", str(tiny_bundles["ranking"])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ranking" in proc.stdout
