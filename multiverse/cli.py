@@ -44,7 +44,9 @@ def optimize(
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
-    no_quantize: bool = typer.Option(False, "--no-quantize", help="Ship the fused fp32 graph."),
+    no_quantize: bool = typer.Option(False, "--no-quantize", help="Ship the fused fp32 graph (= --precision fp32)."),
+    precision: str = typer.Option("auto", help="auto: fastest passing candidate timed here; int8: fastest passing "
+                                  "int8; fp32: fused fp32 only."),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Tuning trial budget."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for validation/latency (default: physical cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
@@ -55,7 +57,8 @@ def optimize(
 
     try:
         b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, tolerance=tolerance,
-                overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, max_trials=max_trials,
+                overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
+                max_trials=max_trials,
                 threads=threads, progress=RichProgress(err))
     except MultiverseError as exc:
         _fail(exc, as_json)

@@ -46,8 +46,8 @@ def bundle_path(ckpt: hub.Checkpoint, target_name: str, out: str | Path | None) 
 def optimize(model: str | None = None, target: str = "native", *, task: str | None = None,
              revision: str | None = None, out: str | Path | None = None, eval_data: str | None = None,
              tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
-             quantize: bool = True, max_trials: int | None = None, threads: int | None = None,
-             progress: Progress | None = None) -> bundle.Bundle:
+             quantize: bool = True, precision: str = "auto", max_trials: int | None = None,
+             threads: int | None = None, progress: Progress | None = None) -> bundle.Bundle:
     """Checkpoint → fused, int8 (when it pays), validated bundle.
 
     Args:
@@ -57,7 +57,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             ``datasets`` folder (see ``evaldata.load``).
         tolerance: maximum relative metric loss (0.01 = 1 %).
         keep_failed: write the bundle (marked failed) even when the gate fails.
-        quantize: False ships the fused fp32 graph (still validated).
+        quantize: False ships the fused fp32 graph (still validated); same as ``precision="fp32"``.
+        precision: ``auto`` ships the fastest passing candidate as timed on this host; ``int8`` the
+            fastest passing int8 one (the default when this host lacks the target's CPU flags, since
+            its timings say nothing about the target); ``fp32`` the fused fp32 graph.
         max_trials: tuning trial budget (default: the tuner's).
         threads: intra-op threads for validation and latency measurement (default: physical cores).
 
@@ -71,11 +74,18 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     progress = progress or Progress()
     if not (0 <= tolerance < 1):
         raise UsageError(f"--tolerance {tolerance} must be in [0, 1): it is a relative loss, 0.01 = 1 %.")
+    if precision not in ("auto", "int8", "fp32"):
+        raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
+    if not quantize:
+        precision = "fp32"
     tgt = get_target(target)
     lacking = missing_flags(tgt)
     if lacking:
         progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built "
-                      "for that CPU, and latencies measured here are not the target's.")
+                      "for that CPU; latencies measured here say nothing about it, so an accurate int8 candidate "
+                      "is preferred (--precision auto).")
+        if precision == "auto":
+            precision = "int8"
     with progress.stage("resolve", "Resolving the model") as s:
         ckpt = hub.resolve(model, revision, task)
         s["summary"] = (f"{ckpt.name} ({ckpt.model_type}, {ckpt.num_layers} layers, {ckpt.task}) "
@@ -97,7 +107,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         for w in fused.fusion_warnings:
             progress.warn(f"partial fusion: {w}")
         with progress.stage("tune", f"Quantizing and validating on {data.name} ({len(data)} examples)") as s:
-            chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", quantize=quantize,
+            chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", precision=precision,
                                   max_trials=max_trials, threads=threads, progress=progress)
             s["summary"] = report.summary()
         validation = report.chosen_validation

@@ -51,6 +51,7 @@ class QuantConfig(_Strict):
     reduce_range: bool = False
     op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
     nodes_to_exclude: tuple[str, ...] = ()
+    smooth_alpha: float | None = Field(None, gt=0, lt=1, description="SmoothQuant strength (see smooth.py); None = off")
 
     def label(self) -> str:
         """Short human-readable name, e.g. ``s8 per-channel -Gather (2 fp32)``."""
@@ -58,6 +59,8 @@ class QuantConfig(_Strict):
                  "per-channel" if self.per_channel else "per-tensor"]
         if self.reduce_range:
             parts.append("reduce_range")
+        if self.smooth_alpha is not None:
+            parts.append(f"smooth α={self.smooth_alpha:g}")
         default_ops = QuantConfig().op_types
         dropped = [o for o in default_ops if o not in self.op_types]
         if dropped:

@@ -1,13 +1,31 @@
-"""Choose what to ship: the fastest candidate that passes the accuracy gate.
+"""Accuracy-driven, latency-aware int8 tuning: ship the fastest candidate that passes the gate.
 
-Every candidate (int8 configurations, and the fused fp32 graph) is validated against the
-PyTorch reference and timed end to end on this host (sequence length 128, batch 1, the
-target's thread count). Int8 is never shipped because it is int8 (PITFALLS.md, Speed):
-fp32 is shipped, and the report says so, when no int8 candidate is both accurate and faster.
+The search is Intel Neural Compressor's tuning loop (``neural_compressor.common``:
+``TuningConfig(config_set, tolerable_loss, max_trials)``, ``init_tuning``, ``TuningMonitor``)
+over ONNX Runtime dynamic-int8 candidates described by :class:`OrtDynamicInt8Config`. INC's
+monitor stops at the first candidate whose score reaches ``baseline × (1 − tolerable_loss)``;
+Multiverse feeds it ``1 − gate_loss`` with baseline 1, so INC's stop rule *is* our gate
+(``ValidationReport.gate_loss``), and orders candidates from fastest to most conservative so
+the first passing int8 candidate is the fastest one. INC 3.x ships no ONNX Runtime backend,
+so building, validating and timing each candidate is Multiverse's (the evaluation function).
+
+Phases, each one INC loop:
+1. the target's configuration, then the same with SmoothQuant activation smoothing at several
+   strengths α (``smooth.py``);
+2. if none passed: per-node sensitivity of the best phase-1 candidate (each quantizable node
+   quantized alone, measured on a subset of the eval data), then the same candidate with the
+   k most sensitive nodes kept in fp32, for growing k.
+
+Every candidate is validated on the full eval set and timed end to end on this host (sequence
+length 128, batch 1, the target's threads). Int8 is never shipped because it is int8
+(PITFALLS.md, Speed): the fused fp32 graph is a candidate too, and wins when no int8 candidate
+is both accurate and faster.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,16 +34,59 @@ from typing import Sequence
 import numpy as np
 
 from .errors import MultiverseError
+from .evaldata import EvalSet
 from .export import OnnxModel
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import physical_cores
+from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
-from .validate import ValidationReport, reference_outputs, validate
+from .validate import TaskOutputs, ValidationReport, reference_outputs, validate
 
 LATENCY_SEQ_LEN = 128
 LATENCY_BATCH = 1
+DEFAULT_MAX_TRIALS = 12
+SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
+SENSITIVITY_ITEMS = 64
+CALIBRATION_ITEMS = 300
+
+
+def _inc_config_class():
+    """INC ``BaseConfig`` subclass for ORT dynamic int8 (built lazily: INC is only needed when tuning)."""
+    from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig
+
+    class OrtDynamicInt8Config(BaseConfig):
+        """One ONNX Runtime dynamic-int8 candidate, as INC's tuning loop sees it."""
+
+        name = "ort_dynamic_int8"
+        params_list = ["weight_type", "per_channel", "reduce_range", "op_types", "nodes_to_exclude", "smooth_alpha"]
+
+        def __init__(self, weight_type="int8", per_channel=True, reduce_range=False, op_types=(), nodes_to_exclude=(),
+                     smooth_alpha=None, white_list=DEFAULT_WHITE_LIST):
+            super().__init__(white_list=white_list)
+            self.weight_type, self.per_channel, self.reduce_range = weight_type, per_channel, reduce_range
+            self.op_types, self.nodes_to_exclude, self.smooth_alpha = tuple(op_types), tuple(nodes_to_exclude), smooth_alpha
+            self._post_init()
+
+        @classmethod
+        def register_supported_configs(cls):
+            return None
+
+        @classmethod
+        def get_config_set_for_tuning(cls):
+            return cls()
+
+        @classmethod
+        def from_quant_config(cls, q: QuantConfig):
+            return cls(q.weight_type, q.per_channel, q.reduce_range, q.op_types, q.nodes_to_exclude, q.smooth_alpha)
+
+        def to_quant_config(self) -> QuantConfig:
+            return QuantConfig(weight_type=self.weight_type, per_channel=self.per_channel, reduce_range=self.reduce_range,
+                               op_types=self.op_types, nodes_to_exclude=self.nodes_to_exclude,
+                               smooth_alpha=self.smooth_alpha)
+
+    return OrtDynamicInt8Config
 
 
 @dataclass(frozen=True)
@@ -37,6 +98,7 @@ class Trial:
     validation: ValidationReport | None
     p50_ms: float | None
     error: str | None = None
+    phase: str = ""
 
     @property
     def passed(self) -> bool:
@@ -56,7 +118,8 @@ class TuningReport:
     chosen: int | None
     reason: str
     latency: dict = field(default_factory=dict)
-    strategy: str = "target default"
+    strategy: str = "neural_compressor.common tuning loop"
+    sensitivity: dict = field(default_factory=dict)
 
     @property
     def chosen_trial(self) -> Trial | None:
@@ -64,13 +127,13 @@ class TuningReport:
 
     @property
     def chosen_validation(self) -> ValidationReport | None:
-        t = self.chosen_trial
-        return t.validation if t else (self.best_trial().validation if self.best_trial() else None)
+        t = self.chosen_trial or self.best_trial()
+        return t.validation if t else None
 
     def best_trial(self) -> Trial | None:
-        """The most accurate validated trial (lowest relative loss)."""
+        """The most accurate validated trial (lowest gate loss)."""
         done = [t for t in self.trials if t.validation is not None]
-        return min(done, key=lambda t: t.validation.relative_loss) if done else None
+        return min(done, key=lambda t: t.validation.gate_loss) if done else None
 
     def summary(self) -> str:
         t = self.chosen_trial
@@ -83,13 +146,14 @@ class TuningReport:
 
     def to_dict(self) -> dict:
         return {"strategy": self.strategy, "latency": self.latency, "chosen": self.chosen, "reason": self.reason,
-                "trials": [t.to_dict() for t in self.trials]}
+                "sensitivity": self.sensitivity, "trials": [t.to_dict() for t in self.trials]}
 
 
 def measure_p50(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN, batch: int = LATENCY_BATCH,
                 min_runs: int = 30, min_seconds: float = 1.0, max_seconds: float = 4.0) -> float:
     """Median end-to-end latency (ms, ``time.perf_counter``) of ``predictor.predict`` on ``batch`` copies of
-    ``text`` cut to ``seq_len`` tokens, after 5 warm-up runs; runs until both ``min_runs`` and ``min_seconds``."""
+    ``text`` cut to ``seq_len`` tokens, after 5 warm-up runs; runs until both ``min_runs`` and ``min_seconds``
+    are met, or ``max_seconds``."""
     cut = predictor.text_of_length(text, min(seq_len, predictor.max_length))
     inputs = [cut] * batch if predictor.task != "ranking" else [(cut[: len(cut) // 3], cut)] * batch
     for _ in range(5):
@@ -106,76 +170,215 @@ def measure_p50(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_L
     return float(np.median(times) * 1e3)
 
 
-def candidates(target: Target) -> list[QuantConfig]:
-    """Int8 configurations to try, the target's own first."""
-    return [target.quantization]
+def phase1_configs(target: Target) -> list[QuantConfig]:
+    """The target's configuration, then the same with smoothing strengths α.
+
+    Op types (Attention, EmbedLayerNormalization, Gather) are varied node by node in phase 2.
+    Targets without VNNI already use u8 weights (``targets.py``); ``reduce_range`` is tried only there.
+    """
+    base = target.quantization
+    configs = [base] + [base.model_copy(update={"smooth_alpha": a}) for a in SMOOTH_ALPHAS]
+    if not target.has_vnni and target.isa.arch == "x86_64":
+        configs.append(base.model_copy(update={"reduce_range": True, "weight_type": "int8"}))
+    return configs
 
 
-def _latency_text(data) -> str:
-    texts = list(data.texts) or [p for g in data.groups for p in g.passages]
-    return " ".join(texts)
+def _subset(data: EvalSet, n: int) -> EvalSet:
+    """Up to ``n`` evenly spaced examples of ``data`` (deterministic)."""
+    total = len(data)
+    idx = np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(int))
+    if data.task == "ranking":
+        return EvalSet(data.name, data.task, groups=tuple(data.groups[i] for i in idx))
+    labels = None if data.labels is None else tuple(data.labels[i] for i in idx)
+    return EvalSet(data.name, data.task, texts=tuple(data.texts[i] for i in idx), labels=labels)
 
 
-def tune(ckpt, fused: OnnxModel, target: Target, data, tolerance: float, workdir: str | Path, *,
-         quantize: bool = True, max_trials: int | None = None, threads: int | None = None,
+def _items(data: EvalSet) -> list:
+    return [(g.query, p) for g in data.groups for p in g.passages] if data.task == "ranking" else list(data.texts)
+
+
+def quantizable_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
+    """Names of the nodes ``config`` would quantize (op types in ``config.op_types`` with a constant weight)."""
+    import onnx
+
+    graph = onnx.load(str(model.path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in config.op_types and n.name
+            and (n.op_type != "MatMul" or (len(n.input) > 1 and n.input[1] in inits))]
+
+
+class _Tuner:
+    """State of one tuning run: the reference outputs, smoothed graphs and the trials so far."""
+
+    def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
+                 threads: int | None, progress: Progress):
+        self.ckpt, self.fused, self.target, self.data = ckpt, fused, target, data
+        self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
+        self.session = dict(target.session)
+        self.reference = reference_outputs(ckpt, data, fused.model_dir, threads)
+        texts = _items(data)
+        self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
+        self.trials: list[Trial] = []
+        self.models: list[OnnxModel] = []
+        self._amax = None
+        self._smoothed: dict[float, OnnxModel] = {}
+        self._built = 0
+
+    def _base_graph(self, alpha: float | None) -> OnnxModel:
+        if alpha is None:
+            return self.fused
+        if alpha not in self._smoothed:
+            if self._amax is None:
+                from .evaldata import builtin
+
+                calib = _items(_subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
+                self._amax = calibrate(self.fused, self.ckpt.task, calib)
+            self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
+        return self._smoothed[alpha]
+
+    def build(self, config: QuantConfig) -> OnnxModel:
+        self._built += 1
+        return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+
+    def predictor(self, model: OnnxModel) -> Predictor:
+        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads, session_config=self.session)
+
+    def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
+        predictor = self.predictor(model)
+        report = validate(self.ckpt, predictor, self.data, self.tolerance, self.reference)
+        trial = Trial(label, config, report, measure_p50(predictor, self.latency_text), phase=phase)
+        self.trials.append(trial)
+        self.models.append(model)
+        self.progress.info(f"{label:<40} {report.metric} {report.optimised:.4f} (gate loss {report.gate_loss:.4f}) "
+                           f"{'pass' if report.passed else 'FAIL'}  p50 {trial.p50_ms:.2f} ms")
+        return trial
+
+    def inc_loop(self, configs: Sequence[QuantConfig], budget: int, phase: str) -> None:
+        """INC's tuning loop over ``configs``: stops at the first passing candidate or after ``budget`` trials."""
+        from neural_compressor.common.base_tuning import TuningConfig, init_tuning
+
+        if budget <= 0 or not configs:
+            return
+        inc_cls = _inc_config_class()
+        logging.getLogger("neural_compressor").setLevel(logging.WARNING)
+        loader, _, monitor = init_tuning(TuningConfig(
+            config_set=[inc_cls.from_quant_config(c) for c in configs], tolerable_loss=self.tolerance,
+            max_trials=budget))
+        monitor.set_baseline(1.0)
+        for index, inc_config in enumerate(loader):
+            config = inc_config.to_quant_config()
+            try:
+                model = self.build(config)
+            except MultiverseError as exc:
+                self.trials.append(Trial(config.label(), config.model_dump(mode="json"), None, None, str(exc), phase))
+                self.models.append(self.fused)
+                self.progress.warn(f"{config.label()}: {exc}")
+                monitor.add_trial_result(index, 0.0, inc_config)
+            else:
+                trial = self.run(config.label(), model, model.quantization, phase)
+                monitor.add_trial_result(index, 1.0 - trial.validation.gate_loss, inc_config)
+            if monitor.need_stop():
+                break
+
+    def sensitivity(self, config: QuantConfig) -> dict[str, float]:
+        """Gate loss of ``config`` with only one node quantized, per node, on a subset of the eval data.
+
+        Returns ``{node name: gate loss}``, most sensitive first.
+        """
+        subset = _subset(self.data, SENSITIVITY_ITEMS)
+        reference = TaskOutputs(*_slice_reference(self.reference, self.data, subset))
+        base = self._base_graph(config.smooth_alpha)
+        nodes = quantizable_nodes(base, config)
+        losses = {}
+        for node in nodes:
+            others = tuple(n for n in nodes if n != node)
+            try:
+                model = self.build(config.model_copy(update={"nodes_to_exclude": others}))
+            except MultiverseError:
+                continue
+            report = validate(self.ckpt, self.predictor(model), subset, self.tolerance, reference)
+            losses[node] = report.gate_loss
+            shutil.rmtree(model.path.parent, ignore_errors=True)
+        return dict(sorted(losses.items(), key=lambda kv: -kv[1]))
+
+
+def _slice_reference(ref: TaskOutputs, data: EvalSet, subset: EvalSet) -> tuple:
+    """Reference outputs of ``subset`` (built by :func:`_subset`) taken from those of ``data``."""
+    total = len(data)
+    idx = np.unique(np.linspace(0, total - 1, num=min(len(subset), total)).round().astype(int))
+    if data.task == "ranking":
+        sizes = [len(g.passages) for g in data.groups]
+        bounds = np.cumsum([0] + sizes)
+        return (np.concatenate([ref.values[bounds[i]:bounds[i + 1]] for i in idx]),)
+    if data.task == "token-classification":
+        return [ref.values[i] for i in idx], [ref.entities[i] for i in idx]
+    return (ref.values[idx],)
+
+
+def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
+         quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
          configs: Sequence[QuantConfig] | None = None, progress: Progress | None = None) -> tuple[OnnxModel, TuningReport]:
-    """Validate and time each candidate; return the model to ship and the report.
+    """Validate and time the fp32 graph and the int8 candidates; return the model to ship and the report.
 
-    The chosen model is the fastest passing candidate; ties and "int8 not faster" go to fp32.
-    When nothing passes, ``chosen`` is None and the most accurate candidate's model is returned
-    (the pipeline's gate decides what to do).
+    Args:
+        configs: explicit int8 candidates (skips the phases; still one INC loop).
+        precision: ``auto`` (latency-aware), ``int8`` or ``fp32``; see :func:`choose`.
+        max_trials: int8 trial budget (default 12); sensitivity measurements are not counted.
+    Returns ``(model, report)``: the fastest passing candidate; when none passes, ``report.chosen``
+    is None and the most accurate candidate's model is returned (the pipeline's gate decides).
     """
     progress = progress or Progress()
     workdir = Path(workdir)
-    reference = reference_outputs(ckpt, data, fused.model_dir, threads)
-    text = _latency_text(data)
-    session = dict(target.session)
-    models: list[OnnxModel] = []
-    trials: list[Trial] = []
-
-    def run(label: str, model: OnnxModel, config: dict | None) -> None:
-        predictor = Predictor(model.path, model.model_dir, ckpt.task, threads=threads, session_config=session)
-        report = validate(ckpt, predictor, data, tolerance, reference)
-        p50 = measure_p50(predictor, text)
-        trials.append(Trial(label, config, report, p50))
-        models.append(model)
-        progress.info(f"{label:<34} {report.metric} {report.optimised:.4f} (loss {report.relative_loss:+.4f}) "
-                      f"{'pass' if report.passed else 'FAIL'}  p50 {p50:.2f} ms")
-
-    run("fp32 (fused)", fused, None)
-    if quantize:
-        todo = list(configs or candidates(target))[: max_trials or None]
-        for i, cfg in enumerate(todo):
-            try:
-                q = quantize_model(fused, workdir / f"trial-{i}", cfg)
-            except MultiverseError as exc:
-                trials.append(Trial(cfg.label(), cfg.model_dump(mode="json"), None, None, str(exc)))
-                models.append(fused)
-                progress.warn(f"{cfg.label()}: {exc}")
-                continue
-            run(cfg.label(), q, q.quantization)
-    chosen, reason = choose(trials)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress)
+    tuner.run("fp32 (fused)", fused, None, "baseline")
+    budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
+    sensitivity: dict = {}
+    if quantize and precision != "fp32":
+        tuner.inc_loop(configs or phase1_configs(target), budget, "configurations")
+        int8 = [t for t in tuner.trials if t.config is not None and t.validation is not None]
+        if configs is None and int8 and not any(t.passed for t in int8) and len(tuner.trials) - 1 < budget:
+            best = min(int8, key=lambda t: t.validation.gate_loss)
+            best_config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
+            progress.info(f"measuring per-node sensitivity of {best.label} …")
+            losses = tuner.sensitivity(best_config)
+            order = list(losses)
+            sensitivity = {"base": best.label, "node_gate_loss": {k: round(v, 6) for k, v in losses.items()}}
+            ks = [k for k in (1, 2, 4, 6, 8, 12, 16, 24, 32) if k < len(order)]
+            fallbacks = [best_config.model_copy(update={"nodes_to_exclude": tuple(order[:k])}) for k in ks]
+            tuner.inc_loop(fallbacks, budget - (len(tuner.trials) - 1), "fp32 fallback")
+    chosen, reason = choose(tuner.trials, precision)
     if chosen is None:
-        best = min((i for i, t in enumerate(trials) if t.validation), key=lambda i: trials[i].validation.relative_loss)
-        model = models[best]
+        model = tuner.models[min((i for i, t in enumerate(tuner.trials) if t.validation),
+                                 key=lambda i: tuner.trials[i].validation.gate_loss)]
     else:
-        model = models[chosen]
-    return model, TuningReport(tuple(trials), chosen, reason,
-                               {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores()})
+        model = tuner.models[chosen]
+    latency = {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores()}
+    return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)
 
 
-def choose(trials: Sequence[Trial]) -> tuple[int | None, str]:
-    """Index of the fastest passing trial (fp32 is trial 0) and the reason, or (None, reason)."""
+def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None, str]:
+    """Index of the trial to ship (fp32 is trial 0) and the reason, or (None, reason) when none passes.
+
+    ``precision``: ``auto`` = the fastest passing trial; ``int8`` = the fastest passing int8 trial
+    (for building on a host whose timings say nothing about the target CPU); ``fp32`` = trial 0.
+    """
     passing = [i for i, t in enumerate(trials) if t.passed and t.p50_ms is not None]
+    if precision == "fp32":
+        passing = [i for i in passing if trials[i].config is None]
+    elif precision == "int8":
+        passing = [i for i in passing if trials[i].config is not None]
+        if passing:
+            best = min(passing, key=lambda i: trials[i].p50_ms)
+            return best, "int8 requested: fastest passing int8 candidate"
     if not passing:
-        return None, "no candidate met the tolerance"
+        return None, "no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
     best = min(passing, key=lambda i: trials[i].p50_ms)
     if trials[best].config is None:
-        int8_pass = [i for i in passing if trials[i].config is not None]
-        if int8_pass:
+        if any(trials[i].config is not None for i in passing):
             return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
         return best, "fp32 shipped: quantization disabled"
     speedup = trials[0].p50_ms / trials[best].p50_ms if trials[0].p50_ms else float("nan")
-    return best, f"fastest passing candidate, {speedup:.2f}× fp32"
+    return best, f"fastest passing candidate, {speedup:.2f}× faster than fp32"

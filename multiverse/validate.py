@@ -29,10 +29,13 @@ BATCH_SIZE = 16
 
 @dataclass(frozen=True)
 class Check:
+    """One gated bound. ``loss`` is its loss-equivalent: the check passes iff ``loss`` ≤ τ."""
+
     name: str
     value: float
     threshold: float
     passed: bool
+    loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def gate_loss(self) -> float:
+        """Largest loss-equivalent over the checks: passed ⇔ gate_loss ≤ tolerance. The tuner minimises it."""
+        return max((c.loss for c in self.checks), default=0.0)
 
     def failure(self) -> str:
         """One sentence naming each failed check and the gap, or '' when passed."""
@@ -132,11 +140,11 @@ def candidate_outputs(predictor, data: EvalSet) -> TaskOutputs:
     return collect(predictor.run, predictor.encode, predictor.handler, data)
 
 
-def _check(name: str, value: float, threshold: float, higher_is_better: bool = True) -> Check:
+def _check(name: str, value: float, threshold: float, loss: float, higher_is_better: bool = True) -> Check:
     # A bound on a metric is exact (fp32 ONNX is not bit-identical to PyTorch, so a cosine bound
     # of 1 is not met); a bound on a relative loss allows float rounding of (r - o) / r.
     ok = value >= threshold if higher_is_better else value <= threshold + 1e-12
-    return Check(name, float(value), float(threshold), bool(ok))
+    return Check(name, float(value), float(threshold), bool(ok), float(loss))
 
 
 def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tolerance: float) -> ValidationReport:
@@ -152,7 +160,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
                    "retrieval_agreement@1": metrics.retrieval_agreement(ref.values, cand.values, k=1)
                    if len(cos) > 1 else 1.0}
         metric, r, o = "mean_cosine", 1.0, float(cos.mean())
-        checks = (_check("mean_cosine", o, 1 - tolerance), _check("min_cosine", float(cos.min()), 1 - 2 * tolerance))
+        checks = (_check("mean_cosine", o, 1 - tolerance, 1 - o),
+                  _check("min_cosine", float(cos.min()), 1 - 2 * tolerance, (1 - float(cos.min())) / 2))
     elif task == "text-classification":
         ref_ids, cand_ids = ref.values.argmax(-1), cand.values.argmax(-1)
         details["label_agreement"] = float((ref_ids == cand_ids).mean())
@@ -163,7 +172,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
             metric = "accuracy"
         else:
             metric, r, o = "label_agreement", 1.0, details["label_agreement"]
-        checks = (_check(f"relative loss of {metric}", metrics.relative_loss(r, o), tolerance, False),)
+        loss = metrics.relative_loss(r, o)
+        checks = (_check(f"relative loss of {metric}", loss, tolerance, loss, False),)
     elif task == "token-classification":
         agree = np.concatenate([a == b for a, b in zip(ref.values, cand.values)])
         details["token_agreement"] = float(agree.mean()) if agree.size else 1.0
@@ -176,7 +186,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
             metric = "entity_f1"
         else:
             metric, r, o = "token_agreement", 1.0, details["token_agreement"]
-        checks = (_check(f"relative loss of {metric}", metrics.relative_loss(r, o), tolerance, False),)
+        loss = metrics.relative_loss(r, o)
+        checks = (_check(f"relative loss of {metric}", loss, tolerance, loss, False),)
     elif task == "ranking":
         sizes = [len(g.passages) for g in data.groups]
         bounds = np.cumsum([0] + sizes)
@@ -191,7 +202,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
             relevant = [{int(np.argmax(s))} for s in ref_groups]
             r, o = 1.0, metrics.mrr(cand_groups, relevant)
         metric = "mrr"
-        checks = (_check("relative loss of mrr", metrics.relative_loss(r, o), tolerance, False),)
+        loss = metrics.relative_loss(r, o)
+        checks = (_check("relative loss of mrr", loss, tolerance, loss, False),)
     else:  # pragma: no cover - tasks are validated upstream
         raise EvalDataError(f"Unknown task {task!r}.")
     return ValidationReport(
