@@ -41,6 +41,7 @@ def optimize(
     revision: Optional[str] = typer.Option(None, help="Hub branch, tag or commit sha."),
     out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
+    eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
@@ -56,7 +57,8 @@ def optimize(
     from .progress import RichProgress
 
     try:
-        b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, tolerance=tolerance,
+        b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
+                tolerance=tolerance,
                 overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
                 max_trials=max_trials,
                 threads=threads, progress=RichProgress(err))
@@ -109,6 +111,42 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
     if problems:
         err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.")
         raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
+    eval_split: str = typer.Option("test", "--eval-split", help="Split of a named set / DatasetDict (held out: test)."),
+    tolerance: Optional[float] = typer.Option(None, help="Max relative loss (default: the bundle's)."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: physical cores)."),
+    allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch", help="Run although this CPU lacks the target's flags."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Re-run the accuracy gate on BUNDLE against its original PyTorch model. Exit 3 when it fails."""
+    from .pipeline import revalidate
+
+    try:
+        report = revalidate(bundle, eval_data, tolerance, eval_split=eval_split, threads=threads,
+                            allow_isa_mismatch=allow_isa_mismatch)
+    except MultiverseError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        t = Table(title=f"{bundle} on {report.dataset} (n={report.n}, tolerance {report.tolerance:g})")
+        for col in ("check", "value", "required", "result"):
+            t.add_column(col)
+        t.add_row(f"{report.metric} (reference)", f"{report.reference:.4f}", "", "")
+        t.add_row(f"{report.metric} (optimised)", f"{report.optimised:.4f}", "", "")
+        for c in report.checks:
+            t.add_row(c.name, f"{c.value:.4f}", f"{c.threshold:.4f}", "pass" if c.passed else "FAIL")
+        for k, v in report.details.items():
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v), "", "")
+        Console().print(t)
+    if not report.passed:
+        err.print(f"[red]error:[/red] accuracy gate failed: {report.failure()}", highlight=False)
+        raise typer.Exit(AccuracyGateError.exit_code)
 
 
 @app.command()

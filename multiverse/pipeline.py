@@ -14,12 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, bundle, evaldata, hub
-from .errors import AccuracyGateError, UsageError
+from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
 from .progress import Progress
 from .targets import get_target, missing_flags
 from .tuning import TuningReport, tune
+from .validate import ValidationReport
 
 DEFAULT_OUT = Path("multiverse-bundles")
 
@@ -45,7 +46,7 @@ def bundle_path(ckpt: hub.Checkpoint, target_name: str, out: str | Path | None) 
 
 def optimize(model: str | None = None, target: str = "native", *, task: str | None = None,
              revision: str | None = None, out: str | Path | None = None, eval_data: str | None = None,
-             tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
+             eval_split: str = "validation", tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
              quantize: bool = True, precision: str = "auto", max_trials: int | None = None,
              threads: int | None = None, progress: Progress | None = None) -> bundle.Bundle:
     """Checkpoint → fused, int8 (when it pays), validated bundle.
@@ -55,6 +56,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         target: CPU target name or ``native``.
         eval_data: ``builtin`` (default), ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved
             ``datasets`` folder (see ``evaldata.load``).
+        eval_split: split of a named set or DatasetDict the tuner selects on (default ``validation``,
+            so that ``multiverse validate --eval-split test`` reports on data the tuner never saw).
         tolerance: maximum relative metric loss (0.01 = 1 %).
         keep_failed: write the bundle (marked failed) even when the gate fails.
         quantize: False ships the fused fp32 graph (still validated); same as ``precision="fp32"``.
@@ -93,7 +96,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     dest = bundle_path(ckpt, tgt.name, out)
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
-    data = evaldata.load(eval_data, ckpt.task)
+    data = evaldata.load(eval_data, ckpt.task, split=eval_split)
 
     work = Path(tempfile.mkdtemp(prefix="multiverse-"))
     try:
@@ -124,6 +127,41 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: float | None = None, *,
+               eval_split: str = "test", threads: int | None = None,
+               allow_isa_mismatch: bool = False) -> "ValidationReport":
+    """Re-run the accuracy gate on a written bundle against its original PyTorch checkpoint.
+
+    The checkpoint is found from the manifest: the recorded local folder if it still has the
+    same content hash, else the Hub id at the recorded revision (HF cache first).
+    ``tolerance`` defaults to the one the bundle was built with.
+
+    Raises BundleError (corrupt), HubError (original checkpoint not found), EvalDataError,
+    IsaMismatchError; the returned report says whether the gate passed (the CLI exits 3 if not).
+    """
+    from .inference import Predictor
+    from .validate import validate
+
+    b = bundle.load(bundle_dir)
+    src = b.manifest["source"]
+    ckpt = None
+    local = Path(src.get("local_path") or "")
+    if src.get("local_path") and local.is_dir():
+        candidate = hub.from_folder(local, b.task, src.get("repo_id"), src.get("revision"))
+        if candidate.local_hash == src.get("local_hash"):
+            ckpt = candidate
+    if ckpt is None:
+        if not src.get("repo_id"):
+            raise HubError(f"The original checkpoint of {b.path} ({local}) is gone or changed; "
+                               "validation needs it as the reference. Restore the folder or rebuild the bundle.")
+        ckpt = hub.resolve(src["repo_id"], src.get("revision"), b.task)
+    data = evaldata.load(eval_data, b.task, split=eval_split)
+    if tolerance is None:
+        tolerance = float((b.manifest.get("validation") or {}).get("tolerance", 0.01))
+    predictor = Predictor.from_bundle(b, threads=threads, allow_isa_mismatch=allow_isa_mismatch, verify=False)
+    return validate(ckpt, predictor, data, tolerance, threads=threads)
 
 
 def _gate_message(report: TuningReport, tolerance: float) -> str:

@@ -159,6 +159,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
         details = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
                    "retrieval_agreement@1": metrics.retrieval_agreement(ref.values, cand.values, k=1)
                    if len(cos) > 1 else 1.0}
+        if data.labels is not None:
+            details.update(linear_probe(ref.values, cand.values, data.labels))
         metric, r, o = "mean_cosine", 1.0, float(cos.mean())
         checks = (_check("mean_cosine", o, 1 - tolerance, 1 - o),
                   _check("min_cosine", float(cos.min()), 1 - 2 * tolerance, (1 - float(cos.min())) / 2))
@@ -211,6 +213,25 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
         relative_loss=float(metrics.relative_loss(r, o)), tolerance=tolerance,
         passed=all(c.passed for c in checks), checks=checks, details=details,
     )
+
+
+def linear_probe(ref: np.ndarray, cand: np.ndarray, labels: Sequence) -> dict:
+    """Downstream check for embeddings: a nearest-centroid probe (a linear classifier on unit vectors) fitted
+    on the reference embeddings of the even-indexed examples, scored on the odd-indexed ones with the
+    reference and with the candidate embeddings.
+
+    Args: ref, cand float32 [n, dim]; labels length n. Returns ``probe_reference_accuracy``,
+    ``probe_optimised_accuracy`` and ``probe_accuracy_loss`` (absolute, reference − optimised).
+    """
+    y = np.asarray([str(label) for label in labels])
+    classes = sorted(set(y[0::2]))
+    unit = lambda x: x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)  # noqa: E731
+    centroids = unit(np.stack([unit(ref[0::2][y[0::2] == c]).mean(0) for c in classes]))
+    predict = lambda x: np.asarray(classes)[(unit(x) @ centroids.T).argmax(1)]  # noqa: E731
+    gold = y[1::2]
+    r = float((predict(ref[1::2]) == gold).mean()) if len(gold) else 0.0
+    o = float((predict(cand[1::2]) == gold).mean()) if len(gold) else 0.0
+    return {"probe_reference_accuracy": r, "probe_optimised_accuracy": o, "probe_accuracy_loss": r - o}
 
 
 def _gold_ids(labels: Sequence, config: dict, num_labels: int) -> np.ndarray:

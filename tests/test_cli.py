@@ -91,3 +91,12 @@ def test_console_script_entry_point(tiny_bundles):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ranking" in proc.stdout
+
+
+def test_validate_command_reruns_the_gate(tiny_bundles):
+    r = run("validate", tiny_bundles["text-classification"], "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["passed"] and doc["metric"] == "label_agreement" and doc["n"] >= 200
+    r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", "0")
+    assert r.exit_code == 3 and "accuracy gate failed" in r.output

@@ -1,0 +1,68 @@
+"""The gate's arithmetic on hand-computed cases, and the tuner's choice rule (no models involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from multiverse.evaldata import EvalSet, RankingGroup
+from multiverse.tuning import Trial, choose
+from multiverse.validate import TaskOutputs, ValidationReport, linear_probe, score
+
+CONFIG = {"id2label": {"0": "neg", "1": "pos"}}
+
+
+def test_embeddings_gate_mean_and_min_cosine():
+    ref = np.eye(4, dtype=np.float32)
+    cand = ref.copy()
+    cand[0] = [0.98, np.sqrt(1 - 0.98**2), 0, 0]  # cosine 0.98 for row 0, 1 for the others
+    data = EvalSet("t", "feature-extraction", texts=("a", "b", "c", "d"))
+    r = score(data, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.01)
+    assert r.optimised == pytest.approx(0.995) and r.details["min_cosine"] == pytest.approx(0.98)
+    assert r.passed  # mean 0.995 ≥ 0.99 and min 0.98 ≥ 0.98
+    assert r.gate_loss == pytest.approx(0.01)  # (1 − 0.98) / 2
+    r = score(data, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.009)
+    assert not r.passed and "min_cosine" in r.failure()
+
+
+def test_classification_labelled_and_unlabelled():
+    ref = np.array([[2, 0], [0, 2], [2, 0], [0, 2]], dtype=np.float32)   # predicts neg pos neg pos
+    cand = np.array([[2, 0], [0, 2], [0, 2], [0, 2]], dtype=np.float32)  # predicts neg pos pos pos
+    labelled = EvalSet("t", "text-classification", texts=tuple("abcd"), labels=("neg", "pos", "neg", "neg"))
+    r = score(labelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.5)
+    assert (r.metric, r.reference, r.optimised) == ("accuracy", 0.75, 0.5)
+    assert r.relative_loss == pytest.approx(1 / 3) and r.passed
+    assert r.details["label_agreement"] == 0.75
+    unlabelled = EvalSet("t", "text-classification", texts=tuple("abcd"))
+    r = score(unlabelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.2)
+    assert (r.metric, r.optimised, r.passed) == ("label_agreement", 0.75, False)
+
+
+def test_ranking_mrr():
+    groups = (RankingGroup("q1", ("a", "b", "c"), frozenset({0})), RankingGroup("q2", ("a", "b"), frozenset({1})))
+    ref = np.array([0.9, 0.1, 0.2, 0.1, 0.8], dtype=np.float32)   # relevant ranked 1st, 1st
+    cand = np.array([0.1, 0.9, 0.2, 0.1, 0.8], dtype=np.float32)  # relevant ranked 3rd, 1st
+    r = score(EvalSet("t", "ranking", groups=groups), TaskOutputs(ref), TaskOutputs(cand), CONFIG, 0.01)
+    assert r.reference == 1.0 and r.optimised == pytest.approx((1 / 3 + 1) / 2) and not r.passed
+
+
+def test_linear_probe_hand_case():
+    ref = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    cand = np.array([[1, 0], [0, 1], [0, 1], [1, 0]], dtype=np.float32)
+    out = linear_probe(ref, cand, ["x", "x", "y", "y"])  # fit on rows 0, 2; score rows 1, 3
+    assert out["probe_reference_accuracy"] == 1.0 and out["probe_optimised_accuracy"] == 0.0
+
+
+def _trial(config, passed, p50):
+    report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0, 0.0, 0.01, passed)
+    return Trial("t", config, report, p50)
+
+
+def test_choose_fastest_passing_and_fp32_fallbacks():
+    assert choose([_trial(None, True, 10), _trial({"q": 1}, True, 5), _trial({"q": 2}, True, 4)]) [0] == 2
+    idx, why = choose([_trial(None, True, 10), _trial({"q": 1}, True, 12)])
+    assert idx == 0 and "not faster" in why
+    idx, why = choose([_trial(None, True, 10), _trial({"q": 1}, False, 5)])
+    assert idx == 0 and "no int8 candidate met" in why
+    assert choose([_trial(None, False, 10), _trial({"q": 1}, False, 5)])[0] is None
+    assert choose([_trial(None, True, 10), _trial({"q": 1}, True, 12)], precision="int8")[0] == 1
