@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence

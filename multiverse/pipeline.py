@@ -7,10 +7,8 @@ Each stage takes a value and returns a new one; the gate is a policy here, repor
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, bundle, evaldata, hub
@@ -114,7 +112,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
                                   max_trials=max_trials, threads=threads, progress=progress)
             s["summary"] = report.summary()
         validation = report.chosen_validation
-        manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report, data, tolerance)
+        manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report)
         passed = validation is not None and validation.passed
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
@@ -174,7 +172,7 @@ def _gate_message(report: TuningReport, tolerance: float) -> str:
             f"{v.failure()}. Raise --tolerance, or give --eval-data that represents your traffic.")
 
 
-def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport, data, tolerance) -> dict:
+def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
     from .quantize import int8_weight_fraction
     from .tasks import TextTokenizer
     from .tasks.feature_extraction import load_pooling

@@ -9,7 +9,7 @@ sentinel ``model_max_length`` (PITFALLS.md, Inputs).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
