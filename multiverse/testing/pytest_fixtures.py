@@ -1,7 +1,7 @@
 """Shared pytest fixtures. Import them in ``tests/conftest.py``::
 
     from multiverse.testing.pytest_fixtures import (  # noqa: F401
-        fixture_cache_dir, hf_hub_cache, offline_hf_hub, tiny_checkpoints, trained_checkpoints)
+        fixture_cache_dir, hf_hub_cache, offline_hf_hub, tiny_checkpoint_matrix, trained_checkpoints)
 
 Trained checkpoints are cached across runs in ``$MULTIVERSE_FIXTURE_CACHE``
 (default ``~/.cache/multiverse-fixtures``); tiny ones live in pytest's session tmp folder.
@@ -53,7 +53,7 @@ def fixture_cache_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> LazyCheckpoints:
+def tiny_checkpoint_matrix(tmp_path_factory) -> LazyCheckpoints:
     """``{(task, model_type): folder}`` of :func:`tiny_checkpoint` for all tasks × bert/distilbert/roberta."""
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     return LazyCheckpoints({(t, m): (lambda t=t, m=m: tiny_checkpoint(t, root / f"{m}-{t}", m))
@@ -84,11 +84,11 @@ class HubCache:
 
 
 @pytest.fixture(scope="session")
-def hf_hub_cache(tmp_path_factory, tiny_checkpoints) -> HubCache:
+def hf_hub_cache(tmp_path_factory, tiny_checkpoint_matrix) -> HubCache:
     """Tiny bert checkpoints of every task in an HF cache as ``multiverse-test/tiny-bert-<task>``."""
     cache = tmp_path_factory.mktemp("hf-cache")
     repos = {t: f"multiverse-test/tiny-bert-{t}" for t in TASKS}
-    revisions = {t: write_hf_cache(tiny_checkpoints[(t, "bert")], cache, repo) for t, repo in repos.items()}
+    revisions = {t: write_hf_cache(tiny_checkpoint_matrix[(t, "bert")], cache, repo) for t, repo in repos.items()}
     return HubCache(cache, repos, revisions)
 
 
