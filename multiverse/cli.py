@@ -42,6 +42,7 @@ def optimize(
     out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval examples."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
@@ -58,6 +59,7 @@ def optimize(
 
     try:
         b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
+                eval_limit=eval_limit,
                 tolerance=tolerance,
                 overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
                 max_trials=max_trials,
@@ -118,6 +120,7 @@ def validate(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
     eval_split: str = typer.Option("test", "--eval-split", help="Split of a named set / DatasetDict (held out: test)."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval examples."),
     tolerance: Optional[float] = typer.Option(None, help="Max relative loss (default: the bundle's)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: physical cores)."),
     allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch", help="Run although this CPU lacks the target's flags."),
@@ -127,7 +130,7 @@ def validate(
     from .pipeline import revalidate
 
     try:
-        report = revalidate(bundle, eval_data, tolerance, eval_split=eval_split, threads=threads,
+        report = revalidate(bundle, eval_data, tolerance, eval_split=eval_split, eval_limit=eval_limit, threads=threads,
                             allow_isa_mismatch=allow_isa_mismatch)
     except MultiverseError as exc:
         _fail(exc, as_json)

@@ -285,7 +285,10 @@ class _Tuner:
 
         Returns ``{node name: gate loss}``, most sensitive first.
         """
-        subset = _subset(self.data, SENSITIVITY_ITEMS)
+        n = SENSITIVITY_ITEMS
+        if self.data.task == "ranking":  # count (query, passage) pairs, not queries
+            n = max(4, n // max(1, len(self.data.groups[0].passages)))
+        subset = _subset(self.data, n)
         reference = TaskOutputs(*_slice_reference(self.reference, self.data, subset))
         base = self._base_graph(config.smooth_alpha)
         nodes = quantizable_nodes(base, config)
