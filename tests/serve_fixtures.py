@@ -1,8 +1,7 @@
-"""Shared helpers of the serve tests: bundles built once per test process, and a real server process.
+"""Helpers of the serve tests: a real ``multiverse serve`` process, and an app served in a thread.
 
-Bundles are cached in this module (not only in a pytest fixture) so every ``test_serve*.py``
-file shares them: tiny random checkpoints of the four tasks (a few seconds each) and the
-real all-MiniLM-L6-v2 (30-60 s).
+The bundles come from the session fixtures of ``conftest.py`` (``tiny_bundles``, ``minilm_bundle``),
+shared with the rest of the suite.
 """
 
 from __future__ import annotations
@@ -25,57 +24,6 @@ TASKS = ("text-classification", "feature-extraction", "token-classification", "r
 
 _ROOT = Path(tempfile.mkdtemp(prefix="multiverse-serve-tests-"))
 atexit.register(shutil.rmtree, _ROOT, True)
-_LOCK = threading.Lock()
-_BUNDLES: dict[str, Path] = {}
-
-
-def _tiny_checkpoint(task: str, out: Path) -> Path:
-    """``multiverse.testing.tiny_checkpoint``, waiting a little if it is being written right now."""
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            from multiverse.testing import tiny_checkpoint
-
-            break
-        except ImportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(5)
-            import importlib
-
-            import multiverse.testing
-
-            importlib.reload(multiverse.testing)
-    result = tiny_checkpoint(task, out)
-    return Path(getattr(result, "path", result))
-
-
-def _optimize(model: str | None, task: str | None, out: Path) -> Path:
-    from multiverse.errors import AccuracyGateError
-    from multiverse.pipeline import optimize
-
-    try:
-        return Path(optimize(model, target="native", task=task, out=out, overwrite=True).path)
-    except AccuracyGateError:  # a random tiny model may miss the int8 gate: the fp32 graph always passes
-        return Path(optimize(model, target="native", task=task, out=out, overwrite=True, quantize=False).path)
-
-
-def bundle(task: str) -> Path:
-    """The bundle of a tiny random checkpoint of ``task`` (built once per process)."""
-    with _LOCK:
-        if task not in _BUNDLES:
-            ckpt = _tiny_checkpoint(task, _ROOT / "ckpt" / task)
-            _BUNDLES[task] = _optimize(str(ckpt), task, _ROOT / "bundles" / task)
-        return _BUNDLES[task]
-
-
-def minilm_bundle() -> Path:
-    """The real all-MiniLM-L6-v2 bundle (built once per process; ``MULTIVERSE_TEST_MINILM_BUNDLE`` reuses one)."""
-    with _LOCK:
-        if "minilm" not in _BUNDLES:
-            given = os.environ.get("MULTIVERSE_TEST_MINILM_BUNDLE")
-            _BUNDLES["minilm"] = Path(given) if given else _optimize(None, None, _ROOT / "bundles" / "minilm")
-        return _BUNDLES["minilm"]
 
 
 class ThreadServer:
@@ -88,7 +36,7 @@ class ThreadServer:
                                                     access_log=False, lifespan="on", timeout_graceful_shutdown=10))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -176,7 +124,7 @@ class Server:
             self.proc.wait(10)
         self._log.close()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

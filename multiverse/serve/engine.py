@@ -8,9 +8,14 @@ The worker takes the oldest request, tokenizes it, and, when batching is on
 (``batch_tokens > 0``), also takes the requests already waiting while the merged batch
 stays within the padded-token budget (``rows × longest sequence``). It does not wait for
 more requests to arrive: under light load every request runs alone at full speed, under
-heavy load batches form by themselves. Each request is post-processed on its own rows
-with its own parameters, so its result equals ``Predictor.predict`` on the same inputs
-(bit for bit without batching; to float rounding with batching).
+heavy load batches form by themselves. Rows are then run in ONNX Runtime runs of at most
+``max_run_tokens`` padded tokens (a bigger request is split, in order), which bounds the
+memory the session's arena grows to. Each request is post-processed on its own rows with
+its own parameters, so its result equals ``Predictor.predict`` on the same inputs: bit for
+bit when it ran alone in one run, to float rounding when batched or split.
+
+Very long texts are first cut by :class:`~multiverse.serve.precut.PreCutter` (same tokens,
+without the tokenizer's quadratic cost on long pairs).
 
 Imports only numpy and the standard library (plus multiverse's own serving-path modules).
 """
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..tasks import Encoded
+from .precut import PreCutter
 
 log = logging.getLogger("multiverse.serve")
 
@@ -49,7 +55,7 @@ class Result:
         tokenization_ms: tokenizing this request's inputs.
         queue_ms: waiting before the model run (for the worker, and for the other requests
             of the same batch to be tokenized).
-        inference_ms: the ONNX Runtime run this request was part of.
+        inference_ms: the ONNX Runtime run(s) this request was part of.
         postprocess_ms: this request's post-processing.
         compute_ms: tokenization + inference + post-processing (the pipeline time, without queueing).
         n_tokens: real (non-pad) tokens of this request.
@@ -67,8 +73,21 @@ class Result:
 
 
 class _Job:
-    __slots__ = ("items", "params", "future", "loop", "enqueued", "enc", "tok_ms", "inference_ms", "post_ms",
-                 "results", "rows", "failed", "done_rows")
+    __slots__ = (
+        "done_rows",
+        "enc",
+        "enqueued",
+        "failed",
+        "future",
+        "inference_ms",
+        "items",
+        "loop",
+        "params",
+        "post_ms",
+        "results",
+        "rows",
+        "tok_ms",
+    )
 
     def __init__(self, items: list, params: dict, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.items = items
@@ -87,6 +106,14 @@ def _deliver(future: asyncio.Future, value: Any, error: BaseException | None) ->
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def _post(job: _Job, value: Any = None, error: BaseException | None = None) -> None:
+    """Resolve a job's future on its event loop (from the worker thread); a closed loop is ignored."""
+    try:
+        job.loop.call_soon_threadsafe(_deliver, job.future, value, error)
+    except RuntimeError:  # the loop is gone (shutdown): nobody is waiting any more
+        pass
 
 
 class Engine:
@@ -114,7 +141,10 @@ class Engine:
         self._cv = threading.Condition(threading.Lock())
         self._running = True  # accepting requests; they wait in the queue until start()
         self._thread: threading.Thread | None = None
-        self._pad_id = int(getattr(getattr(predictor, "tokenizer", None), "pad_id", 0) or 0)
+        text_tokenizer = getattr(predictor, "tokenizer", None)
+        self._pad_id = int(getattr(text_tokenizer, "pad_id", 0) or 0)
+        raw = getattr(text_tokenizer, "tokenizer", None)
+        self._precut = PreCutter(raw, int(predictor.max_length)) if raw is not None else None
 
     # ----------------------------------------------------------------- control
     def start(self) -> None:
@@ -173,9 +203,11 @@ class Engine:
     def _tokenize(self, job: _Job) -> bool:
         t0 = time.perf_counter()
         try:
+            if self._precut is not None:
+                job.items = [self._precut.item(item) for item in job.items]
             job.enc = self.predictor.encode(job.items)
         except BaseException as exc:  # noqa: BLE001 - delivered to the request
-            job.loop.call_soon_threadsafe(_deliver, job.future, None, exc)
+            _post(job, error=exc)
             return False
         job.tok_ms = (time.perf_counter() - t0) * 1e3
         return True
@@ -210,10 +242,10 @@ class Engine:
                     rows, longest = n_rows, n_longest
             try:
                 self._run(batch)
-            except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
+            except BaseException as exc:
                 log.exception("inference failed")
                 for j in batch:
-                    j.loop.call_soon_threadsafe(_deliver, j.future, None, exc)
+                    _post(j, error=exc)
 
     def _run(self, batch: list[_Job]) -> None:
         """Run the jobs' rows in ORT runs of at most ``max_run_tokens`` padded tokens, then post-process each job."""
@@ -253,10 +285,10 @@ class Engine:
                 t1 = time.perf_counter()
                 try:
                     job.results.extend(predictor.handler.postprocess(out, sub, job.params))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     log.exception("post-processing failed")
                     job.failed = True
-                    job.loop.call_soon_threadsafe(_deliver, job.future, None, exc)
+                    _post(job, error=exc)
                     continue
                 job.post_ms += (time.perf_counter() - t1) * 1e3
                 job.done_rows += n
@@ -264,7 +296,7 @@ class Engine:
                     queue_ms = max(0.0, (t_start - job.enqueued) * 1e3 - job.tok_ms)
                     res = Result(job.results, job.tok_ms, queue_ms, job.inference_ms, job.post_ms,
                                  job.tok_ms + job.inference_ms + job.post_ms, job.enc.n_tokens, job.rows)
-                    job.loop.call_soon_threadsafe(_deliver, job.future, res, None)
+                    _post(job, res)
                     job.enc = None
 
     def _plan(self, batch: list[_Job]) -> list[list[tuple[_Job, int, int]]]:

@@ -61,7 +61,7 @@ class PredictRequest(BaseModel):
         None, description="Task options. text-classification: `top_k` (int ≥ 1, default 1; null = all labels). "
                           "feature-extraction: `normalize` (bool, default from the bundle). ranking: `raw_scores` "
                           "(bool, default false: sigmoid). token-classification: `ignore_labels` (list of labels, "
-                          "default [\"O\"]). All tasks: `truncate` (bool, ignored: texts longer than the model's "
+                          "default [\"O\"]), `aggregation_strategy` (\"simple\" only). All tasks: `truncate` (bool, ignored: texts longer than the model's "
                           "limit are always truncated), `truncation_direction` (\"right\" only).")
     raw_scores: bool | None = Field(None, description="TEI: same as parameters.raw_scores.")
     truncate: bool | None = Field(None, description="TEI: accepted and ignored (always truncates).")
