@@ -105,6 +105,10 @@ def test_measure_caps_very_slow_cells_but_keeps_a_floor():
                       clock=clock)
     assert len(m.durations) == 3 and m.capped  # 12 s ≥ 10 s cap after the 3-run floor
 
+    clock = FakeClock([4.0])  # warm-up of a slow cell stops after max_seconds / 3 (at least one call)
+    stats.measure(clock.work, stats.Budget(warmup_runs=5, min_runs=1, min_seconds=0, max_seconds=9), clock=clock)
+    assert clock.calls == 1 + 1
+
 
 def test_summarize_percentiles_and_throughput_from_known_durations():
     ds = [0.001 * (i + 1) for i in range(100)]  # 1..100 ms
@@ -225,6 +229,11 @@ def test_ort_profile_summary():
     s = summarize_ort_profile(events, runs=2)
     assert s["model_run_ms"] == pytest.approx(2.0) and s["kernel_ms"] == pytest.approx(2.0)
     assert s["ops"][0] == {"op_type": "MatMulInteger", "ms": 1.5, "share": 0.75, "nodes": 2}
+    warm = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 90000},
+            {"cat": "Node", "name": "w_kernel_time", "ts": 10, "dur": 80000, "args": {"op_name": "MatMulInteger"}}]
+    later = [dict(e, ts=100000 + i) for i, e in enumerate(events)]
+    s = summarize_ort_profile(warm + later, runs=2, skip_runs=1)  # the warm-up run is left out
+    assert s["kernel_ms"] == pytest.approx(2.0) and s["model_run_ms"] == pytest.approx(2.0)
 
 
 def test_http_system_records_client_latency_and_compute_time():
@@ -245,3 +254,22 @@ def test_http_system_records_client_latency_and_compute_time():
     assert len(m.durations) == 4 and system.compute_ms == [1.25] * 5
     with pytest.raises(BenchmarkError, match="400"):
         system([])
+
+
+def test_interleaved_slices_split_the_budget_and_pool_durations():
+    from multiverse.benchmark.runner import merge_slices, slice_budget
+
+    b = stats.Budget(warmup_runs=5, min_runs=200, min_seconds=3.0, max_seconds=60.0, floor_runs=30)
+    first, later = slice_budget(b, 3, True), slice_budget(b, 3, False)
+    assert (first.warmup_runs, later.warmup_runs) == (5, 1)
+    assert first.min_runs == 67 and first.min_seconds == pytest.approx(1.0) and first.max_seconds == 20 and first.floor_runs == 10
+    slices = [{"durations": [0.001] * 10, "capped": False, "loadavg_1m": 0.5,
+               "breakdown": {"tokenization_ms": 0.1, "inference_ms": 0.8, "postprocess_ms": 0.1}},
+              {"durations": [0.003] * 10, "capped": True, "loadavg_1m": 1.5,
+               "breakdown": {"tokenization_ms": 0.3, "inference_ms": 2.4, "postprocess_ms": 0.3}}]
+    row = merge_slices("multiverse", 2, 8, 1, slices, [])
+    assert row["status"] == "ok" and row["stats"]["n"] == 20 and row["capped"] and row["rounds"] == 2
+    assert row["stats"]["p50_ms"] == pytest.approx(2.0) and row["loadavg_1m"] == 1.5
+    assert row["breakdown"]["inference_ms"] == pytest.approx(1.6)
+    bad = merge_slices("optimum", 2, 8, 1, slices[:1], ["RuntimeError: boom"])
+    assert bad["status"] == "error" and "boom" in bad["reason"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -105,6 +104,7 @@ class _HFPipelineSystem:
         return out
 
     def breakdown(self, last: int) -> dict | None:
+        """None: a pipeline does not expose its per-step times."""
         return None
 
 
@@ -241,7 +241,7 @@ def build_optimum(checkpoint: str | Path, task: str, out_dir: str | Path) -> dic
             if f.is_file() and not f.name.endswith(".onnx") and not (out / f.name).exists():
                 shutil.copy(f, out / f.name)
         shutil.rmtree(work, ignore_errors=True)
-    except Exception as exc:  # noqa: BLE001 - any optimum/ORT failure becomes one clear error
+    except Exception as exc:  # any optimum/ORT failure becomes one clear error
         raise BenchmarkError(f"Building the optimum-onnx baseline failed: {type(exc).__name__}: {exc}. "
                              "Run without --baseline optimum.") from exc
     info = {"path": str(out / OPTIMUM_FILE), "checkpoint_hash": key,

@@ -36,10 +36,12 @@ class Cell:
 
     @property
     def skipped(self) -> bool:
+        """True when the host cannot run this cell (see ``skip_reason``)."""
         return self.skip_reason is not None
 
     @property
     def key(self) -> tuple[int, int, int]:
+        """``(cores, seq_len, batch_size)``."""
         return (self.cores, self.seq_len, self.batch_size)
 
 

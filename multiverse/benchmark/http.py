@@ -75,6 +75,7 @@ class HttpSystem:
         return r.json()
 
     def close(self) -> None:
+        """Close the HTTP client."""
         self.client.close()
 
 

@@ -105,10 +105,12 @@ def build_report(*, bundle, systems: Sequence[str], cells, rows: list[dict], bud
     notes = list(notes)
     loads = [r["loadavg_1m"] for r in rows if r.get("loadavg_1m") is not None]
     cores_avail = available_cores or host_info()["physical_cores"]
-    if loads and max(loads) > cores_avail:
+    # The benchmark's own busy threads add about one per pinned core to the load average.
+    own = max([r["cores"] for r in rows if isinstance(r.get("cores"), int) and r.get("status") == "ok"] or [0])
+    if loads and max(loads) > own + 1:
         notes.append(f"the host's 1-minute load average reached {max(loads):.1f} on {cores_avail} physical cores during "
-                     "the run: other processes competed for the pinned cores, so latencies (and OpenMP-based baselines "
-                     "most) are inflated; see each row's loadavg_1m")
+                     f"the run (the benchmark itself accounts for about {own}): other processes competed for the pinned "
+                     "cores, so latencies (and OpenMP-based baselines most) are inflated; see each row's loadavg_1m")
     baselines = [s for s in systems if s not in ("multiverse", "multiverse-http")]
     return {
         "schema": SCHEMA,
@@ -360,6 +362,7 @@ class RichBenchProgress:
         self._task = None
 
     def start(self, total: int) -> None:
+        """Show a bar over ``total`` steps."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.stop()
@@ -369,13 +372,19 @@ class RichBenchProgress:
         self._task = self._progress.add_task("", total=total)
 
     def advance(self, description: str, n: int = 1) -> None:
+        """Advance the bar and show what finished (one line per step when stderr is not a terminal)."""
+        if self._progress is not None and not self.console.is_terminal:
+            task = self._progress.tasks[0]
+            self.console.print(f"  [{int(task.completed) + n}/{int(task.total or 0)}] {description}", highlight=False)
         if self._progress is not None:
             self._progress.update(self._task, advance=n, description=description)
 
     def log(self, message: str) -> None:
+        """Print a line above the bar."""
         (self._progress.console if self._progress else self.console).print(f"  {message}", highlight=False)
 
     def stop(self) -> None:
+        """Remove the live bar (its last state stays printed)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

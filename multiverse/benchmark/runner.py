@@ -1,14 +1,17 @@
-"""Runs the grid: one spawned process per (core count, system), pinned before any numerical import.
+"""Runs the grid: one spawned worker process per (core count, system), pinned before any numerical import.
 
-The child calls ``os.sched_setaffinity`` on ``n`` logical CPUs of ``n`` distinct physical cores and
+Each child calls ``os.sched_setaffinity`` on ``n`` logical CPUs of ``n`` distinct physical cores and
 sets ``OMP/MKL/OPENBLAS_NUM_THREADS=n`` *before* importing onnxruntime or torch, then builds its
 system with ``n`` intra-op threads (ORT ``intra_op_num_threads``, ``torch.set_num_threads``).
-Each system gets its own process: torch and ONNX Runtime in one process fight over cores.
+Each system gets its own process (torch and ONNX Runtime in one process fight over cores); the workers of
+one core count share the same CPUs but take turns: every cell is timed in ``rounds`` slices per system in
+rotating order, so on a shared host all systems see the same background load, and the slices are pooled.
 This module imports only the standard library and the pure-Python grid/stats modules at the top.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .grid import Cell, expand, pick_cpus
+from .grid import expand, pick_cpus
 from .stats import DEFAULT_BUDGET, Budget, measure, summarize
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -27,13 +30,17 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NU
 class BenchProgress:
     """Progress hooks the runner calls; silent by default (the CLI renders a rich progress bar)."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int) -> None:
+        """``total`` cells (times systems, plus the accuracy step) are about to run."""
 
-    def advance(self, description: str, n: int = 1) -> None: ...
+    def advance(self, description: str, n: int = 1) -> None:
+        """``n`` more done; ``description`` says which (and its p50)."""
 
-    def log(self, message: str) -> None: ...
+    def log(self, message: str) -> None:
+        """A line of information (rich markup allowed)."""
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """The run is over (also called on the way out of an error)."""
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Job:
     """Work for one pinned child process.
 
     Attributes:
-        kind: ``cells`` (time ``system`` on ``cells``), ``accuracy`` (compare every system with
+        kind: ``cells`` (a :class:`Worker` timing ``system``), ``accuracy`` (compare every system with
             PyTorch) or ``profile`` (ORT-profile one Multiverse cell).
         cores: physical cores = threads; cpus: the logical CPUs to pin to.
         cells: ``(seq_len, batch_size)`` pairs; inputs: seq_len → real inputs of exactly that length.
@@ -74,9 +81,7 @@ def pin(cpus: Sequence[int], threads: int) -> None:
 def _child(job: Job, q) -> None:  # runs in the spawned process
     pin(job.cpus, job.cores)
     try:
-        if job.kind == "cells":
-            _child_cells(job, q)
-        elif job.kind == "accuracy":
+        if job.kind == "accuracy":
             _child_accuracy(job, q)
         elif job.kind == "profile":
             from .profile import profile_predictor
@@ -89,25 +94,119 @@ def _child(job: Job, q) -> None:  # runs in the spawned process
         q.put(("done", None))
 
 
-def _child_cells(job: Job, q) -> None:
-    from .baselines import make_system
+def _child_worker(job: Job, commands, q) -> None:  # runs in the spawned process
+    """Build ``job.system`` once, then time one slice per ``("slice", seq_len, batch, budget)`` command until ``stop``."""
+    pin(job.cpus, job.cores)
+    try:
+        from .baselines import make_system
 
-    system = make_system(job.system, threads=job.cores, bundle=job.bundle, checkpoint=job.checkpoint, task=job.task,
-                         optimum_dir=job.optimum_dir)
-    q.put(("ready", os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None))
-    for seq_len, batch in job.cells:
+        system = make_system(job.system, threads=job.cores, bundle=job.bundle, checkpoint=job.checkpoint,
+                             task=job.task, optimum_dir=job.optimum_dir)
+        q.put(("ready", sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None))
+    except BaseException as exc:  # noqa: BLE001
+        q.put(("fatal", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=6)))
+        return
+    while True:
+        cmd = commands.get()
+        if cmd[0] != "slice":
+            break
+        _, seq_len, batch, budget = cmd
         inputs = job.inputs[seq_len][:batch]
-        row: dict[str, Any] = {"system": job.system, "cores": job.cores, "seq_len": seq_len, "batch_size": batch,
-                               "loadavg_1m": _loadavg()}
+        load = _loadavg()
         try:
-            m = measure(lambda: system(inputs), job.budget)
-            row.update(status="ok", capped=m.capped, stats=summarize(m.durations, batch).to_dict())
-            bd = system.breakdown(len(m.durations))
-            if bd:
-                row["breakdown"] = bd
+            m = measure(lambda: system(inputs), budget)
+            q.put(("slice", {"durations": m.durations, "capped": m.capped, "loadavg_1m": load,
+                             "breakdown": system.breakdown(len(m.durations))}))
         except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
-            row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        q.put(("cell", row))
+            q.put(("slice-error", f"{type(exc).__name__}: {exc}"))
+
+
+class Worker:
+    """A pinned child process holding one built system; the parent asks it to time slices of cells.
+
+    Several workers (one per system) share the same cores but only one runs at a time, so each system's
+    slices are interleaved with the others' and see the same background load.
+    """
+
+    def __init__(self, job: Job):
+        ctx = mp.get_context("spawn")
+        self.system = job.system
+        self.commands = ctx.Queue()
+        self.results = ctx.Queue()
+        self.proc = ctx.Process(target=_child_worker, args=(job, self.commands, self.results), daemon=True)
+        self.proc.start()
+        self.error: str | None = None
+
+    def _get(self, timeout_s: float) -> tuple:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.results.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not self.proc.is_alive():
+                    try:
+                        return self.results.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        return ("fatal", f"the {self.system} process died (exit code {self.proc.exitcode})", "")
+                if time.monotonic() > deadline:
+                    self.proc.terminate()
+                    return ("fatal", f"the {self.system} process did not answer within {timeout_s:.0f} s", "")
+
+    def wait_ready(self, timeout_s: float = 900.0) -> bool:
+        """Wait until the system is built; False (and ``error`` set) if building it failed."""
+        msg = self._get(timeout_s)
+        if msg[0] != "ready":
+            self.error = msg[1]
+        return self.error is None
+
+    def slice(self, seq_len: int, batch: int, budget: Budget, timeout_s: float) -> dict | str:
+        """Time one slice; the slice dict, or an error message (a dead worker sets ``error``)."""
+        if self.error:
+            return self.error
+        self.commands.put(("slice", seq_len, batch, budget))
+        msg = self._get(timeout_s)
+        if msg[0] == "slice":
+            return msg[1]
+        if msg[0] == "fatal":
+            self.error = msg[1]
+        return msg[1]
+
+    def stop(self) -> None:
+        """Ask the worker to exit; terminate it if it does not."""
+        try:
+            self.commands.put(("stop",))
+        except (OSError, ValueError):  # pragma: no cover
+            pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=5)
+
+
+def slice_budget(budget: Budget, rounds: int, first: bool) -> Budget:
+    """One round's share of a cell's budget: counts and seconds divided by ``rounds``; full warm-up in the first
+    round, one warm-up call in later rounds (the caches were just used by another system)."""
+    return Budget(warmup_runs=budget.warmup_runs if first else min(1, budget.warmup_runs),
+                  min_runs=math.ceil(budget.min_runs / rounds), min_seconds=budget.min_seconds / rounds,
+                  max_seconds=budget.max_seconds / rounds, floor_runs=math.ceil(budget.floor_runs / rounds))
+
+
+def merge_slices(system: str, cores: int, seq_len: int, batch: int, slices: list[dict], errors: list[str]) -> dict:
+    """One result row from a cell's slices (durations pooled, breakdowns averaged, the highest load kept)."""
+    row: dict[str, Any] = {"system": system, "cores": cores, "seq_len": seq_len, "batch_size": batch}
+    durations = [d for sl in slices for d in sl["durations"]]
+    if errors or not durations:
+        row.update(status="error", reason=errors[0] if errors else "no result")
+        return row
+    row.update(status="ok", capped=any(sl["capped"] for sl in slices), rounds=len(slices),
+               stats=summarize(durations, batch).to_dict())
+    loads = [sl["loadavg_1m"] for sl in slices if sl.get("loadavg_1m") is not None]
+    if loads:
+        row["loadavg_1m"] = max(loads)
+    bds = [sl["breakdown"] for sl in slices if sl.get("breakdown")]
+    if bds:
+        row["breakdown"] = {k: round(sum(b[k] for b in bds) / len(bds), 4) for k in bds[0]}
+    return row
 
 
 def _loadavg() -> float | None:
@@ -187,6 +286,9 @@ class GridSpec:
         systems: ``multiverse`` first, then baselines from ``baselines.BASELINES``.
         budget: per-cell timing budget (``stats.Budget``).
         accuracy: also compare the systems' outputs with the PyTorch model on real texts.
+        rounds: each cell's budget is split into this many slices per system, run in rotating order
+            (multiverse, transformers, optimum; transformers, optimum, multiverse; ...), so every system
+            sees the same background load on a shared host. The slices' durations are pooled.
     """
 
     cores: Sequence[int]
@@ -195,6 +297,7 @@ class GridSpec:
     systems: Sequence[str] = ("multiverse", "transformers")
     budget: Budget = DEFAULT_BUDGET
     accuracy: bool = True
+    rounds: int = 3
 
 
 def run_grid(bundle_path: str | Path, spec: GridSpec, *, checkpoint: str | Path | None = None,
@@ -269,37 +372,37 @@ def run_grid(bundle_path: str | Path, spec: GridSpec, *, checkpoint: str | Path 
         progress.advance("accuracy vs PyTorch")
 
     rows: list[dict] = []
+    rounds = max(1, spec.rounds if len(systems) > 1 else 1)
+    slice_timeout = max(600.0, 20 * spec.budget.max_seconds)
     for n in topology_cores:
         cpus = pick_cpus(n)
         todo = [(c.seq_len, c.batch_size) for c in runnable if c.cores == n]
-        for system in systems:
-            got: list[dict] = []
-            fatal: list[str] = []
-
-            def on_message(m, system=system, got=got, fatal=fatal):
-                if m[0] == "cell":
-                    got.append(m[1])
-                    r = m[1]
-                    st = r.get("stats") or {}
-                    progress.advance(f"{system} {r['cores']}c seq {r['seq_len']} batch {r['batch_size']}"
-                                     + (f": p50 {st['p50_ms']:.2f} ms" if st else f": {r['status']}"))
-                elif m[0] == "fatal":
-                    fatal.append(m[1])
-
-            run_job(Job(kind="cells", system=system, cores=n, cpus=cpus, cells=todo, inputs=inputs,
-                        budget=spec.budget, **common), on_message)
-            done = {(r["seq_len"], r["batch_size"]) for r in got}
-            for s, bsz in todo:
-                if (s, bsz) not in done:
-                    reason = fatal[0] if fatal else "no result"
-                    got.append({"system": system, "cores": n, "seq_len": s, "batch_size": bsz, "status": "error",
-                                "reason": reason})
-                    progress.advance(f"{system} {n}c seq {s} batch {bsz}: error")
-            for r in got:
-                r["cpus"] = cpus
-            rows.extend(got)
-            if fatal:
-                progress.log(f"[red]{system} at {n} cores failed:[/red] {fatal[0]}")
+        workers = {s: Worker(Job(kind="cells", system=s, cores=n, cpus=cpus, inputs=inputs, budget=spec.budget, **common))
+                   for s in systems}
+        try:
+            for w in workers.values():
+                if not w.wait_ready():
+                    progress.log(f"[red]{w.system} at {n} cores failed to start:[/red] {w.error}")
+            for seq_len, batch in todo:
+                slices: dict[str, list] = {s: [] for s in systems}
+                errors: dict[str, list] = {s: [] for s in systems}
+                for r in range(rounds):
+                    order = systems[r % len(systems):] + systems[: r % len(systems)]
+                    for s in order:
+                        if errors[s]:
+                            continue
+                        got = workers[s].slice(seq_len, batch, slice_budget(spec.budget, rounds, r == 0), slice_timeout)
+                        (slices[s] if isinstance(got, dict) else errors[s]).append(got)
+                for s in systems:
+                    row = merge_slices(s, n, seq_len, batch, slices[s], errors[s])
+                    row["cpus"] = cpus
+                    rows.append(row)
+                    st = row.get("stats") or {}
+                    progress.advance(f"{s} {n}c seq {seq_len} batch {batch}"
+                                     + (f": p50 {st['p50_ms']:.2f} ms" if st else f": {row['status']}"))
+        finally:
+            for w in workers.values():
+                w.stop()
     for c in cells:
         if c.skipped:
             for system in systems:

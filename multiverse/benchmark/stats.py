@@ -20,7 +20,8 @@ class Budget:
     """How long one cell runs.
 
     Attributes:
-        warmup_runs: untimed calls before measuring (first-call allocations, caches, thread spin-up).
+        warmup_runs: untimed calls before measuring (first-call allocations, caches, thread spin-up); warm-up
+            stops early, after at least one call, once it has taken ``max_seconds / 3``.
         min_runs: timed calls at least ...
         min_seconds: ... and at least this much timed wall clock (s); both must be met.
         max_seconds: safety cap (s): stop once this much time was spent even if ``min_runs`` is not
@@ -36,6 +37,7 @@ class Budget:
     floor_runs: int = 3
 
     def to_dict(self) -> dict:
+        """The budget as a JSON-ready dict (seconds, counts)."""
         return asdict(self)
 
 
@@ -55,14 +57,17 @@ class Measurement:
 
 
 def measure(fn: Callable[[], object], budget: Budget = DEFAULT_BUDGET, clock: Clock = time.perf_counter) -> Measurement:
-    """Call ``fn()`` ``budget.warmup_runs`` times untimed, then time calls until ``min_runs`` and
+    """Call ``fn()`` up to ``budget.warmup_runs`` times untimed, then time calls until ``min_runs`` and
     ``min_seconds`` are both met (or ``max_seconds`` is reached with at least ``floor_runs`` calls).
 
     Each duration is ``clock()`` after minus before one call, in the clock's unit (seconds).
     Exceptions from ``fn`` propagate.
     """
-    for _ in range(budget.warmup_runs):
+    warm_start = clock()
+    for i in range(budget.warmup_runs):
         fn()
+        if clock() - warm_start >= budget.max_seconds / 3:
+            break
     durations: list[float] = []
     start = clock()
     capped = False
@@ -119,6 +124,7 @@ class LatencyStats:
     samples_per_s: float
 
     def to_dict(self) -> dict:
+        """JSON-ready dict, floats rounded to 4 decimals (0.1 µs)."""
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
