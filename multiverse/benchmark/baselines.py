@@ -86,7 +86,10 @@ def _as_pipeline_inputs(task: str, inputs: Sequence) -> list:
 
 def _mean_pool(outputs: list) -> list:
     """Feature-extraction pipeline output (one [1, tokens, hidden] tensor per text) → mean-pooled, L2-normalised
-    vectors: the post-processing a user adds to turn the vanilla pipeline into sentence embeddings."""
+    vectors: the post-processing a user adds to turn the vanilla pipeline into sentence embeddings.
+
+    Exact only when a call's texts have equal lengths (the benchmark cells) or one text per call: the
+    pipeline does not return the attention mask of batched, padded texts."""
     vecs = []
     for t in outputs:
         v = t[0].mean(dim=0)
@@ -317,6 +320,10 @@ def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, b
     PyTorch reference) via :func:`agreement`. Returns ``{system: metrics}``; ``{}`` without the reference."""
     if "transformers" not in systems:
         return {}
+    if task == "feature-extraction":
+        # The vanilla feature-extraction pipeline returns padded token states for batched texts of mixed
+        # lengths (and no mask); one text per call keeps the mean pooling of the baselines exact.
+        batch_size = 1
     outputs = {}
     for name, system in systems.items():
         res: list = []
