@@ -42,7 +42,7 @@ from .quantize import quantize as quantize_model
 from .runtime import physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
-from .validate import TaskOutputs, ValidationReport, reference_outputs, validate
+from .validate import TaskOutputs, ValidationReport, model_inputs, reference_outputs, validate
 
 LATENCY_SEQ_LEN = 128
 LATENCY_BATCH = 1
@@ -193,10 +193,6 @@ def _subset(data: EvalSet, n: int) -> EvalSet:
     return EvalSet(data.name, data.task, texts=tuple(data.texts[i] for i in idx), labels=labels)
 
 
-def _items(data: EvalSet) -> list:
-    return [(g.query, p) for g in data.groups for p in g.passages] if data.task == "ranking" else list(data.texts)
-
-
 def quantizable_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
     """Names of the nodes ``config`` would quantize (op types in ``config.op_types`` with a constant weight)."""
     import onnx
@@ -216,7 +212,7 @@ class _Tuner:
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = dict(target.session)
         self.reference = reference_outputs(ckpt, data, fused.model_dir, threads)
-        texts = _items(data)
+        texts = model_inputs(data)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
@@ -231,7 +227,7 @@ class _Tuner:
             if self._amax is None:
                 from .evaldata import builtin
 
-                calib = _items(_subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
+                calib = model_inputs(_subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
                 self._amax = calibrate(self.fused, self.ckpt.task, calib)
             self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
         return self._smoothed[alpha]

@@ -91,7 +91,8 @@ class TaskOutputs:
     entities: list | None = None
 
 
-def _items(data: EvalSet) -> list:
+def model_inputs(data: EvalSet) -> list:
+    """What the model is run on: texts, or every (query, passage) pair of the ranking groups, in order."""
     if data.task == "ranking":
         return [(g.query, p) for g in data.groups for p in g.passages]
     return list(data.texts)
@@ -100,7 +101,7 @@ def _items(data: EvalSet) -> list:
 def collect(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence], Encoded], handler,
             data: EvalSet, batch_size: int = BATCH_SIZE) -> TaskOutputs:
     """Run ``forward`` over ``data`` in right-padded batches and reduce to :class:`TaskOutputs`."""
-    items = _items(data)
+    items = model_inputs(data)
     if not items:
         raise EvalDataError(f"Eval set {data.name!r} is empty; give --eval-data with at least one example.")
     parts, entities = [], []
