@@ -13,8 +13,6 @@ import torch
 
 from multiverse.testing import (BIO_LABELS, MODEL_TYPES, SENTIMENT_LABELS, TASKS, tiny_checkpoint, torch_threads,
                                 write_hf_cache)
-from multiverse.testing.pytest_fixtures import (  # noqa: F401  (fixtures, until tests/conftest.py imports them)
-    fixture_cache_dir, hf_hub_cache, offline_hf_hub, tiny_checkpoint_matrix, trained_checkpoints)
 
 TEXTS = ["Alice flew from London to Paris to meet Google.", "The market fell sharply today.", "zabeko mipudo £5 héllo",
          "good movie", "Chelsea beat Arsenal, said the minister of Boston united."]
