@@ -31,11 +31,22 @@ def test_classification_labelled_and_unlabelled():
     labelled = EvalSet("t", "text-classification", texts=tuple("abcd"), labels=("neg", "pos", "neg", "neg"))
     r = score(labelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.5)
     assert (r.metric, r.reference, r.optimised) == ("accuracy", 0.75, 0.5)
-    assert r.relative_loss == pytest.approx(1 / 3) and r.passed
+    assert r.relative_loss == pytest.approx(1 / 3) and r.passed  # agreement 0.75 ≥ 1 − 2·0.5
     assert r.details["label_agreement"] == 0.75
+    assert r.gate_loss == pytest.approx(1 / 3)  # max(1/3, (1 − 0.75) / 2)
     unlabelled = EvalSet("t", "text-classification", texts=tuple("abcd"))
     r = score(unlabelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.2)
     assert (r.metric, r.optimised, r.passed) == ("label_agreement", 0.75, False)
+
+
+def test_classification_flips_that_cancel_fail_on_agreement():
+    ref = np.array([[2, 0], [0, 2], [2, 0], [0, 2]], dtype=np.float32)   # neg pos neg pos: 2 of 4 right
+    cand = np.array([[0, 2], [2, 0], [2, 0], [0, 2]], dtype=np.float32)  # pos neg neg pos: 2 of 4 right
+    labelled = EvalSet("t", "text-classification", texts=tuple("abcd"), labels=("neg", "neg", "pos", "pos"))
+    r = score(labelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.2)
+    assert r.relative_loss == 0.0 and r.details["label_agreement"] == 0.5
+    assert not r.passed and r.failure() == "label_agreement 0.5000 vs required 0.6000 (gap 0.1000)"
+    assert r.gate_loss == pytest.approx(0.25)
 
 
 def test_ranking_mrr():
@@ -44,6 +55,7 @@ def test_ranking_mrr():
     cand = np.array([0.1, 0.9, 0.2, 0.1, 0.8], dtype=np.float32)  # relevant ranked 3rd, 1st
     r = score(EvalSet("t", "ranking", groups=groups), TaskOutputs(ref), TaskOutputs(cand), CONFIG, 0.01)
     assert r.reference == 1.0 and r.optimised == pytest.approx((1 / 3 + 1) / 2) and not r.passed
+    assert r.details["top1_agreement"] == 0.5
 
 
 def test_linear_probe_hand_case():
