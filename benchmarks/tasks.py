@@ -87,7 +87,6 @@ def run_task(task: str, cache: Path, out: Path) -> dict:
     path = make()
     t0 = time.perf_counter()
     b = optimize(None if path is None else str(path), "native", eval_data=data, eval_split="validation",
-                 eval_limit=100 if task == "ranking" else None,  # 100 queries × 10 passages
                  tolerance=tolerance, out=out / "bundles", overwrite=True, threads=THREADS)
     optimize_s = time.perf_counter() - t0
     held = revalidate(b.path, data, eval_split="test", threads=THREADS)
