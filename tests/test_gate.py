@@ -7,7 +7,7 @@ import pytest
 
 from multiverse.evaldata import EvalSet, RankingGroup
 from multiverse.tuning import Trial, choose
-from multiverse.validate import TaskOutputs, ValidationReport, linear_probe, score
+from multiverse.validate import Check, TaskOutputs, ValidationReport, linear_probe, score
 
 CONFIG = {"id2label": {"0": "neg", "1": "pos"}}
 
@@ -78,3 +78,16 @@ def test_choose_fastest_passing_and_fp32_fallbacks():
     assert idx == 0 and "no int8 candidate met" in why
     assert choose([_trial(None, False, 10), _trial({"q": 1}, False, 5)])[0] is None
     assert choose([_trial(None, True, 10), _trial({"q": 1}, True, 12)], precision="int8")[0] == 1
+
+
+def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
+    def trial(config, p50, loss):
+        check = Check("relative loss of accuracy", loss, 0.01, True, loss)
+        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, 0.01, True, (check,))
+        return Trial("t", config, report, p50)
+
+    trials = [trial(None, 10.0, 0.0), trial({"q": 1}, 5.0, 0.009), trial({"q": 2}, 5.2, 0.001), trial({"q": 3}, 6.0, 0.0)]
+    idx, why = choose(trials)
+    assert idx == 2 and "most accurate within 5%" in why  # 5.2 ≤ 5.0 × 1.05; 6.0 is really slower
+    assert choose(trials, precision="int8")[0] == 2
+    assert choose([trial(None, 10.0, 0.0), trial({"q": 1}, 9.8, 0.005)])[0] == 0  # 2 % faster is noise: fp32 ships
