@@ -74,6 +74,16 @@ class ValidationReport:
         """Largest loss-equivalent over the checks: passed ⇔ gate_loss ≤ tolerance. The tuner minimises it."""
         return max((c.loss for c in self.checks), default=0.0)
 
+    @property
+    def divergence(self) -> float:
+        """How far the candidate's outputs are from the reference model's, whatever the labels say:
+        1 − mean cosine (embeddings), 1 − label agreement, 1 − token agreement (NER), 1 − top-1
+        agreement (ranking). Lower is more faithful. Unlike ``relative_loss`` it cannot be negative
+        by luck: a candidate that flips 6 of 200 labels and gains accuracy is still 3 % divergent."""
+        key = {"feature-extraction": "mean_cosine", "text-classification": "label_agreement",
+               "token-classification": "token_agreement", "ranking": "top1_agreement"}.get(self.task)
+        return 1.0 - float(self.details.get(key, 1.0))
+
     def failure(self) -> str:
         """One sentence naming each failed check and the gap, or '' when passed."""
         bad = [c for c in self.checks if not c.passed]

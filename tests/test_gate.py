@@ -81,9 +81,10 @@ def test_choose_fastest_passing_and_fp32_fallbacks():
 
 
 def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
-    def trial(config, p50, loss):
+    def trial(config, p50, loss, agreement=1.0):
         check = Check("relative loss of accuracy", loss, 0.01, True, loss)
-        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, 0.01, True, (check,))
+        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, 0.01, True, (check,),
+                                  {"label_agreement": agreement})
         return Trial("t", config, report, p50)
 
     trials = [trial(None, 10.0, 0.0), trial({"q": 1}, 5.0, 0.009), trial({"q": 2}, 5.2, 0.001), trial({"q": 3}, 6.0, 0.0)]
@@ -91,3 +92,7 @@ def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
     assert idx == 2 and "most accurate within 5%" in why  # 5.2 ≤ 5.0 × 1.05; 6.0 is really slower
     assert choose(trials, precision="int8")[0] == 2
     assert choose([trial(None, 10.0, 0.0), trial({"q": 1}, 9.8, 0.005)])[0] == 0  # 2 % faster is noise: fp32 ships
+    # A lucky accuracy gain does not beat agreement with the reference model.
+    lucky, faithful = trial({"q": 1}, 5.0, -0.02, agreement=0.97), trial({"q": 2}, 5.1, 0.004, agreement=0.995)
+    assert lucky.validation.divergence == pytest.approx(0.03)
+    assert choose([trial(None, 10.0, 0.0), lucky, faithful])[0] == 2
