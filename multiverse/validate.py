@@ -77,11 +77,17 @@ class ValidationReport:
     @property
     def divergence(self) -> float:
         """How far the candidate's outputs are from the reference model's, whatever the labels say:
-        1 − mean cosine (embeddings), 1 − label agreement, 1 − token agreement (NER), 1 − top-1
-        agreement (ranking). Lower is more faithful. Unlike ``relative_loss`` it cannot be negative
-        by luck: a candidate that flips 6 of 200 labels and gains accuracy is still 3 % divergent."""
-        key = {"feature-extraction": "mean_cosine", "text-classification": "label_agreement",
-               "token-classification": "token_agreement", "ranking": "top1_agreement"}.get(self.task)
+        1 − mean cosine (embeddings), else ``logit_nmse`` (Σ(c − r)² / Σr² of the logits; falls back to
+        1 − label/token/top-1 agreement). Lower is more faithful. Unlike ``relative_loss`` it cannot be
+        negative by luck, and unlike flip counts it ranks candidates the same way on different eval
+        sets (measured: BBC classifier logit NMSE 6.9e-3 / 4.0e-3 / 2.4e-3 for α none / 0.6 / 0.7 on
+        the validation split, 7.2e-3 / 4.1e-3 / 2.4e-3 on the test split)."""
+        if self.task == "feature-extraction":
+            return 1.0 - float(self.details.get("mean_cosine", 1.0))
+        if "logit_nmse" in self.details:
+            return float(self.details["logit_nmse"])
+        key = {"text-classification": "label_agreement", "token-classification": "token_agreement",
+               "ranking": "top1_agreement"}.get(self.task)
         return 1.0 - float(self.details.get(key, 1.0))
 
     def failure(self) -> str:
@@ -104,6 +110,7 @@ class TaskOutputs:
 
     values: Any
     entities: list | None = None
+    logits: list | None = None  # token-classification: per text float32 [n_tokens_i, num_labels]
 
 
 def model_inputs(data: EvalSet) -> list:
@@ -131,10 +138,10 @@ def collect(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence
             parts.append(handler.scores(raw, raw=True))  # logits: sigmoid saturates to ties in float32
         else:
             mask = enc.attention_mask.astype(bool)
-            parts.extend(raw[b][mask[b]].argmax(-1) for b in range(raw.shape[0]))
+            parts.extend(raw[b][mask[b]].astype(np.float32) for b in range(raw.shape[0]))
             entities.extend(handler.postprocess(raw, enc, {}))
     if data.task == "token-classification":
-        return TaskOutputs(parts, entities)
+        return TaskOutputs([p.argmax(-1) for p in parts], entities, parts)
     return TaskOutputs(np.concatenate(parts, axis=0))
 
 
@@ -183,6 +190,7 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
     elif task == "text-classification":
         ref_ids, cand_ids = ref.values.argmax(-1), cand.values.argmax(-1)
         details["label_agreement"] = float((ref_ids == cand_ids).mean())
+        details["logit_nmse"] = metrics.nmse(ref.values, cand.values)
         if data.labels is not None:
             gold = _gold_ids(data.labels, config, ref.values.shape[-1])
             r, o = metrics.accuracy(ref_ids, gold), metrics.accuracy(cand_ids, gold)
@@ -198,6 +206,8 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
     elif task == "token-classification":
         agree = np.concatenate([a == b for a, b in zip(ref.values, cand.values)])
         details["token_agreement"] = float(agree.mean()) if agree.size else 1.0
+        if ref.logits is not None and cand.logits is not None:
+            details["logit_nmse"] = metrics.nmse(np.concatenate(ref.logits), np.concatenate(cand.logits))
         spans = lambda ents: [{(e["start"], e["end"], e["entity_group"]) for e in row} for row in ents]  # noqa: E731
         details["entity_agreement_f1"] = metrics.entity_f1(spans(cand.entities), spans(ref.entities))["f1"]
         if data.labels is not None:
@@ -215,6 +225,7 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
         ref_groups = [ref.values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         cand_groups = [cand.values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         details["max_abs_score_diff"] = float(np.abs(ref.values - cand.values).max())
+        details["logit_nmse"] = metrics.nmse(ref.values, cand.values)
         details["top1_agreement"] = float(np.mean([np.argmax(r) == np.argmax(c) for r, c in zip(ref_groups, cand_groups)]))
         if data.labelled:
             relevant = [set(g.relevant) for g in data.groups]

@@ -33,6 +33,7 @@ def test_classification_labelled_and_unlabelled():
     assert (r.metric, r.reference, r.optimised) == ("accuracy", 0.75, 0.5)
     assert r.relative_loss == pytest.approx(1 / 3) and r.passed  # agreement 0.75 ≥ 1 − 2·0.5
     assert r.details["label_agreement"] == 0.75
+    assert r.details["logit_nmse"] == pytest.approx(8 / 16) and r.divergence == r.details["logit_nmse"]  # row c: 2² + 2² of Σr² 16
     assert r.gate_loss == pytest.approx(1 / 3)  # max(1/3, (1 − 0.75) / 2)
     unlabelled = EvalSet("t", "text-classification", texts=tuple("abcd"))
     r = score(unlabelled, TaskOutputs(ref), TaskOutputs(cand), CONFIG, tolerance=0.2)

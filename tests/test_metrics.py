@@ -121,3 +121,13 @@ def test_relative_loss():
     assert metrics.relative_loss(0.8, 0.88) == pytest.approx(-0.1)  # 10 % better
     assert metrics.relative_loss(0.0, 0.0) == 0.0
     assert metrics.relative_loss(0.0, 0.5) == -math.inf
+
+
+def test_nmse_hand_case():
+    from multiverse.metrics import nmse
+
+    ref = np.array([[3.0, 4.0]])                    # Σr² = 25
+    assert nmse(ref, np.array([[3.0, 1.0]])) == pytest.approx(9 / 25)
+    assert nmse(ref, ref) == 0.0
+    with pytest.raises(ValueError):
+        nmse(ref, np.zeros(3))
