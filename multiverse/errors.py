@@ -77,3 +77,7 @@ class InputError(MultiverseError):
     """A request's inputs are invalid for the bundle's task (empty, wrong shape, too large)."""
 
     exit_code = 2
+
+
+class BenchmarkError(MultiverseError):
+    """A benchmark system could not be built or run (missing original checkpoint, optimum failure, server unreachable)."""

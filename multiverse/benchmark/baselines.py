@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import MultiverseError
+from ..errors import BenchmarkError  # re-exported: callers import it from here too
 
 SYSTEMS = ("multiverse", "transformers", "optimum")
 BASELINES = ("transformers", "optimum")
@@ -26,10 +26,6 @@ _PIPELINE_TASK = {"text-classification": "text-classification", "ranking": "text
 _ORT_CLASS = {"text-classification": "ORTModelForSequenceClassification", "ranking": "ORTModelForSequenceClassification",
               "token-classification": "ORTModelForTokenClassification", "feature-extraction": "ORTModelForFeatureExtraction"}
 OPTIMUM_FILE = "model_optimized_quantized.onnx"
-
-
-class BenchmarkError(MultiverseError):
-    """A benchmark system could not be built or run (missing original checkpoint, optimum failure, ...)."""
 
 
 class MultiverseSystem:
