@@ -334,7 +334,9 @@ class _Tuner:
             else:
                 trial = self.run(config.label(), model, model.quantization, phase)
                 monitor.add_trial_result(index, 1.0 - trial.validation.gate_loss, inc_config)
-            if stop_at_first and monitor.need_stop():
+            # INC's need_stop() is "met tolerable_loss or reached max_trials"; without the early stop the
+            # budget is still INC's max_trials, so count here.
+            if (stop_at_first and monitor.need_stop()) or index + 1 >= budget:
                 break
 
     def sensitivity(self, config: QuantConfig) -> dict[str, float]:
