@@ -393,7 +393,7 @@ def load(spec: str | None, task: str, *, split: str = "test", limit: int | None 
             In CSV, list cells are JSON strings.
         task: one of :data:`multiverse.tasks.TASKS`.
         split: for named sets and DatasetDicts: train, validation or test.
-        limit: keep only the first ``limit`` texts (ranking: groups).
+        limit: keep ``limit`` evenly spaced texts (ranking: groups), see :func:`subset`.
     Raises:
         EvalDataError: unknown task/split/spec, missing or unreadable file, invalid JSON line,
             missing column, unlabelled file for a labelled task, empty file, bad values.
@@ -425,5 +425,23 @@ def load(spec: str | None, task: str, *, split: str = "test", limit: int | None 
         return result
     if limit < 1:
         raise EvalDataError(f"limit must be at least 1, got {limit}.")
-    labels = None if result.labels is None else result.labels[:limit]
-    return EvalSet(result.name, task, texts=result.texts[:limit], labels=labels, groups=result.groups[:limit])
+    return subset(result, limit)
+
+
+def subset(data: EvalSet, n: int) -> EvalSet:
+    """Up to ``n`` evenly spaced examples (ranking: groups) of ``data``, in order; deterministic.
+
+    Evenly spaced, not the first ``n``: files and splits are often sorted by label (the BBC corpus
+    is), and the first 40 BBC test articles are all ``business``.
+    """
+    total = len(data)
+    if n >= total:
+        idx = list(range(total))
+    elif n == 1:
+        idx = [0]
+    else:  # numpy.linspace(0, total - 1, n).round(), without numpy
+        idx = sorted({round(i * (total - 1) / (n - 1)) for i in range(n)})
+    pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
+    if data.task == "ranking":
+        return EvalSet(data.name, data.task, groups=pick(data.groups))
+    return EvalSet(data.name, data.task, texts=pick(data.texts), labels=None if data.labels is None else pick(data.labels))

@@ -74,8 +74,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         AccuracyGateError: no candidate met the tolerance (exit code 3); ``.report`` has the numbers.
     """
     progress = progress or Progress()
-    if not (0 <= tolerance < 1):
-        raise UsageError(f"--tolerance {tolerance} must be in [0, 1): it is a relative loss, 0.01 = 1 %.")
+    _check_tolerance(tolerance)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
     if not quantize:
@@ -128,6 +127,12 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _check_tolerance(tolerance: float) -> None:
+    """Raises UsageError unless 0 ≤ tolerance < 1 (NaN fails too)."""
+    if not (0 <= tolerance < 1):
+        raise UsageError(f"--tolerance {tolerance} must be in [0, 1): it is a relative loss, 0.01 = 1 %.")
+
+
 def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: float | None = None, *,
                eval_split: str = "test", eval_limit: int | None = None, threads: int | None = None,
                allow_isa_mismatch: bool = False) -> "ValidationReport":
@@ -143,6 +148,8 @@ def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: 
     from .inference import Predictor
     from .validate import validate
 
+    if tolerance is not None:
+        _check_tolerance(tolerance)
     b = bundle.load(bundle_dir)
     src = b.manifest["source"]
     ckpt = None

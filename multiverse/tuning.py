@@ -131,13 +131,23 @@ class TuningReport:
 
     @property
     def chosen_validation(self) -> ValidationReport | None:
-        t = self.chosen_trial or self.best_trial()
-        return t.validation if t else None
+        """The shipped trial's validation; when none was chosen, the best trial's (see :meth:`best_trial`),
+        which then never counts as passed: the gate failed at the requested precision."""
+        if self.chosen_trial is not None:
+            return self.chosen_trial.validation
+        t = self.best_trial()
+        if t is None:
+            return None
+        from dataclasses import replace
+
+        return replace(t.validation, passed=False)
 
     def best_trial(self) -> Trial | None:
-        """The most accurate validated trial (lowest gate loss)."""
+        """The most accurate validated int8 trial (lowest gate loss), or fp32 when no int8 trial was validated:
+        the one whose numbers tell a user how far quantization is from the tolerance."""
         done = [t for t in self.trials if t.validation is not None]
-        return min(done, key=lambda t: t.validation.gate_loss) if done else None
+        int8 = [t for t in done if t.config is not None]
+        return min(int8 or done, key=lambda t: t.validation.gate_loss) if done else None
 
     def summary(self) -> str:
         t = self.chosen_trial
@@ -224,13 +234,10 @@ def head_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
 
 
 def _subset(data: EvalSet, n: int) -> EvalSet:
-    """Up to ``n`` evenly spaced examples of ``data`` (deterministic)."""
-    total = len(data)
-    idx = np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(int))
-    if data.task == "ranking":
-        return EvalSet(data.name, data.task, groups=tuple(data.groups[i] for i in idx))
-    labels = None if data.labels is None else tuple(data.labels[i] for i in idx)
-    return EvalSet(data.name, data.task, texts=tuple(data.texts[i] for i in idx), labels=labels)
+    """Up to ``n`` evenly spaced examples of ``data`` (deterministic): :func:`multiverse.evaldata.subset`."""
+    from .evaldata import subset
+
+    return subset(data, n)
 
 
 def quantizable_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
@@ -458,7 +465,7 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
             return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
-        return best, "fp32 shipped: quantization disabled"
+        return best, "fp32 shipped: no int8 candidate was tried (--no-quantize, --precision fp32 or --max-trials 0)"
     speedup = trials[0].p50_ms / trials[best].p50_ms if trials[0].p50_ms else float("nan")
     return best, (f"fastest passing candidate (most accurate within {LATENCY_TIE:.0%} of the fastest), "
                   f"{speedup:.2f}× faster than fp32")

@@ -93,8 +93,14 @@ class ValidationReport:
     def failure(self) -> str:
         """One sentence naming each failed check and the gap, or '' when passed."""
         bad = [c for c in self.checks if not c.passed]
-        return "; ".join(f"{c.name} {c.value:.4f} vs required {c.threshold:.4f} (gap {abs(c.value - c.threshold):.4f})"
+        return "; ".join(f"{c.name} {c.value:.4f} vs required {c.threshold:.4f} (gap {_gap(c.value, c.threshold)})"
                          for c in bad)
+
+
+def _gap(value: float, threshold: float) -> str:
+    """|value − threshold| to 4 decimals, or in scientific notation when that would print 0.0000."""
+    gap = abs(value - threshold)
+    return f"{gap:.4f}" if gap >= 5e-5 else f"{gap:.1e}"
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,6 @@ def test_validate_command_reruns_the_gate(tiny_bundles):
     assert doc["passed"] and doc["metric"] == "label_agreement" and doc["n"] >= 200
     r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", "0")
     assert r.exit_code == 3 and "accuracy gate failed" in r.output
+    for bad in ("-1", "1.5", "nan"):
+        r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", bad)
+        assert r.exit_code == 2 and "must be in [0, 1)" in r.output, (bad, r.output)

@@ -161,9 +161,9 @@ def test_bio_to_spans_seqeval_chunking():
 
 def test_load_named_sets_and_limit():
     assert load(None, "ranking") == evaldata.builtin("ranking")
-    assert load("builtin", "feature-extraction", limit=5).texts == evaldata.builtin("feature-extraction").texts[:5]
+    assert load("builtin", "feature-extraction", limit=5) == evaldata.subset(evaldata.builtin("feature-extraction"), 5)
     es = load("bbc-news", "text-classification", split="validation", limit=7)
-    assert len(es) == 7 and len(es.labels) == 7 and es.texts == evaldata.bbc_news("validation").texts[:7]
+    assert len(es) == 7 and len(es.labels) == 7 and es == evaldata.subset(evaldata.bbc_news("validation"), 7)
     assert len(load("wnut16", "token-classification", limit=3)) == 3
     assert len(load("bbc-news", "ranking", limit=2)) == 2
     with pytest.raises(EvalDataError, match="wnut16 is a token-classification set"):
@@ -284,3 +284,13 @@ def test_unknown_spec_and_task():
         load("imdb", "text-classification")
     with pytest.raises(EvalDataError, match="Unknown task"):
         load(None, "translation")
+
+
+def test_limit_takes_evenly_spaced_examples_not_the_first_label():
+    from collections import Counter
+
+    es = load("bbc-news", "text-classification", split="test", limit=40)
+    assert len(es) == 40 and len(Counter(es.labels)) == 5  # the split is sorted by label
+    five = EvalSet("t", "text-classification", texts=tuple("abcde"), labels=tuple("vwxyz"))
+    assert evaldata.subset(five, 3).texts == ("a", "c", "e") and evaldata.subset(five, 3).labels == ("v", "x", "z")
+    assert evaldata.subset(five, 1).texts == ("a",) and evaldata.subset(five, 9).texts == tuple("abcde")

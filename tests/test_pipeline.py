@@ -90,6 +90,16 @@ def test_tolerance_only_fp32_meets_ships_fp32(tiny_checkpoints, tmp_path):
     assert b.manifest["tuning"]["reason"].startswith("fp32 shipped")
 
 
+def test_precision_int8_without_a_passing_int8_candidate_fails_the_gate(tiny_checkpoints, tmp_path):
+    # tolerance 0: fp32 passes on the classifier (test above), no int8 candidate does.
+    with pytest.raises(AccuracyGateError) as info:
+        optimize(str(tiny_checkpoints["text-classification"]), "native", out=tmp_path, tolerance=0.0, precision="int8",
+                 max_trials=1)
+    best = info.value.report.best_trial()
+    assert info.value.exit_code == 3 and best.config is not None  # the message names the best int8 trial
+    assert best.label in str(info.value) and list(tmp_path.iterdir()) == []
+
+
 def test_keep_failed_writes_a_bundle_marked_failed(tiny_checkpoints, tmp_path):
     with pytest.raises(AccuracyGateError, match="kept at"):
         optimize(str(tiny_checkpoints["feature-extraction"]), "native", out=tmp_path, tolerance=0.0,

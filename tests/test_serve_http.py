@@ -109,18 +109,21 @@ def test_feature_extraction_equals_pipeline_on_every_route(tiny):
     assert r.status_code == 200
     assert_close(r.json(), want)
     assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in r.json())  # normalised
-    assert_close(post(s, "/predict", {"inputs": TEXTS[1]}).json(), want[1])
+    # Single-text requests are compared with single-text predictions: a dynamic-int8 embedding depends on the
+    # batch it was run in (per-call activation scales; see the issue-3 note), and this test pins the routes.
+    one = [p.predict(TEXTS[i:i + 1]).results for i in range(2)]
+    assert_close(post(s, "/predict", {"inputs": TEXTS[1]}).json(), one[1][0])
     raw = post(s, "/predict", {"inputs": TEXTS[:2], "parameters": {"normalize": False}}).json()
     assert_close(raw, p.predict(TEXTS[:2], {"normalize": False}).results)
     assert_close(post(s, "/embed", {"inputs": TEXTS}).json(), want)  # TEI
-    assert_close(post(s, "/embed", {"inputs": TEXTS[0]}).json(), want[:1])  # TEI: always a list
+    assert_close(post(s, "/embed", {"inputs": TEXTS[0]}).json(), one[0])  # TEI: always a list
     oa = post(s, "/v1/embeddings", {"input": TEXTS, "model": "anything"}).json()  # OpenAI
     assert oa["object"] == "list" and [d["index"] for d in oa["data"]] == list(range(len(TEXTS)))
     assert_close([d["embedding"] for d in oa["data"]], want)
     assert oa["usage"]["prompt_tokens"] == oa["usage"]["total_tokens"] > 0
     b64 = post(s, "/v1/embeddings", {"input": TEXTS[0], "encoding_format": "base64"}).json()
     vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
-    np.testing.assert_allclose(vec, want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vec, one[0][0], rtol=1e-5, atol=1e-6)
 
 
 def test_token_classification_equals_pipeline_with_exact_offsets(tiny):
