@@ -380,17 +380,19 @@ class _Tuner:
 
 
 def output_nmse(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], batches: Sequence) -> float:
-    """Normalised MSE Σ(c − r)² / Σr² over batches of raw outputs; rank-3 outputs [batch, seq, dim] count real
+    """:func:`multiverse.metrics.nmse` over batches of raw outputs; rank-3 outputs [batch, seq, dim] count real
     tokens only (``batches[i].attention_mask`` int64 [batch, seq]). 0 = identical."""
-    num = den = 0.0
+    from .metrics import nmse
+
+    refs, cands = [], []
     for r, c, enc in zip(reference, candidate, batches):
-        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        r, c = np.asarray(r), np.asarray(c)
         if r.ndim == 3:
             mask = enc.attention_mask.astype(bool)
             r, c = r[mask], c[mask]
-        num += float(((c - r) ** 2).sum())
-        den += float((r ** 2).sum())
-    return num / den if den else 0.0
+        refs.append(r.reshape(-1))
+        cands.append(c.reshape(-1))
+    return nmse(np.concatenate(refs), np.concatenate(cands))
 
 
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
