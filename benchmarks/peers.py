@@ -18,8 +18,9 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
+
+from multiverse.benchmark.host import wait_for_quiet
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -27,32 +28,6 @@ LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 # The acceptance targets of the benchmark issue (2 cores, batch 1, DistilBERT shape).
 TARGETS = {"speedup_short": 8.0, "speedup_512": 4.0, "p50_8_ms": 2.0, "p50_64_ms": 6.0, "p99_over_p50": 1.5}
-
-
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Fraction of the host's CPU time spent busy over ``seconds`` (from /proc/stat), 0..1."""
-    def snap():
-        with open("/proc/stat") as fh:
-            vals = [int(x) for x in fh.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-
-    t0, i0 = snap()
-    time.sleep(seconds)
-    t1, i1 = snap()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.15, console=None) -> float:
-    """Wait (up to ``max_wait_s``) until other processes use less than ``threshold`` of the CPUs; returns the last
-    busy fraction. Benchmarks on a shared host are only meaningful when nothing else runs."""
-    deadline = time.monotonic() + max_wait_s
-    busy = cpu_busy()
-    while busy > threshold and time.monotonic() < deadline:
-        if console:
-            console.print(f"  host is {busy:.0%} busy; waiting for a quiet moment…", highlight=False)
-        time.sleep(10)
-        busy = cpu_busy()
-    return busy
 
 
 def build_distilbert(folder: Path) -> Path:
@@ -204,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown model {name!r}")
         console.rule(f"{name}: {bundle}")
         if args.wait_quiet:
-            busy = wait_for_quiet(args.wait_quiet, console=console)
+            busy = wait_for_quiet(args.wait_quiet, say=lambda m: console.print(f"  {m}", highlight=False), sample_s=2.0)
             console.print(f"  host {busy:.0%} busy at start", highlight=False)
         spec = GridSpec(cores=[args.cores], seq_lens=seq_lens, batch_sizes=[1],
                         systems=["multiverse", "transformers", "optimum"], budget=budget)

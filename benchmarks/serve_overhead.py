@@ -40,29 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of the host's CPU time used (by anything) over ``seconds``, from /proc/stat."""
-    def snap():
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
-
-    t0, i0 = snap()
-    time.sleep(seconds)
-    t1, i1 = snap()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.15) -> float:
-    """Wait up to ``max_wait_s`` until the host is less than ``threshold`` busy; returns the last busy fraction."""
-    deadline = time.monotonic() + max_wait_s
-    busy = cpu_busy()
-    while busy > threshold and time.monotonic() < deadline:
-        print(f"host {busy:.0%} busy; waiting for a quiet moment ...", file=sys.stderr)
-        time.sleep(10)
-        busy = cpu_busy()
-    return busy
+from multiverse.benchmark.host import cpu_busy, wait_for_quiet
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -148,7 +126,7 @@ def main() -> None:
         print("optimising the embedded all-MiniLM-L6-v2 ...", file=sys.stderr)
         bundle = Path(optimize(None, target="native", out=work / "bundle", overwrite=True).path)
     threads = args.threads or physical_cores()
-    busy_before = wait_for_quiet(args.wait_quiet) if args.wait_quiet else cpu_busy()
+    busy_before = wait_for_quiet(args.wait_quiet, say=lambda m: print(m, file=sys.stderr)) if args.wait_quiet else cpu_busy()
     predictor = Predictor.from_bundle(bundle, threads=threads)
     proc, port = start_server(bundle, threads, work / "server.log")
     import importlib.util

@@ -29,14 +29,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .errors import MultiverseError
-from .evaldata import EvalSet
+from .evaldata import EvalSet, subset
 from .export import OnnxModel
 from .inference import Predictor
 from .progress import Progress
@@ -136,11 +136,7 @@ class TuningReport:
         if self.chosen_trial is not None:
             return self.chosen_trial.validation
         t = self.best_trial()
-        if t is None:
-            return None
-        from dataclasses import replace
-
-        return replace(t.validation, passed=False)
+        return None if t is None else replace(t.validation, passed=False)
 
     def best_trial(self) -> Trial | None:
         """The most accurate validated int8 trial (lowest gate loss), or fp32 when no int8 trial was validated:
@@ -233,13 +229,6 @@ def head_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
     return head
 
 
-def _subset(data: EvalSet, n: int) -> EvalSet:
-    """Up to ``n`` evenly spaced examples of ``data`` (deterministic): :func:`multiverse.evaldata.subset`."""
-    from .evaldata import subset
-
-    return subset(data, n)
-
-
 def quantizable_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
     """Names, as ``nodes_to_exclude`` must spell them, of the nodes ``config`` would quantize: op types in
     ``config.op_types``; MatMuls and Gemms only with a constant weight, Gathers only of a constant table.
@@ -294,7 +283,7 @@ class _Tuner:
             if self._amax is None:
                 from .evaldata import builtin
 
-                calib = model_inputs(_subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
+                calib = model_inputs(subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
                 self._amax = calibrate(self.fused, self.ckpt.task, calib)
             self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
         return self._smoothed[alpha]
@@ -360,7 +349,7 @@ class _Tuner:
         n = SENSITIVITY_ITEMS
         if self.data.task == "ranking":  # count (query, passage) pairs, not queries
             n = max(4, n // max(1, len(self.data.groups[0].passages)))
-        items = model_inputs(_subset(self.data, n))
+        items = model_inputs(subset(self.data, n))
         fp32 = self.predictor(self.fused)
         batches = [fp32.encode(items[i:i + 16]) for i in range(0, len(items), 16)]
         reference = [fp32.run(enc) for enc in batches]
