@@ -42,7 +42,7 @@ def optimize(
     out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval examples."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
@@ -120,7 +120,7 @@ def validate(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
     eval_split: str = typer.Option("test", "--eval-split", help="Split of a named set / DatasetDict (held out: test)."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval examples."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
     tolerance: Optional[float] = typer.Option(None, help="Max relative loss (default: the bundle's)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: physical cores)."),
     allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch", help="Run although this CPU lacks the target's flags."),
@@ -128,6 +128,7 @@ def validate(
 ) -> None:
     """Re-run the accuracy gate on BUNDLE against its original PyTorch model. Exit 3 when it fails."""
     from .pipeline import revalidate
+    from .validate import resolution_note
 
     try:
         report = revalidate(bundle, eval_data, tolerance, eval_split=eval_split, eval_limit=eval_limit, threads=threads,
@@ -144,9 +145,15 @@ def validate(
         t.add_row(f"{report.metric} (optimised)", f"{report.optimised:.4f}", "", "")
         for c in report.checks:
             t.add_row(c.name, f"{c.value:.4f}", f"{c.threshold:.4f}", "pass" if c.passed else "FAIL")
+        shown = {c.name for c in report.checks} | {report.metric}  # already rows above
         for k, v in report.details.items():
+            if k in shown:
+                continue
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v), "", "")
         Console().print(t)
+    note = resolution_note(report.task, report.n, report.tolerance)
+    if note:
+        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
     if not report.passed:
         err.print(f"[red]error:[/red] accuracy gate failed: {report.failure()}", highlight=False)
         raise typer.Exit(AccuracyGateError.exit_code)

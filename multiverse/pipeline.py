@@ -18,7 +18,7 @@ from .fuse import expected_fusions, fuse, summarize
 from .progress import Progress
 from .targets import get_target, missing_flags
 from .tuning import TuningReport, tune
-from .validate import ValidationReport
+from .validate import ValidationReport, resolution_note
 
 DEFAULT_OUT = Path("multiverse-bundles")
 
@@ -95,6 +95,9 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
     data = evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
+    note = resolution_note(ckpt.task, len(data), tolerance)
+    if note:
+        progress.warn(note)
 
     work = Path(tempfile.mkdtemp(prefix="multiverse-"))
     try:

@@ -409,7 +409,12 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         # accuracy (see choose), not by which passed first on a finite eval set.
         tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False)
         int8 = [t for t in tuner.trials if t.config is not None and t.validation is not None]
-        if configs is None and int8 and not any(t.passed for t in int8) and len(tuner.trials) - 1 < budget:
+        if configs is None and int8 and not any(t.passed for t in int8) and len(tuner.trials) - 1 >= budget:
+            skipped = (f"the trial budget ({budget}) was used up by the configuration phase, so no per-node fp32 "
+                       f"fallback was tried; raise --max-trials (default {DEFAULT_MAX_TRIALS}) to try it")
+            progress.warn(f"no int8 candidate passed and {skipped}.")
+            sensitivity = {"skipped": skipped}
+        elif configs is None and int8 and not any(t.passed for t in int8):
             best = min(int8, key=lambda t: t.validation.gate_loss)
             best_config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
             progress.info(f"measuring per-node sensitivity of {best.label} …")

@@ -30,6 +30,22 @@ from .tasks import Encoded, TextTokenizer, make_handler
 BATCH_SIZE = 16
 
 
+def resolution_note(task: str, n: int, tolerance: float) -> str | None:
+    """A warning when the eval set is too small for the gate to resolve ``tolerance``, else None.
+
+    For every task but feature-extraction (whose cosine checks are continuous) one changed
+    prediction moves the metric by about 1/n; when 1/n > τ a single flip already exceeds the
+    tolerance and a pass or fail says little (seen: n = 3 ranking queries passed with MRR 1.0).
+    ``n``: examples (ranking: queries).
+    """
+    if task == "feature-extraction" or tolerance <= 0 or n * tolerance >= 1:
+        return None
+    need = int(np.ceil(1 / tolerance))
+    return (f"the eval set has {n} example{'s' if n != 1 else ''}: one changed prediction moves the metric by "
+            f"about {1 / max(n, 1):.1%}, more than the tolerance {tolerance:.1%}, so the gate is mostly noise; "
+            f"use at least {need} (drop --eval-limit or pass a larger --eval-data).")
+
+
 @dataclass(frozen=True)
 class Check:
     """One gated bound. ``loss`` is its loss-equivalent: the check passes iff ``loss`` ≤ τ."""

@@ -100,6 +100,11 @@ def test_validate_command_reruns_the_gate(tiny_bundles):
     assert doc["passed"] and doc["metric"] == "label_agreement" and doc["n"] >= 200
     r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", "0")
     assert r.exit_code == 3 and "accuracy gate failed" in r.output
+    r = run("validate", tiny_bundles["text-classification"], "--eval-limit", "20")
+    assert r.exit_code == 0, r.output
+    warning = " ".join(r.stderr.split())  # rich wraps lines
+    assert "eval set has 20 examples" in warning and "use at least 100" in warning
+    assert r.stdout.count("label_agreement") == 3  # reference, optimised, relative loss; not again as a detail
     for bad in ("-1", "1.5", "nan"):
         r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", bad)
         assert r.exit_code == 2 and "must be in [0, 1)" in r.output, (bad, r.output)

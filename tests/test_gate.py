@@ -97,3 +97,13 @@ def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
     lucky, faithful = trial({"q": 1}, 5.0, -0.02, agreement=0.97), trial({"q": 2}, 5.1, 0.004, agreement=0.995)
     assert lucky.validation.divergence == pytest.approx(0.03)
     assert choose([trial(None, 10.0, 0.0), lucky, faithful])[0] == 2
+
+
+def test_resolution_note_when_one_flip_exceeds_the_tolerance():
+    from multiverse.validate import resolution_note
+
+    assert resolution_note("ranking", 3, 0.01).startswith("the eval set has 3 examples")
+    assert "at least 200" in resolution_note("text-classification", 199, 0.005)
+    assert resolution_note("text-classification", 200, 0.005) is None
+    assert resolution_note("feature-extraction", 3, 0.01) is None  # cosine checks are continuous
+    assert resolution_note("ranking", 3, 0.0) is None
