@@ -157,9 +157,9 @@ def test_trained_builders_refuse_foreign_folders(tmp_path):
 
 
 # Held-out quality of the trained MiniLM heads (test split; hyper-parameters were chosen on the
-# validation split). Measured: BBC accuracy 0.958, WNUT entity F1 0.322, BBC ranker MRR 0.740
-# (10 candidates); thresholds sit a little below to absorb bf16/fp32 and platform differences.
-MIN_QUALITY = {"text-classification": ("accuracy", 0.93), "token-classification": ("entity_f1", 0.25), "ranking": ("mrr", 0.68)}
+# validation split). Measured: BBC accuracy 0.958, WNUT entity F1 0.322, BBC cross-encoder (last layer
+# fine-tuned) MRR 0.918 (10 candidates); thresholds sit a little below to absorb bf16/fp32 and platform differences.
+MIN_QUALITY = {"text-classification": ("accuracy", 0.93), "token-classification": ("entity_f1", 0.25), "ranking": ("mrr", 0.86)}
 
 
 @pytest.mark.slow
@@ -188,7 +188,7 @@ def test_trained_checkpoints_quality(trained_checkpoints):
         ce = CrossEncoder(str(trained_checkpoints["ranking"]), device="cpu")
         groups = bbc_news("test", "ranking").groups[-20:]  # groups the report did not use
         ranks = [1 + [r["corpus_id"] for r in ce.rank(g.query, list(g.passages))].index(next(iter(g.relevant))) for g in groups]
-        assert sum(1 / r for r in ranks) / len(ranks) >= 0.5
+        assert sum(1 / r for r in ranks) / len(ranks) >= 0.75
 
         ner = pipeline("token-classification", model=str(trained_checkpoints["token-classification"]), device="cpu",
                        aggregation_strategy="first")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from multiverse.evaldata import EvalSet, RankingGroup
-from multiverse.tuning import Trial, choose
+from multiverse.tuning import Trial, choose, fallback_reason
 from multiverse.validate import Check, TaskOutputs, ValidationReport, linear_probe, score
 
 CONFIG = {"id2label": {"0": "neg", "1": "pos"}}
@@ -107,3 +107,15 @@ def test_resolution_note_when_one_flip_exceeds_the_tolerance():
     assert resolution_note("text-classification", 200, 0.005) is None
     assert resolution_note("feature-extraction", 3, 0.01) is None  # cosine checks are continuous
     assert resolution_note("ranking", 3, 0.0) is None
+
+
+def test_fallback_phase_runs_when_no_pass_or_only_narrow_passes():
+    def trial(loss, tolerance=0.01):
+        check = Check("relative loss of mrr", loss, tolerance, loss <= tolerance, loss)
+        report = ValidationReport("d", "ranking", 1, "mrr", 1.0, 1.0 - loss, loss, tolerance, loss <= tolerance, (check,))
+        return Trial("t", {"q": 1}, report, 5.0)
+
+    assert fallback_reason([trial(0.02), trial(0.03)], 0.01) == "no int8 candidate passed"
+    assert "narrow" in fallback_reason([trial(0.02), trial(0.0063)], 0.01)  # 0.63 % of a 1 % budget
+    assert fallback_reason([trial(0.0063), trial(0.004)], 0.01) is None  # one pass with margin is enough
+    assert fallback_reason([], 0.01) is None
