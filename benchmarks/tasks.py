@@ -1,7 +1,7 @@
 """Per-task proof of "faster at the same accuracy" (issue 3), measured in one run.
 
 For each task, a real checkpoint (MiniLM for embeddings; BBC topic classifier, WNUT-16 NER and
-BBC headline/body cross-encoder trained on frozen MiniLM, see ``multiverse.testing``) is
+BBC headline/body cross-encoder with MiniLM's last layer fine-tuned, see ``multiverse.testing``) is
 optimized with the tuner selecting on the *validation* split, then re-validated on the held-out
 *test* split. Latency: end-to-end p50 (tokenize + run + postprocess, ms) at sequence length 128,
 batch 1, 2 intra-op threads pinned to 2 cores, for the shipped bundle, the fused fp32 ONNX graph,

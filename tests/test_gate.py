@@ -119,3 +119,19 @@ def test_fallback_phase_runs_when_no_pass_or_only_narrow_passes():
     assert "narrow" in fallback_reason([trial(0.02), trial(0.0063)], 0.01)  # 0.63 % of a 1 % budget
     assert fallback_reason([trial(0.0063), trial(0.004)], 0.01) is None  # one pass with margin is enough
     assert fallback_reason([], 0.01) is None
+
+
+def test_choose_sets_narrow_int8_passes_aside_when_one_passed_with_margin():
+    def trial(config, p50, loss, tolerance=0.005):
+        check = Check("relative loss of accuracy", loss, tolerance, loss <= tolerance, loss)
+        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, tolerance,
+                                  loss <= tolerance, (check,))
+        return Trial("t", config, report, p50)
+
+    # the BBC classifier's phase 1: no smoothing 6 % faster but 2 flips (gate loss 0.0047 of 0.005)
+    trials = [trial(None, 14.5, 0.0), trial({"q": 0}, 7.34, 0.0047), trial({"q": 1}, 7.79, 0.0), trial({"q": 2}, 7.9, 0.0047)]
+    idx, why = choose(trials)
+    assert idx == 2 and "with margin" in why
+    assert choose(trials, precision="int8")[0] == 2
+    # only narrow int8 passes: the fastest of them still beats fp32
+    assert choose([trial(None, 14.5, 0.0), trial({"q": 0}, 7.34, 0.0047), trial({"q": 2}, 7.9, 0.004)])[0] == 1

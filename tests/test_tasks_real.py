@@ -1,4 +1,4 @@
-"""Real task checkpoints (heads trained on frozen MiniLM over BBC News and WNUT-16) through the whole
+"""Real task checkpoints (heads trained on MiniLM over BBC News and WNUT-16) through the whole
 pipeline: tuned on the validation split, gated again on the held-out test split."""
 
 from __future__ import annotations
