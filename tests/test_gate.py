@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from multiverse.evaldata import EvalSet, RankingGroup
-from multiverse.tuning import Trial, choose, fallback_reason
+from multiverse.tuning import Trial, choose, fallback_plan
 from multiverse.validate import Check, TaskOutputs, ValidationReport, linear_probe, score
 
 CONFIG = {"id2label": {"0": "neg", "1": "pos"}}
@@ -109,29 +109,52 @@ def test_resolution_note_when_one_flip_exceeds_the_tolerance():
     assert resolution_note("ranking", 3, 0.0) is None
 
 
-def test_fallback_phase_runs_when_no_pass_or_only_narrow_passes():
-    def trial(loss, tolerance=0.01):
+def test_fallback_phase_runs_when_no_pass_or_the_choice_passed_narrowly():
+    def trial(config, loss, p50=5.0, nmse=0.01, tolerance=0.01):
         check = Check("relative loss of mrr", loss, tolerance, loss <= tolerance, loss)
-        report = ValidationReport("d", "ranking", 1, "mrr", 1.0, 1.0 - loss, loss, tolerance, loss <= tolerance, (check,))
-        return Trial("t", {"q": 1}, report, 5.0)
-
-    assert fallback_reason([trial(0.02), trial(0.03)], 0.01) == "no int8 candidate passed"
-    assert "narrow" in fallback_reason([trial(0.02), trial(0.0063)], 0.01)  # 0.63 % of a 1 % budget
-    assert fallback_reason([trial(0.0063), trial(0.004)], 0.01) is None  # one pass with margin is enough
-    assert fallback_reason([], 0.01) is None
-
-
-def test_choose_sets_narrow_int8_passes_aside_when_one_passed_with_margin():
-    def trial(config, p50, loss, tolerance=0.005):
-        check = Check("relative loss of accuracy", loss, tolerance, loss <= tolerance, loss)
-        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, tolerance,
-                                  loss <= tolerance, (check,))
+        report = ValidationReport("d", "ranking", 1, "mrr", 1.0, 1.0 - loss, loss, tolerance, loss <= tolerance, (check,),
+                                  {"logit_nmse": nmse})
         return Trial("t", config, report, p50)
 
-    # the BBC classifier's phase 1: no smoothing 6 % faster but 2 flips (gate loss 0.0047 of 0.005)
-    trials = [trial(None, 14.5, 0.0), trial({"q": 0}, 7.34, 0.0047), trial({"q": 1}, 7.79, 0.0), trial({"q": 2}, 7.9, 0.0047)]
-    idx, why = choose(trials)
-    assert idx == 2 and "with margin" in why
+    fp32 = trial(None, 0.0, p50=10.0, nmse=0.0)
+    assert fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.015)], 0.01) == ("no int8 candidate passed", 2)
+    # the shipped choice lost 0.63 % of a 1 % budget: phase 2 extends it
+    why, base = fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.0063)], 0.01)
+    assert base == 2 and "narrowly" in why
+    # the most faithful of the equally fast is narrow although another passed with margin: still phase 2 from it
+    assert fallback_plan([fp32, trial({"q": 1}, 0.0049, nmse=0.021), trial({"q": 2}, 0.0082, p50=5.2, nmse=0.0055)],
+                         0.01)[1] == 2
+    assert fallback_plan([fp32, trial({"q": 1}, 0.004)], 0.01) is None  # shipped with margin
+    assert fallback_plan([fp32], 0.01) is None
+
+
+def test_choose_the_bbc_classifier_phase_1():
+    def trial(config, p50, loss, nmse, tolerance=0.005):
+        check = Check("relative loss of accuracy", loss, tolerance, loss <= tolerance, loss)
+        report = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, tolerance,
+                                  loss <= tolerance, (check,), {"logit_nmse": nmse})
+        return Trial("t", config, report, p50)
+
+    # measured: no smoothing 6 % faster but 2 flips in 213 texts and 2.9× the logit NMSE of α=0.7; held out it
+    # agreed with PyTorch on 98.8 % of 425 texts, α=0.7 on 100 %
+    trials = [trial(None, 14.5, 0.0, 0.0), trial({"q": 0}, 7.34, 0.0047, 0.0069), trial({"q": 1}, 7.79, 0.0, 0.0024),
+              trial({"q": 2}, 7.9, 0.0047, 0.0024)]
+    assert choose(trials)[0] == 2
     assert choose(trials, precision="int8")[0] == 2
-    # only narrow int8 passes: the fastest of them still beats fp32
-    assert choose([trial(None, 14.5, 0.0), trial({"q": 0}, 7.34, 0.0047), trial({"q": 2}, 7.9, 0.004)])[0] == 1
+    # equally faithful: the fastest still beats fp32
+    assert choose([trial(None, 14.5, 0.0, 0.0), trial({"q": 0}, 7.34, 0.0047, 0.006),
+                   trial({"q": 2}, 7.9, 0.004, 0.005)])[0] == 1
+
+
+def test_choose_trades_up_to_10_percent_p50_for_half_the_divergence():
+    def trial(config, p50, nmse):
+        report = ValidationReport("d", "token-classification", 1, "entity_f1", 1.0, 1.0, 0.0, 0.01, True, (),
+                                  {"logit_nmse": nmse})
+        return Trial("t", config, report, p50)
+
+    fp32 = trial(None, 14.0, 0.0)
+    # WNUT: unsmoothed 7.00 ms / NMSE 0.0040 against smoothed 7.32 ms / 0.0015 (4.6 % slower, 0.37×)
+    assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.32, 0.0015)])[0] == 2
+    assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0015)])[0] == 2  # 8.6 % slower
+    assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.8, 0.0015)])[0] == 1  # 11 %: too slow
+    assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0025)])[0] == 1  # 0.63×: not enough
