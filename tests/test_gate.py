@@ -161,3 +161,20 @@ def test_choose_trades_up_to_10_percent_p50_for_half_the_divergence():
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0015)])[0] == 2  # 8.6 % slower
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.8, 0.0015)])[0] == 1  # 11 %: too slow
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0025)])[0] == 1  # 0.63×: not enough
+
+
+def test_choose_prefers_a_pass_with_margin_over_a_narrow_one_up_to_10_percent_slower():
+    def trial(config, p50, loss, nmse):
+        check = Check("relative loss of mrr", loss, 0.01, loss <= 0.01, loss)
+        report = ValidationReport("d", "ranking", 1, "mrr", 1.0, 1.0 - loss, loss, 0.01, loss <= 0.01, (check,),
+                                  {"logit_nmse": nmse})
+        return Trial("t", config, report, p50)
+
+    # measured (BBC cross-encoder, re-timed p50s): α=0.6 narrow, its k=1 fallback 8 % slower with margin
+    fp32, plain = trial(None, 16.27, 0.0, 0.0), trial({"q": 0}, 7.66, 0.0049, 0.0213)
+    narrow, k1 = trial({"q": 1}, 8.05, 0.0098, 0.00696), trial({"q": 2}, 8.72, -0.0013, 0.00515)
+    assert choose([fp32, plain, narrow, k1])[0] == 3
+    assert choose([fp32, plain, narrow, trial({"q": 2}, 9.0, -0.0013, 0.00515)])[0] == 2  # 12 % slower: no
+    assert choose([fp32, plain, narrow, trial({"q": 2}, 8.5, -0.0013, 0.008)])[0] == 2  # less faithful: no
+    # the unsmoothed candidate passed with margin on the gate but is 3× less faithful: never the safer choice
+    assert choose([fp32, plain, narrow])[0] == 2
