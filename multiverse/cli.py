@@ -49,7 +49,7 @@ def optimize(
     no_quantize: bool = typer.Option(False, "--no-quantize", help="Ship the fused fp32 graph (= --precision fp32)."),
     precision: str = typer.Option("auto", help="auto: fastest passing candidate timed here; int8: fastest passing "
                                   "int8; fp32: fused fp32 only."),
-    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Tuning trial budget."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Int8 trial budget (default 12; the fp32 baseline and sensitivity runs are not counted)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for validation/latency (default: physical cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:

@@ -42,8 +42,9 @@ def resolution_note(task: str, n: int, tolerance: float) -> str | None:
         return None
     need = int(np.ceil(1 / tolerance))
     return (f"the eval set has {n} example{'s' if n != 1 else ''}: one changed prediction moves the metric by "
-            f"about {1 / max(n, 1):.1%}, more than the tolerance {tolerance:.1%}, so the gate is mostly noise; "
-            f"use at least {need} (drop --eval-limit or pass a larger --eval-data).")
+            f"about {100 / max(n, 1):.2g} %, more than the tolerance {tolerance * 100:g} %, so the gate is mostly "
+            f"noise; use at least {need} examples (a larger --eval-data; --eval-limit keeps fewer) or a larger "
+            f"--tolerance.")
 
 
 @dataclass(frozen=True)

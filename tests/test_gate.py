@@ -102,7 +102,9 @@ def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
 def test_resolution_note_when_one_flip_exceeds_the_tolerance():
     from multiverse.validate import resolution_note
 
-    assert resolution_note("ranking", 3, 0.01).startswith("the eval set has 3 examples")
+    note = resolution_note("ranking", 3, 0.01)
+    assert note.startswith("the eval set has 3 examples") and "about 33 %" in note and "tolerance 1 %" in note
+    assert "tolerance 0.01 %" in resolution_note("text-classification", 270, 0.0001)
     assert "at least 200" in resolution_note("text-classification", 199, 0.005)
     assert resolution_note("text-classification", 200, 0.005) is None
     assert resolution_note("feature-extraction", 3, 0.01) is None  # cosine checks are continuous
