@@ -383,6 +383,32 @@ class _Tuner:
         self.progress.info("re-timed in %d interleaved rounds: " % rounds
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].p50_ms:.2f} ms" for i in passing))
 
+    def fallback_phase(self, why: str, base: int, budget: int) -> dict:
+        """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
+        what is left of ``budget``; ``why`` comes from :func:`fallback_plan`. After a narrow pass the loop aims
+        at ``SAFETY_MARGIN`` × τ and stops once fallbacks are too slow to ship instead.
+        Returns the manifest's ``sensitivity`` record (or why it was skipped)."""
+        best = self.trials[base]
+        narrow = best.passed
+        left = budget - (len(self.trials) - 1)
+        if left <= 0:
+            skipped = (f"the trial budget ({budget}) was used up by the configuration phase, so no per-node fp32 "
+                       f"fallback was tried; raise --max-trials (default {DEFAULT_MAX_TRIALS}) to try it")
+            self.progress.warn(f"{why} and {skipped}.")
+            return {"skipped": skipped}
+        config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
+        self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
+        losses = self.sensitivity(config)
+        order, kept = list(losses), tuple(config.nodes_to_exclude)
+        fallbacks = [config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])})
+                     for k in FALLBACK_COUNTS if k < len(order)]
+        self.inc_loop(fallbacks, left, "fp32 fallback", target_loss=SAFETY_MARGIN * self.tolerance if narrow else None,
+                      max_p50_ms=best.p50_ms * (1 + FIDELITY_TRADE[0]) if narrow else None)
+        if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
+            self.retime()
+        return {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone", "kept_fp32": list(kept),
+                "node_output_nmse": {k: float(f"{v:.3g}") for k, v in losses.items()}}
+
     def sensitivity(self, config: QuantConfig) -> dict[str, float]:
         """Per node: the model's output error with only that node quantized, on a subset of the eval data.
 
@@ -416,13 +442,13 @@ class _Tuner:
         return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
-def fallback_plan(trials: Sequence[Trial], tolerance: float, precision: str = "auto") -> tuple[str, int] | None:
+def fallback_plan(trials: Sequence[Trial], precision: str = "auto") -> tuple[str, int] | None:
     """Whether phase 2 (per-node fp32 fallback) should run after phase 1's ``trials``: ``(why, base)`` with
     ``base`` the index of the trial whose configuration the fallbacks extend, or None.
 
     It runs when no int8 candidate passed (base: the lowest gate loss), or when the candidate
-    :func:`choose` would ship is int8 and passed narrowly, with gate loss above ``SAFETY_MARGIN`` ×
-    ``tolerance`` (base: that candidate; see the constant for the measurement behind it).
+    :func:`choose` would ship is int8 and passed narrowly, with gate loss above ``SAFETY_MARGIN`` × the
+    tolerance it was validated at (base: that candidate; see the constant for the measurement behind it).
     """
     int8 = [i for i, t in enumerate(trials) if t.config is not None and t.validation is not None]
     if not int8:
@@ -477,31 +503,9 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         # accuracy (see choose), not by which passed first on a finite eval set.
         tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False)
         tuner.retime()
-        plan = fallback_plan(tuner.trials, tolerance, precision) if configs is None else None
+        plan = fallback_plan(tuner.trials, precision) if configs is None else None
         if plan:
-            why, base = plan
-            best = tuner.trials[base]
-            narrow = best.passed
-            if len(tuner.trials) - 1 >= budget:
-                skipped = (f"the trial budget ({budget}) was used up by the configuration phase, so no per-node fp32 "
-                           f"fallback was tried; raise --max-trials (default {DEFAULT_MAX_TRIALS}) to try it")
-                progress.warn(f"{why} and {skipped}.")
-                sensitivity = {"skipped": skipped}
-            else:
-                best_config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
-                progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
-                losses = tuner.sensitivity(best_config)
-                order, kept = list(losses), tuple(best_config.nodes_to_exclude)
-                sensitivity = {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone",
-                               "kept_fp32": list(kept), "node_output_nmse": {k: float(f"{v:.3g}") for k, v in losses.items()}}
-                ks = [k for k in FALLBACK_COUNTS if k < len(order)]
-                fallbacks = [best_config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])}) for k in ks]
-                # After a narrow pass: aim at the margin, and stop once fallbacks are too slow to be chosen instead.
-                tuner.inc_loop(fallbacks, budget - (len(tuner.trials) - 1), "fp32 fallback",
-                               target_loss=SAFETY_MARGIN * tolerance if narrow else None,
-                               max_p50_ms=best.p50_ms * (1 + FIDELITY_TRADE[0]) if narrow else None)
-                if any(t.phase == "fp32 fallback" and t.passed for t in tuner.trials):
-                    tuner.retime()
+            sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision)
     if chosen is None:
         model = tuner.models[min((i for i, t in enumerate(tuner.trials) if t.validation),

@@ -119,15 +119,14 @@ def test_fallback_phase_runs_when_no_pass_or_the_choice_passed_narrowly():
         return Trial("t", config, report, p50)
 
     fp32 = trial(None, 0.0, p50=10.0, nmse=0.0)
-    assert fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.015)], 0.01) == ("no int8 candidate passed", 2)
+    assert fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.015)]) == ("no int8 candidate passed", 2)
     # the shipped choice lost 0.63 % of a 1 % budget: phase 2 extends it
-    why, base = fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.0063)], 0.01)
+    why, base = fallback_plan([fp32, trial({"q": 1}, 0.02), trial({"q": 2}, 0.0063)])
     assert base == 2 and "narrowly" in why
     # the most faithful of the equally fast is narrow although another passed with margin: still phase 2 from it
-    assert fallback_plan([fp32, trial({"q": 1}, 0.0049, nmse=0.021), trial({"q": 2}, 0.0082, p50=5.2, nmse=0.0055)],
-                         0.01)[1] == 2
-    assert fallback_plan([fp32, trial({"q": 1}, 0.004)], 0.01) is None  # shipped with margin
-    assert fallback_plan([fp32], 0.01) is None
+    assert fallback_plan([fp32, trial({"q": 1}, 0.0049, nmse=0.021), trial({"q": 2}, 0.0082, p50=5.2, nmse=0.0055)])[1] == 2
+    assert fallback_plan([fp32, trial({"q": 1}, 0.004)]) is None  # shipped with margin
+    assert fallback_plan([fp32]) is None
 
 
 def test_choose_the_bbc_classifier_phase_1():
