@@ -1,7 +1,10 @@
 """One exception tree for Multiverse.
 
-Every error message says what went wrong *and what to do next*. Only ``cli.py`` maps
-these to exit codes (``exit_code``) and only ``multiverse.serve`` maps them to HTTP statuses.
+Every error message says what went wrong *and what to do next*. Each class carries the
+process exit code the CLI uses (``exit_code``) and, for errors a request can cause, the HTTP
+status and ``error_type`` the server answers with (``http_status``, ``error_type``): only
+``cli.py`` turns errors into exit codes and only ``multiverse.serve`` into HTTP responses, each
+by reading these attributes, never by a table of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ class MultiverseError(Exception):
     """
 
     exit_code: int = 1
+    http_status: int = 500
+    error_type: str = "InternalServerError"
 
 
 class UsageError(MultiverseError):
@@ -77,6 +82,18 @@ class InputError(MultiverseError):
     """A request's inputs are invalid for the bundle's task (empty, wrong shape, too large)."""
 
     exit_code = 2
+    http_status = 422
+    error_type = "InvalidInput"
+
+
+class RequestTooLarge(InputError):
+    """A request carries more tokens than the server's per-request budget (TEI's ``max_batch_tokens``).
+
+    The message names the limit and the request's token count; the client should split the batch.
+    """
+
+    http_status = 413
+    error_type = "PayloadTooLarge"
 
 
 class BenchmarkError(MultiverseError):

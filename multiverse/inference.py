@@ -1,12 +1,27 @@
-"""The end-to-end inference pipeline: tokenize → ONNX Runtime → postprocess.
+"""The end-to-end inference pipeline: tokenize → ONNX Runtime runs → postprocess.
 
-Used by serve, benchmark and validate, so what is measured is what is served. Imports only
-onnxruntime, tokenizers and numpy (plus the standard library): never torch or transformers.
+One pipeline for every caller: :meth:`Predictor.predict` (library, benchmark) is
+``encode`` → :meth:`Predictor.run_batched` → ``postprocess``, and the server's engine calls the
+same ``encode``, the same run plan (:func:`plan_runs`), the same :meth:`Predictor.run` per run
+and the same ``postprocess``, only interleaving the runs of concurrent requests. So what is
+measured is what is served, and validation runs candidates in the shapes serving uses.
+
+**Batch invariance.** ONNX Runtime's dynamic int8 (``DynamicQuantizeLinear`` feeding
+``MatMulInteger``/``DynamicQuantizeMatMul``/``QAttention``) computes one activation scale per
+run over every row, padding included, so a text's int8 output would change with its
+neighbours (max |Δ| 0.019 on MiniLM for "Thanks!" next to a 500-token paragraph). Graphs with
+such nodes therefore run **one row per ONNX Runtime run**, trimmed to the row's own length:
+a text's result is then bit-identical alone or in any batch. fp32 graphs (and int8 graphs with
+static scales) run rows together, up to ``max_run_tokens`` padded tokens per run.
+
+Imports only onnxruntime, tokenizers and numpy (plus the standard library): never torch or
+transformers.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +82,83 @@ def normalize_inputs(inputs: Any, accepts_pairs: bool, requires_pairs: bool) -> 
     return out
 
 
+#: Padded tokens (rows × longest row) of one ONNX Runtime run, unless told otherwise (serve's ``--max-run-tokens``).
+DEFAULT_MAX_RUN_TOKENS = 4096
+
+# Op types whose activation quantization parameters are computed from the run's whole input
+# (onnxruntime.quantization dynamic mode; QAttention is fed by a DynamicQuantizeLinear).
+_PER_RUN_SCALE_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul", b"DynamicQuantizeLSTM")
+
+
+def computes_scales_per_run(model_path: str | Path) -> bool:
+    """True when the graph quantizes activations with scales computed per run (dynamic int8).
+
+    Reads the ``.onnx`` file's bytes for the op-type names (no ``onnx`` import: this is on the
+    serving path); external weight files are not read. Such a graph's output for one row
+    depends on the other rows of its run (see the module docstring).
+    """
+    with open(model_path, "rb") as fh:
+        try:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return any(data.find(op) >= 0 for op in _PER_RUN_SCALE_OPS)
+        except ValueError:  # empty file
+            return False
+
+
+def plan_runs(lengths: Sequence[int], max_run_tokens: int, per_row: bool) -> list[tuple[int, int]]:
+    """Split a batch's rows, in order, into ONNX Runtime runs.
+
+    Args:
+        lengths: real (non-pad) tokens of each row.
+        max_run_tokens: cap on rows × longest row of one run (a single longer row runs alone).
+        per_row: one row per run (graphs with per-run activation scales).
+    Returns:
+        ``[(first_row, end_row), ...]`` covering ``range(len(lengths))`` in order.
+    """
+    if per_row:
+        return [(i, i + 1) for i in range(len(lengths))]
+    runs: list[tuple[int, int]] = []
+    start, longest = 0, 0
+    for i, n in enumerate(lengths):
+        wider = max(longest, int(n))
+        if i > start and (i + 1 - start) * wider > max_run_tokens:
+            runs.append((start, i))
+            start, wider = i, int(n)
+        longest = wider
+    if len(lengths):
+        runs.append((start, len(lengths)))
+    return runs
+
+
+def slice_rows(enc: Encoded, a: int, b: int) -> Encoded:
+    """Rows ``a:b`` of a right-padded batch, trimmed to their longest real length (no copy when nothing changes)."""
+    mask = enc.arrays["attention_mask"]
+    if a == 0 and b == mask.shape[0]:
+        width = mask.shape[1]
+        if width and mask[:, -1].any():
+            return enc
+    width = max(1, int(mask[a:b].sum(axis=1).max()))
+    arrays = {k: v[a:b, :width] for k, v in enc.arrays.items()}
+    return Encoded(arrays=arrays, encodings=enc.encodings[a:b], texts=enc.texts[a:b],
+                   n_tokens=int(arrays["attention_mask"].sum()))
+
+
+def join_outputs(parts: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Concatenate run outputs along rows; per-token outputs [rows, seq, ...] are zero-padded to ``width``."""
+    if len(parts) == 1 and (parts[0].ndim < 3 or parts[0].shape[1] == width):
+        return parts[0]
+    if parts[0].ndim >= 3:
+        padded = []
+        for p in parts:
+            if p.shape[1] < width:
+                pad = [(0, 0)] * p.ndim
+                pad[1] = (0, width - p.shape[1])
+                p = np.pad(p, pad)
+            padded.append(p)
+        parts = padded
+    return np.concatenate(parts, axis=0)
+
+
 class Predictor:
     """One ONNX model with its tokenizer and task post-processing.
 
@@ -78,10 +170,14 @@ class Predictor:
         threads: ORT intra-op threads (default: physical cores, see ``runtime.physical_cores``).
         session_config: target session options (``session.x64quantprecision`` ...).
         max_length: truncation length in tokens (default: the model's real position limit).
+        per_row: run one row per ONNX Runtime run (default: when the graph computes activation
+            scales per run, :func:`computes_scales_per_run`).
+        max_run_tokens: padded-token cap of one run when rows run together.
     """
 
     def __init__(self, model_path: str | Path, model_dir: str | Path, task: str, *, threads: int | None = None,
-                 session_config: dict[str, str] | None = None, max_length: int | None = None):
+                 session_config: dict[str, str] | None = None, max_length: int | None = None,
+                 per_row: bool | None = None, max_run_tokens: int = DEFAULT_MAX_RUN_TOKENS):
         self.model_path = Path(model_path)
         self.model_dir = Path(model_dir)
         self.task = task
@@ -92,6 +188,8 @@ class Predictor:
         self.handler = make_handler(task, self.model_dir, self.config)
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = self.handler.output if self.handler.output in outputs else outputs[0]
+        self.per_row = computes_scales_per_run(self.model_path) if per_row is None else bool(per_row)
+        self.max_run_tokens = int(max_run_tokens)
 
     @property
     def max_length(self) -> int:
@@ -102,12 +200,33 @@ class Predictor:
         return normalize_inputs(inputs, self.handler.accepts_pairs, requires_pairs=self.task == "ranking")
 
     def encode(self, inputs: Inputs) -> Encoded:
-        """Tokenize (right-padded, truncated) for exactly this graph's inputs."""
+        """Tokenize (long texts pre-cut, right-padded, truncated) for exactly this graph's inputs."""
         return self.tokenizer.encode(inputs, self.input_names)
 
     def run(self, enc: Encoded) -> np.ndarray:
-        """The task's raw output: float32 [batch, seq_len, hidden] or [batch, num_labels] (or per token)."""
+        """One ONNX Runtime run over ``enc`` as given: float32 [batch, seq_len, hidden] or [batch, num_labels]
+        (or [batch, seq_len, num_labels] per token). Use :meth:`run_batched` for results that do not depend
+        on the batch."""
         return self.session.run([self.output_name], enc.arrays)[0]
+
+    def plan(self, enc: Encoded, max_run_tokens: int | None = None) -> list[tuple[int, int]]:
+        """The runs :meth:`run_batched` makes for ``enc``: ``[(first_row, end_row), ...]`` (see :func:`plan_runs`)."""
+        lengths = enc.arrays["attention_mask"].sum(axis=1).tolist()
+        return plan_runs(lengths, int(max_run_tokens or self.max_run_tokens), self.per_row)
+
+    def run_batched(self, enc: Encoded, max_run_tokens: int | None = None) -> np.ndarray:
+        """The raw output of every row of ``enc``, run as :meth:`plan` says (one row per run for dynamic int8).
+
+        Returns float32 [batch, ...] as :meth:`run`, per-token outputs padded to ``enc``'s width.
+        A row's values do not depend on the other rows (bit-identical for per-row graphs;
+        to float rounding, ≤ 1e-5, for rows run together in fp32).
+        """
+        parts = [self.run(slice_rows(enc, a, b)) for a, b in self.plan(enc, max_run_tokens)]
+        return join_outputs(parts, enc.arrays["input_ids"].shape[1])
+
+    def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list:
+        """Task results from :meth:`run_batched`'s output (shapes: see the task's ``Handler.postprocess``)."""
+        return self.handler.postprocess(output, enc, params or {})
 
     def text_of_length(self, text: str, n_tokens: int) -> str:
         """A prefix of ``text`` that tokenizes to exactly ``n_tokens`` tokens (special tokens included) when
@@ -130,14 +249,17 @@ class Predictor:
         return cut
 
     def predict(self, inputs: Any, params: dict | None = None) -> Prediction:
-        """Run the whole pipeline on one batch. Raises InputError for invalid inputs."""
+        """Run the whole pipeline on one batch: ``encode`` → :meth:`run_batched` → :meth:`postprocess`.
+
+        Raises InputError for invalid inputs.
+        """
         t0 = time.perf_counter()
         items = self.normalize(inputs)
         enc = self.encode(items)
         t1 = time.perf_counter()
-        output = self.run(enc)
+        output = self.run_batched(enc)
         t2 = time.perf_counter()
-        results = self.handler.postprocess(output, enc, params or {})
+        results = self.postprocess(output, enc, params)
         t3 = time.perf_counter()
         return Prediction(results, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t3 - t0) * 1e3, enc.n_tokens)
 

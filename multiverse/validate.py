@@ -182,8 +182,9 @@ def reference_outputs(ckpt, data: EvalSet, model_dir, threads: int | None = None
 
 
 def candidate_outputs(predictor, data: EvalSet) -> TaskOutputs:
-    """Outputs of an ONNX candidate (a ``multiverse.inference.Predictor``)."""
-    return collect(predictor.run, predictor.encode, predictor.handler, data)
+    """Outputs of an ONNX candidate (a ``multiverse.inference.Predictor``), run as serving runs them
+    (``Predictor.run_batched``: one row per run for dynamic int8), so the gate sees what users get."""
+    return collect(predictor.run_batched, predictor.encode, predictor.handler, data)
 
 
 def _check(name: str, value: float, threshold: float, loss: float, higher_is_better: bool = True) -> Check:

@@ -1,21 +1,22 @@
-"""The inference engine behind the HTTP routes: one shared session, a bounded queue, one worker thread.
+"""The inference engine behind the HTTP routes: it only schedules; the pipeline is ``Predictor``'s.
 
-The event loop never tokenizes or runs the model: a route validates its inputs, calls
-:meth:`Engine.submit` (which answers :class:`Overloaded` at once when the queue is full) and
-awaits an ``asyncio.Future`` that the worker resolves with ``loop.call_soon_threadsafe``.
+A route validates its inputs and calls :meth:`Engine.submit` (which answers :class:`Overloaded`
+at once when the queue is full) and awaits an ``asyncio.Future`` that the worker thread resolves
+with ``loop.call_soon_threadsafe``. The event loop never tokenizes or runs the model.
 
-The worker takes the oldest request, tokenizes it, and, when batching is on
-(``batch_tokens > 0``), also takes the requests already waiting while the merged batch
-stays within the padded-token budget (``rows × longest sequence``). It does not wait for
-more requests to arrive: under light load every request runs alone at full speed, under
-heavy load batches form by themselves. Rows are then run in ONNX Runtime runs of at most
-``max_run_tokens`` padded tokens (a bigger request is split, in order), which bounds the
-memory the session's arena grows to. Each request is post-processed on its own rows with
-its own parameters, so its result equals ``Predictor.predict`` on the same inputs: bit for
-bit when it ran alone in one run, to float rounding when batched or split.
+The worker runs exactly what :meth:`multiverse.inference.Predictor.predict` runs, step by step:
+``predictor.encode`` (tokenize, long texts pre-cut), ``predictor.plan`` (the ONNX Runtime runs:
+one row per run for dynamic int8, else rows together up to ``max_run_tokens`` padded tokens),
+``predictor.run`` on each run's rows (:func:`~multiverse.inference.slice_rows`), and
+``predictor.postprocess`` on the joined output (:func:`~multiverse.inference.join_outputs`).
+So a request's results equal ``Predictor.predict`` on the same inputs.
 
-Very long texts are first cut by :class:`~multiverse.serve.precut.PreCutter` (same tokens,
-without the tokenizer's quadratic cost on long pairs).
+Scheduling: requests being worked on take turns **one run at a time** (round robin), and newly
+arrived requests join before the current one takes its next turn, so a one-word request waits
+for at most one run of a large request, never for the whole of it. With ``batch_tokens > 0``,
+requests that fit in one run each are merged into one ONNX Runtime run while
+``rows × longest row ≤ batch_tokens`` (graphs that run rows together only: merging rows of a
+dynamic-int8 graph would make results depend on other clients' texts).
 
 Imports only numpy and the standard library (plus multiverse's own serving-path modules).
 """
@@ -32,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import RequestTooLarge
+from ..inference import join_outputs, slice_rows
 from ..tasks import Encoded
-from .precut import PreCutter
 
 log = logging.getLogger("multiverse.serve")
 
@@ -43,7 +45,7 @@ class Overloaded(Exception):
 
 
 class NotRunning(Exception):
-    """The engine is stopped or not started yet (HTTP 503)."""
+    """The engine is stopped, draining past its deadline, or not started (HTTP 503 with ``Retry-After``)."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,13 @@ class Result:
     Attributes:
         results: one task result per input, as ``Predictor.predict(...).results``.
         tokenization_ms: tokenizing this request's inputs.
-        queue_ms: waiting before the model run (for the worker, and for the other requests
-            of the same batch to be tokenized).
+        queue_ms: waiting (before the first run and between this request's runs while others
+            took their turn): wall time from submission to result minus ``compute_ms``.
         inference_ms: the ONNX Runtime run(s) this request was part of.
         postprocess_ms: this request's post-processing.
         compute_ms: tokenization + inference + post-processing (the pipeline time, without queueing).
         n_tokens: real (non-pad) tokens of this request.
-        batch_rows: rows in the ONNX Runtime run (> the request's inputs when batched with others).
+        batch_rows: most rows in one ONNX Runtime run this request was part of.
     """
 
     results: list
@@ -73,21 +75,10 @@ class Result:
 
 
 class _Job:
-    __slots__ = (
-        "done_rows",
-        "enc",
-        "enqueued",
-        "failed",
-        "future",
-        "inference_ms",
-        "items",
-        "loop",
-        "params",
-        "post_ms",
-        "results",
-        "rows",
-        "tok_ms",
-    )
+    """One request inside the engine: its inputs, tokens, planned runs and outputs so far."""
+
+    __slots__ = ("enc", "enqueued", "future", "inference_ms", "items", "loop", "params", "parts", "runs",
+                 "rows", "tok_ms")
 
     def __init__(self, items: list, params: dict, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.items = items
@@ -96,7 +87,18 @@ class _Job:
         self.loop = loop
         self.enqueued = time.perf_counter()
         self.enc: Encoded | None = None
-        self.tok_ms = 0.0
+        self.runs: deque[tuple[int, int]] = deque()
+        self.parts: list[np.ndarray] = []
+        self.tok_ms = self.inference_ms = 0.0
+        self.rows = 0
+
+    @property
+    def width(self) -> int:
+        return int(self.enc.arrays["input_ids"].shape[1])
+
+    def one_run(self) -> bool:
+        """The whole request is a single, not yet started run."""
+        return len(self.runs) == 1 and not self.parts and self.runs[0] == (0, len(self.items))
 
 
 def _deliver(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
@@ -109,7 +111,7 @@ def _deliver(future: asyncio.Future, value: Any, error: BaseException | None) ->
 
 
 def _post(job: _Job, value: Any = None, error: BaseException | None = None) -> None:
-    """Resolve a job's future on its event loop (from the worker thread); a closed loop is ignored."""
+    """Resolve a job's future on its event loop (from any thread); a closed loop is ignored."""
     try:
         job.loop.call_soon_threadsafe(_deliver, job.future, value, error)
     except RuntimeError:  # the loop is gone (shutdown): nobody is waiting any more
@@ -121,30 +123,31 @@ class Engine:
 
     Args:
         predictor: a loaded predictor (its session is shared; only the worker calls it).
-        max_queue: requests that may wait; :meth:`submit` raises :class:`Overloaded` beyond.
-        batch_tokens: padded-token budget (rows × longest sequence) of the requests merged into
-            one batch; 0 disables cross-request batching.
-        max_rows: most rows merged into one batch.
-        max_run_tokens: padded-token cap of one ONNX Runtime run. Larger requests (or merged
-            batches) are split into several runs, in order, each trimmed to its own longest
-            row, which bounds the memory the session's arena grows to.
+        max_queue: requests that may wait to be started; :meth:`submit` raises :class:`Overloaded` beyond.
+        batch_tokens: padded-token budget (rows × longest row) of requests merged into one run;
+            0 disables cross-request batching (always off for graphs that run one row per run).
+        max_rows: most rows merged into one run.
+        max_run_tokens: padded-token cap of one ONNX Runtime run (``Predictor.plan``); larger
+            requests are split into several runs, which also bounds the session's memory arena.
+        max_request_tokens: real tokens (after truncation) one request may carry, as TEI's
+            ``max_batch_tokens``; more fails the request with :class:`~multiverse.errors.RequestTooLarge`
+            (HTTP 413). 0 = no limit.
     """
 
     def __init__(self, predictor, *, max_queue: int = 128, batch_tokens: int = 0, max_rows: int = 256,
-                 max_run_tokens: int = 4096):
+                 max_run_tokens: int = 4096, max_request_tokens: int = 0):
         self.predictor = predictor
-        self.max_run_tokens = int(max_run_tokens)
         self.max_queue = int(max_queue)
-        self.batch_tokens = int(batch_tokens)
+        self.batch_tokens = 0 if getattr(predictor, "per_row", False) else int(batch_tokens)
         self.max_rows = int(max_rows)
-        self._queue: deque[_Job] = deque()
+        self.max_run_tokens = int(max_run_tokens)
+        self.max_request_tokens = int(max_request_tokens)
+        self._queue: deque[_Job] = deque()   # submitted, not tokenized yet
+        self._active: deque[_Job] = deque()  # tokenized, taking turns (worker thread only)
         self._cv = threading.Condition(threading.Lock())
         self._running = True  # accepting requests; they wait in the queue until start()
+        self._deadline: float | None = None  # set by stop(): unfinished work after it gets NotRunning
         self._thread: threading.Thread | None = None
-        text_tokenizer = getattr(predictor, "tokenizer", None)
-        self._pad_id = int(getattr(text_tokenizer, "pad_id", 0) or 0)
-        raw = getattr(text_tokenizer, "tokenizer", None)
-        self._precut = PreCutter(raw, int(predictor.max_length)) if raw is not None else None
 
     # ----------------------------------------------------------------- control
     def start(self) -> None:
@@ -152,35 +155,50 @@ class Engine:
         with self._cv:
             if self._thread is not None or not self._running:
                 return
-        self._thread = threading.Thread(target=self._work, name="multiverse-inference", daemon=True)
+            self._thread = threading.Thread(target=self._work, name="multiverse-inference", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new requests, let the worker finish the queued ones, and join it (at most ``timeout`` s)."""
+        """Drain: refuse new requests at once, let queued and running requests finish for up to ``timeout``
+        seconds, then fail every request still unfinished with :class:`NotRunning`; join the worker."""
         with self._cv:
             self._running = False
+            self._deadline = time.perf_counter() + max(0.0, float(timeout))
             self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, float(timeout)) + 0.5)
+        # The worker fails what is left when it sees the deadline; if it is stuck in a long run, do it here.
+        with self._cv:
+            left = list(self._queue) + (list(self._active) if thread is None or thread.is_alive() else [])
+            self._queue.clear()
+        for job in left:
+            _post(job, error=NotRunning("The server is shutting down; retry on another instance."))
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return not self._running
 
     @property
     def queue_size(self) -> int:
-        """Requests waiting for the worker (not counting the batch being run)."""
-        return len(self._queue)
+        """Requests submitted and not finished yet (waiting or taking turns)."""
+        return len(self._queue) + len(self._active)
 
     # ----------------------------------------------------------------- submit
     def submit(self, items: list, params: dict, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """Queue already-validated inputs; returns a future resolved with a :class:`Result`.
 
         Must be called on ``loop``'s thread. Raises :class:`Overloaded` when ``max_queue``
-        requests are already waiting and :class:`NotRunning` when stopped. The future fails
-        with the pipeline's exception (``InputError`` ... ) if the request itself is bad.
+        requests are already waiting and :class:`NotRunning` when stopped or draining. The
+        future fails with the pipeline's exception (``InputError``, ``RequestTooLarge`` ...) if
+        the request itself is bad, and with :class:`NotRunning` if draining ends before it is done.
         """
         future = loop.create_future()
         job = _Job(items, params, future, loop)
         with self._cv:
             if not self._running:
-                raise NotRunning("The inference engine is not running.")
+                raise NotRunning("The server is shutting down; retry on another instance.")
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"{len(self._queue)} requests are already waiting.")
             self._queue.append(job)
@@ -188,24 +206,35 @@ class Engine:
         return future
 
     # ----------------------------------------------------------------- worker
-    def _next(self) -> _Job | None:
+    def _admit(self, wait: bool) -> bool:
+        """Move submitted jobs to the active list (tokenized, runs planned). Returns False when the worker should
+        exit: stopped with nothing left, or past the drain deadline."""
         with self._cv:
-            while not self._queue:
-                if not self._running:
-                    return None
+            while wait and not self._queue and self._running:
                 self._cv.wait()
-            return self._queue.popleft()
-
-    def _pop_nowait(self) -> _Job | None:
-        with self._cv:
-            return self._queue.popleft() if self._queue else None
+            new = list(self._queue)
+            self._queue.clear()
+            past_deadline = self._deadline is not None and time.perf_counter() > self._deadline
+        if past_deadline:
+            for job in new + list(self._active):
+                _post(job, error=NotRunning("The server is shutting down; retry on another instance."))
+            self._active.clear()
+            return False
+        for job in new:
+            if not job.future.cancelled() and self._tokenize(job):
+                self._active.append(job)
+        return bool(self._active) or self._running or bool(self._queue)
 
     def _tokenize(self, job: _Job) -> bool:
         t0 = time.perf_counter()
         try:
-            if self._precut is not None:
-                job.items = [self._precut.item(item) for item in job.items]
             job.enc = self.predictor.encode(job.items)
+            limit = self.max_request_tokens
+            if limit and job.enc.n_tokens > limit:
+                raise RequestTooLarge(
+                    f"The request has {job.enc.n_tokens} tokens after truncation; the limit is {limit} "
+                    f"(max_batch_tokens). Split it into smaller batches.")
+            job.runs = deque(self.predictor.plan(job.enc, self.max_run_tokens))
         except BaseException as exc:  # noqa: BLE001 - delivered to the request
             _post(job, error=exc)
             return False
@@ -213,134 +242,96 @@ class Engine:
         return True
 
     def _work(self) -> None:
-        carry: _Job | None = None  # a job taken (and tokenized) that did not fit the previous batch
         while True:
-            if carry is not None:
-                job, carry = carry, None
-            else:
-                job = self._next()
-                if job is None:
-                    return
-                if job.future.cancelled() or not self._tokenize(job):
-                    continue
+            if not self._admit(wait=not self._active):
+                return
+            if not self._active:
+                continue
+            job = self._active.popleft()
+            if job.future.cancelled():
+                continue
             batch = [job]
-            if self.batch_tokens > 0:
-                rows = len(job.items)
-                longest = job.enc.arrays["input_ids"].shape[1]
-                while rows < self.max_rows:
-                    nxt = self._pop_nowait()
-                    if nxt is None:
-                        break
-                    if nxt.future.cancelled() or not self._tokenize(nxt):
-                        continue
-                    n_rows = rows + len(nxt.items)
-                    n_longest = max(longest, nxt.enc.arrays["input_ids"].shape[1])
-                    if n_rows > self.max_rows or n_rows * n_longest > self.batch_tokens:
-                        carry = nxt
-                        break
-                    batch.append(nxt)
-                    rows, longest = n_rows, n_longest
+            if self.batch_tokens > 0 and job.one_run():
+                batch = self._merge_with(job)
             try:
                 self._run(batch)
             except BaseException as exc:
                 log.exception("inference failed")
                 for j in batch:
                     _post(j, error=exc)
+                continue
+            # New arrivals join the round before this request's next turn.
+            self._admit(wait=False)
+            for j in batch:
+                if j.runs:
+                    self._active.append(j)
+                else:
+                    self._finish(j)
+
+    def _merge_with(self, job: _Job) -> list[_Job]:
+        """``job`` plus waiting single-run jobs while rows × longest row stays within ``batch_tokens``."""
+        batch, rows, longest = [job], len(job.items), job.width
+        for other in list(self._active):
+            if not other.one_run():
+                continue
+            n_rows, n_longest = rows + len(other.items), max(longest, other.width)
+            if n_rows > self.max_rows or n_rows * n_longest > self.batch_tokens:
+                break
+            self._active.remove(other)
+            batch.append(other)
+            rows, longest = n_rows, n_longest
+        return batch
 
     def _run(self, batch: list[_Job]) -> None:
-        """Run the jobs' rows in ORT runs of at most ``max_run_tokens`` padded tokens, then post-process each job."""
-        predictor = self.predictor
-        t_start = time.perf_counter()
-        for j in batch:
-            j.inference_ms = 0.0
-            j.post_ms = 0.0
-            j.results = []
-            j.rows = 0
-            j.failed = False
-        for run in self._plan(batch):
-            if len(run) == 1 and run[0][1] == 0 and run[0][2] == len(run[0][0].items):
-                job = run[0][0]
-                pieces = [(job, job.enc)]
-                enc = job.enc
-            else:
-                pieces = [(job, _slice(job.enc, a, b)) for job, a, b in run]
-                enc = Encoded(arrays=_merge([p[1].arrays for p in pieces], self._pad_id), encodings=[], texts=[],
-                              n_tokens=sum(p[1].n_tokens for p in pieces))
+        """One ONNX Runtime run: the next planned rows of one job, or whole single-run jobs merged."""
+        if len(batch) == 1:
+            job = batch[0]
+            a, b = job.runs.popleft()
+            sub = slice_rows(job.enc, a, b)
             t0 = time.perf_counter()
-            output = predictor.run(enc)
-            run_ms = (time.perf_counter() - t0) * 1e3
-            rows = int(output.shape[0])
-            offset = 0
-            for job, sub in pieces:
-                n = sub.arrays["input_ids"].shape[0]
-                out = output if len(pieces) == 1 else output[offset:offset + n]
-                offset += n
-                width = sub.arrays["input_ids"].shape[1]
-                if out.ndim == 3 and out.shape[1] != width:
-                    out = out[:, :width]
-                job.inference_ms += run_ms
-                job.rows = max(job.rows, rows)
-                if job.failed:
-                    continue
-                t1 = time.perf_counter()
-                try:
-                    job.results.extend(predictor.handler.postprocess(out, sub, job.params))
-                except BaseException as exc:
-                    log.exception("post-processing failed")
-                    job.failed = True
-                    _post(job, error=exc)
-                    continue
-                job.post_ms += (time.perf_counter() - t1) * 1e3
-                job.done_rows += n
-                if job.done_rows == len(job.items):
-                    queue_ms = max(0.0, (t_start - job.enqueued) * 1e3 - job.tok_ms)
-                    res = Result(job.results, job.tok_ms, queue_ms, job.inference_ms, job.post_ms,
-                                 job.tok_ms + job.inference_ms + job.post_ms, job.enc.n_tokens, job.rows)
-                    _post(job, res)
-                    job.enc = None
+            out = self.predictor.run(sub)
+            job.inference_ms += (time.perf_counter() - t0) * 1e3
+            job.rows = max(job.rows, b - a)
+            job.parts.append(out)
+            return
+        pieces = [slice_rows(j.enc, 0, len(j.items)) for j in batch]
+        merged = Encoded(arrays=_merge([p.arrays for p in pieces], _pad_id(self.predictor)), encodings=[], texts=[],
+                         n_tokens=sum(p.n_tokens for p in pieces))
+        t0 = time.perf_counter()
+        out = self.predictor.run(merged)
+        run_ms = (time.perf_counter() - t0) * 1e3
+        offset = 0
+        for j, piece in zip(batch, pieces):
+            n = len(j.items)
+            part = out[offset:offset + n]
+            offset += n
+            if part.ndim >= 3:
+                part = part[:, :piece.arrays["input_ids"].shape[1]]
+            j.runs.popleft()
+            j.parts.append(part)
+            j.inference_ms += run_ms
+            j.rows = max(j.rows, int(out.shape[0]))
 
-    def _plan(self, batch: list[_Job]) -> list[list[tuple[_Job, int, int]]]:
-        """Group the batch's rows, in order, into runs with rows × longest real length ≤ ``max_run_tokens``.
-
-        A job that fits in one run is never split; a bigger one is split greedily.
-        Each run is a list of ``(job, first_row, end_row)`` pieces.
-        """
-        budget = self.max_run_tokens
-        runs: list[list[tuple[_Job, int, int]]] = []
-        current: list[tuple[_Job, int, int]] = []
-        rows = longest = 0
-        for job in batch:
-            job.done_rows = 0
-            lengths = job.enc.arrays["attention_mask"].sum(axis=1).tolist()
-            n_rows, job_longest = len(lengths), max(lengths)
-            if n_rows * job_longest <= budget:
-                if current and (rows + n_rows) * max(longest, job_longest) > budget:
-                    runs.append(current)
-                    current, rows, longest = [], 0, 0
-                current.append((job, 0, n_rows))
-                rows, longest = rows + n_rows, max(longest, job_longest)
-                continue
-            if current:
-                runs.append(current)
-                current, rows, longest = [], 0, 0
-            start = 0
-            for i, n in enumerate(lengths):
-                if rows and (rows + 1) * max(longest, n) > budget:
-                    runs.append([(job, start, i)])
-                    start, rows, longest = i, 0, 0
-                rows, longest = rows + 1, max(longest, n)
-            current = [(job, start, n_rows)]
-        if current:
-            runs.append(current)
-        return runs
+    def _finish(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        try:
+            output = join_outputs(job.parts, job.width)
+            results = self.predictor.postprocess(output, job.enc, job.params)
+        except BaseException as exc:  # noqa: BLE001 - delivered to the request
+            log.exception("post-processing failed")
+            _post(job, error=exc)
+            return
+        now = time.perf_counter()
+        post_ms = (now - t0) * 1e3
+        compute_ms = job.tok_ms + job.inference_ms + post_ms
+        queue_ms = max(0.0, (now - job.enqueued) * 1e3 - compute_ms)
+        _post(job, Result(results, job.tok_ms, queue_ms, job.inference_ms, post_ms, compute_ms,
+                          job.enc.n_tokens, job.rows))
+        job.enc, job.parts = None, []
 
 
-def _slice(enc: Encoded, a: int, b: int) -> Encoded:
-    """Rows ``a:b`` of a right-padded batch, trimmed to their longest real length."""
-    width = max(1, int(enc.arrays["attention_mask"][a:b].sum(axis=1).max()))
-    arrays = {k: v[a:b, :width] for k, v in enc.arrays.items()}
-    return Encoded(arrays=arrays, encodings=enc.encodings[a:b], texts=enc.texts[a:b],
-                   n_tokens=int(arrays["attention_mask"].sum()))
+def _pad_id(predictor) -> int:
+    return int(getattr(getattr(predictor, "tokenizer", None), "pad_id", 0) or 0)
 
 
 def _merge(parts: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, np.ndarray]:

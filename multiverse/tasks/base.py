@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import InputError
+from .precut import PreCutter
 
 # Architectures whose position ids start at padding_idx + 1 (=2): 514 positions, 512 usable.
 _POSITION_OFFSET_MODEL_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
@@ -89,6 +90,7 @@ class TextTokenizer:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length, strategy="longest_first")
         self.tokenizer.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)
+        self.precut = PreCutter(self.tokenizer, self.max_length)
 
     def encode(
         self,
@@ -97,13 +99,17 @@ class TextTokenizer:
     ) -> Encoded:
         """Tokenize a batch of texts or (text, text_pair) pairs.
 
-        Returns int64 arrays of shape [batch, longest_in_batch] for exactly the graph's
-        ``input_names`` (missing ``token_type_ids`` are zeros; extras are dropped).
+        Very long texts are first cut at a word boundary a little beyond ``max_length`` tokens
+        (:class:`~multiverse.tasks.precut.PreCutter`: same tokens, without ``tokenizers``'
+        quadratic cost on long pairs), so library, server, validation and benchmark share one
+        tokenization path. Returns int64 arrays of shape [batch, longest_in_batch] for exactly
+        the graph's ``input_names`` (missing ``token_type_ids`` are zeros; extras are dropped).
         Raises InputError on an empty batch.
         """
         if len(inputs) == 0:
             raise InputError("Empty batch: send at least one input.")
-        encodings = self.tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+        inputs = [self.precut.item(item) for item in inputs]
+        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         arrays: dict[str, np.ndarray] = {}

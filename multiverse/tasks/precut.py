@@ -3,7 +3,7 @@
 ``tokenizers`` builds every overflow window of a truncated text, and for a pair the product of
 both sides' windows: two 25,000-character passages took 13 s to tokenize for a 128-token model
 (20,000 CJK characters a side: 6.5 s for all-MiniLM-L6-v2), so one request could stall the
-server. :class:`PreCutter` cuts a long text at a pre-token (word) boundary a little beyond the
+server (or a library call, or a validation run). :class:`PreCutter` cuts a long text at a pre-token (word) boundary a little beyond the
 ``max_length`` tokens truncation can keep. Normalisers and pre-tokenizers work word by word, so
 the tokens before a word boundary do not depend on what follows it: the model gets exactly the
 same tokens and offsets.
