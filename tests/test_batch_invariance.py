@@ -176,3 +176,28 @@ def test_int8_minilm_thanks_alone_and_next_to_a_long_paragraph_on_every_route(mi
             assert max_abs_diff(pick(r.json()), alone) <= 1e-4, route
         assert isinstance(c, httpx.Client)
     assert math.isclose(float(np.linalg.norm(alone)), 1.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_int8_results_do_not_depend_on_the_batch_through_http(task, tiny_bundles, int8_graphs):
+    """Every task's /predict (and /rerank, /embed where the task has them): a text alone vs with neighbours,
+    with the engine splitting and interleaving runs (small ``max_run_tokens``) and batching enabled."""
+    bundle = Path(tiny_bundles[task])
+    p = Predictor(int8_graphs[task], bundle, task)
+    settings = ServeSettings(max_run_tokens=64, batch_tokens=4096)
+    with ThreadServer(create_app(p, settings)) as srv, srv.client() as c:
+        srv.wait_ready()
+        for text in TARGETS:
+            item, items = _item(task, text), _neighbours(task, text)
+            body = lambda x: list(x) if isinstance(x, tuple) else x  # noqa: E731
+            alone = c.post("/predict", json={"inputs": [body(item)]}).json()[0]
+            batched = c.post("/predict", json={"inputs": [body(x) for x in items]}).json()[1]
+            assert max_abs_diff(batched, alone) <= 1e-4, (task, text)
+            if task == "feature-extraction":
+                got = c.post("/embed", json={"inputs": [SHORT, text, LONG]}).json()[1]
+                assert max_abs_diff(got, alone) <= 1e-4
+            if task == "ranking":
+                q, passage = item
+                one = c.post("/rerank", json={"query": q, "texts": [passage]}).json()[0]["score"]
+                many = c.post("/rerank", json={"query": q, "texts": [LONG, passage, SHORT]}).json()
+                assert abs(next(r["score"] for r in many if r["index"] == 1) - one) <= 1e-4
