@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from multiverse.benchmark import report
     from multiverse.benchmark.runner import GridSpec, run_grid
-    from multiverse.benchmark.stats import Budget
+    from multiverse.timing import Budget
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "multiverse" / "benchmarks")

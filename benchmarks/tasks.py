@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from multiverse.timing import Budget, median_ms
 
 THREADS = 2
 SEQ_LEN = 128
@@ -55,14 +55,7 @@ def torch_p50(task: str, ckpt: Path, text: str, seconds: float = 3.0) -> float:
         pipe = pipeline(task, model=str(ckpt), device="cpu",
                         **({"aggregation_strategy": "simple"} if task == "token-classification" else {}))
         call = lambda: pipe(text)  # noqa: E731
-    for _ in range(5):
-        call()
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 30:
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return median_ms(call, Budget(warmup_runs=5, min_runs=30, min_seconds=seconds, max_seconds=10 * seconds))
 
 
 def run_task(task: str, cache: Path, out: Path) -> dict:

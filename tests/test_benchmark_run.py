@@ -10,7 +10,7 @@ import pytest
 
 from multiverse.benchmark import report
 from multiverse.benchmark.runner import GridSpec, run_grid
-from multiverse.benchmark.stats import Budget
+from multiverse.timing import Budget
 
 TINY_BUDGET = Budget(warmup_runs=1, min_runs=3, min_seconds=0.0, max_seconds=5.0, floor_runs=1)
 

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from multiverse.benchmark import grid, report, stats
+from multiverse import timing as stats
+from multiverse.benchmark import grid, report
 from multiverse.benchmark.options import parse_baselines, plan
 from multiverse.errors import UsageError
 

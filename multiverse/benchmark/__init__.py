@@ -9,7 +9,7 @@ per-core-count processes), ``profile`` (ORT profile of one cell), ``http`` (a ru
 
 from .grid import (QUICK_BATCH_SIZES, QUICK_CORES, QUICK_SEQ_LENS, SEED_BATCH_SIZES, SEED_CORES, SEED_SEQ_LENS, Cell,
                    expand, parse_int_list)
-from .stats import DEFAULT_BUDGET, QUICK_BUDGET, Budget, LatencyStats, measure, summarize
+from ..timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, LatencyStats, measure, summarize
 
 __all__ = ["Cell", "expand", "parse_int_list", "Budget", "LatencyStats", "measure", "summarize", "DEFAULT_BUDGET",
            "QUICK_BUDGET", "SEED_CORES", "SEED_SEQ_LENS", "SEED_BATCH_SIZES", "QUICK_CORES", "QUICK_SEQ_LENS",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .baselines import BenchmarkError
-from .stats import DEFAULT_BUDGET, Budget, measure, summarize
+from ..timing import DEFAULT_BUDGET, Budget, measure, summarize
 
 
 class HttpSystem:

@@ -11,7 +11,7 @@ from .baselines import BASELINES
 from .grid import (QUICK_BATCH_SIZES, QUICK_CORES, QUICK_SEQ_LENS, SEED_BATCH_SIZES, SEED_CORES, SEED_SEQ_LENS,
                    parse_int_list)
 from .runner import BenchProgress, GridSpec
-from .stats import DEFAULT_BUDGET, QUICK_BUDGET
+from ..timing import DEFAULT_BUDGET, QUICK_BUDGET
 
 
 def parse_baselines(values: Sequence[str] | None) -> list[str]:

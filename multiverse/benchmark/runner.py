@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .grid import expand, pick_cpus
-from .stats import DEFAULT_BUDGET, Budget, measure, summarize
+from ..timing import DEFAULT_BUDGET, Budget, measure, summarize
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 

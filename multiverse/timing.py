@@ -1,15 +1,20 @@
-"""Timing loops and latency statistics. Pure Python + the standard library; the clock is injectable.
+"""The one timing module: the timing loop and latency statistics used by the tuner, the benchmark
+grid and the scripts in ``benchmarks/``. The clock is injectable (tests).
 
 Units: durations in seconds inside the loop (whatever ``clock`` returns), milliseconds in
-:class:`LatencyStats`, throughput in requests/s and samples/s.
+:class:`LatencyStats`, throughput in requests/s and samples/s. Percentiles are numpy's
+(``numpy.percentile``, linear interpolation); the standard deviation is ``statistics.stdev``.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
+
+import numpy as np
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds (default ``time.perf_counter``)."""
@@ -85,17 +90,19 @@ def measure(fn: Callable[[], object], budget: Budget = DEFAULT_BUDGET, clock: Cl
     return Measurement(durations, clock() - start, capped)
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0–100) of already sorted values, linear interpolation between closest
-    ranks (numpy's default ``linear`` method). Raises ValueError on an empty sequence or q outside [0, 100]."""
-    if not sorted_values:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) of ``values`` (``numpy.percentile``, linear interpolation between
+    closest ranks). Raises ValueError on an empty sequence or q outside [0, 100]."""
+    if len(values) == 0:
         raise ValueError("percentile of an empty sequence")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be in [0, 100], got {q}")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def median_ms(fn: Callable[[], object], budget: Budget, clock: Clock = time.perf_counter) -> float:
+    """Median duration of ``fn()`` in **milliseconds** under ``budget`` (see :func:`measure`)."""
+    return statistics.median(measure(fn, budget, clock).durations) * 1e3
 
 
 @dataclass(frozen=True)
@@ -137,12 +144,12 @@ def summarize(durations_s: Sequence[float], batch_size: int = 1) -> LatencyStats
         raise ValueError("no durations to summarize")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ms = sorted(d * 1e3 for d in durations_s)
+    ms = np.asarray(durations_s, dtype=np.float64) * 1e3
     n = len(ms)
-    mean = sum(ms) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
-    total_s = sum(durations_s)
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    total_s = float(sum(durations_s))
     rps = n / total_s if total_s > 0 else math.inf
-    return LatencyStats(n=n, batch_size=batch_size, min_ms=ms[0], max_ms=ms[-1], mean_ms=mean, std_ms=std,
-                        p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90), p95_ms=percentile(ms, 95),
-                        p99_ms=percentile(ms, 99), total_s=total_s, req_per_s=rps, samples_per_s=rps * batch_size)
+    return LatencyStats(n=n, batch_size=batch_size, min_ms=float(ms.min()), max_ms=float(ms.max()),
+                        mean_ms=float(ms.mean()), std_ms=statistics.stdev(ms.tolist()) if n > 1 else 0.0,
+                        p50_ms=p50, p90_ms=p90, p95_ms=p95, p99_ms=p99, total_s=total_s, req_per_s=rps,
+                        samples_per_s=rps * batch_size)
