@@ -14,8 +14,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from multiverse.testing.checkpoints import TASKS, tiny_checkpoint  # noqa: E402
-from multiverse.testing.pytest_fixtures import (  # noqa: E402,F401
+from support import TASKS, tiny_checkpoint  # noqa: E402
+from support.pytest_fixtures import (  # noqa: E402,F401
     fixture_cache_dir, hf_hub_cache, offline_hf_hub, tiny_checkpoint_matrix, trained_checkpoints)
 
 TARGET = "native"

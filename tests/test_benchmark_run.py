@@ -17,10 +17,7 @@ TINY_BUDGET = Budget(warmup_runs=1, min_runs=3, min_seconds=0.0, max_seconds=5.0
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
-    try:
-        from multiverse.testing import tiny_checkpoint
-    except ImportError:
-        from multiverse.testing.checkpoints import tiny_checkpoint
+    from support import tiny_checkpoint
     from multiverse.errors import AccuracyGateError
     from multiverse.pipeline import optimize
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from multiverse.testing import (BIO_LABELS, MODEL_TYPES, SENTIMENT_LABELS, TASKS, tiny_checkpoint, torch_threads,
+from support import (BIO_LABELS, MODEL_TYPES, SENTIMENT_LABELS, TASKS, tiny_checkpoint, torch_threads,
                                 write_hf_cache)
 
 TEXTS = ["Alice flew from London to Paris to meet Google.", "The market fell sharply today.", "zabeko mipudo £5 héllo",
@@ -147,7 +147,7 @@ def test_offline_hf_hub_fixture(offline_hf_hub):
 
 
 def test_trained_builders_refuse_foreign_folders(tmp_path):
-    from multiverse.testing import bbc_classifier
+    from support import bbc_classifier
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a checkpoint")
@@ -168,7 +168,7 @@ def test_trained_checkpoints_quality(trained_checkpoints):
     from transformers import pipeline
 
     from multiverse.evaldata import bbc_news, wnut16
-    from multiverse.testing import bbc_classifier
+    from support import bbc_classifier
 
     built = trained_checkpoints["text-classification"]
     start = time.perf_counter()

@@ -6,7 +6,7 @@ import pytest
 
 from multiverse import hub
 from multiverse.errors import HubError, UsageError
-from multiverse.testing.checkpoints import hf_offline, write_hf_cache
+from support import hf_offline, write_hf_cache
 
 
 def test_folder_and_task_inference(tiny_checkpoints):

@@ -14,7 +14,7 @@ from multiverse.errors import AccuracyGateError, ExportError, UsageError
 from multiverse.export import check_against_reference, export
 from multiverse.inference import Predictor
 from multiverse.pipeline import optimize
-from multiverse.testing.checkpoints import TASKS, tiny_checkpoint
+from support import TASKS, tiny_checkpoint
 
 SAMPLE = {"feature-extraction": ["Hello world", "A much longer sentence about Paris and London."],
           "text-classification": ["great movie", "terrible book about the market"],

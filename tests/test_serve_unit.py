@@ -345,7 +345,7 @@ def test_engine_splits_big_requests_into_bounded_runs_in_order():
 def text_tokenizers(tmp_path_factory):
     """The TextTokenizer of tiny checkpoints with a WordPiece (bert), and a byte-level BPE (roberta) vocabulary."""
     from multiverse.tasks import TextTokenizer
-    from multiverse.testing import tiny_checkpoint
+    from support import tiny_checkpoint
 
     root = tmp_path_factory.mktemp("precut")
     return {m: TextTokenizer(tiny_checkpoint("ranking", root / m, model_type=m)) for m in ("bert", "roberta")}

@@ -1,6 +1,6 @@
 """Shared pytest fixtures. Import them in ``tests/conftest.py``::
 
-    from multiverse.testing.pytest_fixtures import (  # noqa: F401
+    from support.pytest_fixtures import (  # noqa: F401
         fixture_cache_dir, hf_hub_cache, offline_hf_hub, tiny_checkpoint_matrix, trained_checkpoints)
 
 Trained checkpoints are cached across runs in ``$MULTIVERSE_FIXTURE_CACHE``
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .checkpoints import (MODEL_TYPES, TASKS, bbc_classifier, bbc_ranker, hf_offline, tiny_checkpoint,
+from . import (MODEL_TYPES, TASKS, bbc_classifier, bbc_ranker, hf_offline, tiny_checkpoint,
                           wnut_ner, write_hf_cache)
 
 
