@@ -18,10 +18,8 @@ import numpy as np
 
 from .errors import ExportError
 from .hub import Checkpoint
+from .tasks import get_task
 
-# optimum task names (a cross-encoder is a 1-label sequence classifier).
-_OPTIMUM_TASK = {"feature-extraction": "feature-extraction", "text-classification": "text-classification",
-                 "token-classification": "token-classification", "ranking": "text-classification"}
 OPSET = 18  # optimum-onnx's recommended minimum for BERT-family exports
 
 
@@ -72,7 +70,7 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
     try:
         with contextlib.redirect_stdout(log), _quiet_loggers():
             main_export(
-                str(ckpt.path), output=str(out), task=_OPTIMUM_TASK[ckpt.task], opset=OPSET,
+                str(ckpt.path), output=str(out), task=get_task(ckpt.task).optimum_task, opset=OPSET,
                 device="cpu", do_validation=False, library_name="transformers", no_post_process=True,
             )
     except Exception as exc:

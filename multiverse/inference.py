@@ -197,7 +197,7 @@ class Predictor:
 
     def normalize(self, inputs: Any) -> list:
         """See :func:`normalize_inputs`, for this model's task."""
-        return normalize_inputs(inputs, self.handler.accepts_pairs, requires_pairs=self.task == "ranking")
+        return normalize_inputs(inputs, self.handler.accepts_pairs, requires_pairs=self.handler.requires_pairs)
 
     def encode(self, inputs: Inputs) -> Encoded:
         """Tokenize (long texts pre-cut, right-padded, truncated) for exactly this graph's inputs."""

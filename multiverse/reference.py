@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .hub import Checkpoint
-from .tasks import Encoded
-
-_OUTPUT = {"feature-extraction": "last_hidden_state", "text-classification": "logits",
-           "token-classification": "logits", "ranking": "logits"}
+from .tasks import Encoded, get_task
 
 
 class ReferenceModel:
@@ -24,15 +21,11 @@ class ReferenceModel:
 
         if threads:
             torch.set_num_threads(int(threads))
-        cls = {
-            "feature-extraction": transformers.AutoModel,
-            "text-classification": transformers.AutoModelForSequenceClassification,
-            "token-classification": transformers.AutoModelForTokenClassification,
-            "ranking": transformers.AutoModelForSequenceClassification,
-        }[ckpt.task]
+        task = get_task(ckpt.task)
+        cls = getattr(transformers, task.reference_class)
         self.model = cls.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
         self.task = ckpt.task
-        self.output_name = _OUTPUT[ckpt.task]
+        self.output_name = task.output
         import inspect
 
         self.accepts = set(inspect.signature(self.model.forward).parameters)

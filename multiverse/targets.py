@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError
-
-TASKS = ("feature-extraction", "text-classification", "token-classification", "ranking")
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,8 +100,17 @@ class ModelRecipe(_Strict):
     description: str = ""
     model: str
     revision: str | None = None
-    task: Literal["feature-extraction", "text-classification", "token-classification", "ranking"]
+    task: str  # a key of multiverse.tasks.TASKS (checked below)
     eval: EvalSpec | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from .tasks import TASKS
+
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+        return task
 
 
 def recipes_dir() -> Path:

@@ -16,15 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import BenchmarkError  # re-exported: callers import it from here too
+from ..tasks import get_task
 
 SYSTEMS = ("multiverse", "transformers", "optimum")
 BASELINES = ("transformers", "optimum")
 
-# Our task names → transformers pipeline tasks / optimum ORTModel classes.
-_PIPELINE_TASK = {"text-classification": "text-classification", "ranking": "text-classification",
-                  "token-classification": "token-classification", "feature-extraction": "feature-extraction"}
-_ORT_CLASS = {"text-classification": "ORTModelForSequenceClassification", "ranking": "ORTModelForSequenceClassification",
-              "token-classification": "ORTModelForTokenClassification", "feature-extraction": "ORTModelForFeatureExtraction"}
 OPTIMUM_FILE = "model_optimized_quantized.onnx"
 
 
@@ -59,23 +55,15 @@ class MultiverseSystem:
                 "postprocess_ms": round(sum(r[2] for r in rows) / n, 4)}
 
 
-def _pipeline_kwargs(task: str) -> dict:
-    if task == "ranking":
-        return {"function_to_apply": "none"}
-    if task == "token-classification":
-        return {"aggregation_strategy": "simple"}
-    return {}
-
-
 def _call_kwargs(task: str, batch_size: int) -> dict:
     kw: dict[str, Any] = {"batch_size": batch_size}
     if task == "feature-extraction":
-        kw["return_tensors"] = True
+        kw["return_tensors"] = True  # token states, mean-pooled below as sentence-transformers does
     return kw
 
 
 def _as_pipeline_inputs(task: str, inputs: Sequence) -> list:
-    if task == "ranking":
+    if get_task(task).requires_pairs:
         return [{"text": q, "text_pair": p} for q, p in inputs]
     return list(inputs)
 
@@ -127,8 +115,8 @@ class TransformersSystem(_HFPipelineSystem):
         from transformers import pipeline
 
         self.task = task
-        self.pipe = pipeline(_PIPELINE_TASK[task], model=str(checkpoint), tokenizer=str(checkpoint), device="cpu",
-                             **_pipeline_kwargs(task))
+        self.pipe = pipeline(get_task(task).pipeline_task, model=str(checkpoint), tokenizer=str(checkpoint),
+                             device="cpu", **get_task(task).pipeline_kwargs)
 
 
 class OptimumSystem(_HFPipelineSystem):
@@ -147,9 +135,9 @@ class OptimumSystem(_HFPipelineSystem):
         self.task = task
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        model = getattr(oo, _ORT_CLASS[task]).from_pretrained(str(model_dir), file_name=OPTIMUM_FILE, session_options=so)
+        model = getattr(oo, get_task(task).ort_model_class).from_pretrained(str(model_dir), file_name=OPTIMUM_FILE, session_options=so)
         tok = AutoTokenizer.from_pretrained(str(checkpoint))
-        self.pipe = oo.pipeline(_PIPELINE_TASK[task], model=model, tokenizer=tok, **_pipeline_kwargs(task))
+        self.pipe = oo.pipeline(get_task(task).pipeline_task, model=model, tokenizer=tok, **get_task(task).pipeline_kwargs)
 
 
 def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str | Path | None, task: str,
@@ -209,7 +197,7 @@ def build_optimum(checkpoint: str | Path, task: str, out_dir: str | Path) -> dic
         shutil.rmtree(out, ignore_errors=True)
         work = out.parent / (out.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
-        model = getattr(oo, _ORT_CLASS[task]).from_pretrained(str(checkpoint), export=True)
+        model = getattr(oo, get_task(task).ort_model_class).from_pretrained(str(checkpoint), export=True)
         ORTOptimizer.from_pretrained(model).optimize(AutoOptimizationConfig.O2(), save_dir=work)
         qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False)
         quantizer = ORTQuantizer.from_pretrained(work, file_name="model_optimized.onnx")
@@ -250,65 +238,21 @@ def build_optimum(checkpoint: str | Path, task: str, out_dir: str | Path) -> dic
     return {**info, "cached": False}
 
 
-def _top_labels(results: list) -> list[str]:
-    labels = []
-    for r in results:
-        while isinstance(r, list):
-            r = r[0]
-        labels.append(r["label"])
-    return labels
-
-
-def _scores(results: list) -> list[float]:
-    out = []
-    for r in results:
-        while isinstance(r, list):
-            r = r[0]
-        out.append(float(r["score"]) if isinstance(r, dict) else float(r))
-    return out
-
-
 def agreement(task: str, reference: list, candidate: list) -> dict:
-    """How close a system's results are to the PyTorch model's on the same inputs.
-
-    text-classification: ``label_agreement`` (fraction of equal top-1 labels) and ``max_abs_score_diff``;
-    feature-extraction: ``mean_cosine`` and ``min_cosine`` of the embeddings; ranking:
-    ``max_abs_score_diff``; token-classification: ``entity_agreement`` (fraction of texts with
-    identical entity groups and spans).
-    """
-    n = len(reference)
-    if task == "text-classification":
-        a, b = _top_labels(reference), _top_labels(candidate)
-        sa, sb = _scores(reference), _scores(candidate)
-        return {"n": n, "label_agreement": sum(x == y for x, y in zip(a, b)) / n,
-                "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
-    if task == "ranking":
-        sa, sb = _scores(reference), _scores(candidate)
-        return {"n": n, "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
-    if task == "feature-extraction":
-        import numpy as np
-
-        cos = []
-        for x, y in zip(reference, candidate):
-            x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-            cos.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)))
-        return {"n": n, "mean_cosine": sum(cos) / n, "min_cosine": min(cos)}
-    if task == "token-classification":
-        def key(r):
-            return [(e.get("entity_group") or e.get("entity"), e.get("start"), e.get("end")) for e in r]
-
-        return {"n": n, "entity_agreement": sum(key(x) == key(y) for x, y in zip(reference, candidate)) / n}
-    return {"n": n}
+    """How close a system's results are to the PyTorch model's on the same inputs: the task's own
+    ``agreement`` (text-classification: ``label_agreement``, ``max_abs_score_diff``; feature-extraction:
+    ``mean_cosine``, ``min_cosine``; ranking: ``max_abs_score_diff``; token-classification:
+    ``entity_agreement``)."""
+    return get_task(task).agreement(reference, candidate)
 
 
 def accuracy_texts(task: str, limit: int = 96) -> list:
     """Real inputs for the accuracy comparison: the built-in eval texts (ranking: (query, passage) pairs)."""
     from .. import evaldata
 
-    data = evaldata.builtin(task)
-    if task == "ranking":
-        return [(g.query, p) for g in data.groups for p in g.passages][:limit]
-    return list(data.texts)[:limit]
+    from ..validate import model_inputs
+
+    return model_inputs(evaldata.builtin(task))[:limit]
 
 
 def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, batch_size: int = 8) -> dict:

@@ -6,25 +6,25 @@ from pathlib import Path
 
 from ..errors import UsageError
 from . import feature_extraction, ranking, text_classification, token_classification
-from .base import Encoded, TextTokenizer, max_sequence_length
+from .base import Encoded, Task, TextTokenizer, max_sequence_length
 
-TASKS = ("feature-extraction", "text-classification", "token-classification", "ranking")
-
-_HANDLERS = {
-    "feature-extraction": feature_extraction.Handler,
-    "text-classification": text_classification.Handler,
-    "token-classification": token_classification.Handler,
-    "ranking": ranking.Handler,
-}
+#: Every task, by name → its :class:`~multiverse.tasks.base.Task` (the task module's ``Handler`` class).
+TASKS: dict[str, type[Task]] = {t.name: t for t in (feature_extraction.Handler, text_classification.Handler,
+                                                    token_classification.Handler, ranking.Handler)}
 
 
-def make_handler(task: str, model_dir: str | Path, config: dict):
-    """The post-processing handler of ``task`` (one of :data:`TASKS`). Raises UsageError for an unknown task."""
+def get_task(task: str) -> type[Task]:
+    """The :class:`~multiverse.tasks.base.Task` named ``task``. Raises UsageError for an unknown task."""
     try:
-        cls = _HANDLERS[task]
+        return TASKS[task]
     except KeyError:
         raise UsageError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.") from None
-    return cls(model_dir, config)
 
 
-__all__ = ["TASKS", "Encoded", "TextTokenizer", "make_handler", "max_sequence_length"]
+def make_handler(task: str, model_dir: str | Path, config: dict) -> Task:
+    """The task object of ``task`` for one model (its ``config.json`` as ``config``). Raises UsageError for an
+    unknown task."""
+    return get_task(task)(model_dir, config)
+
+
+__all__ = ["TASKS", "Encoded", "Task", "TextTokenizer", "get_task", "make_handler", "max_sequence_length"]

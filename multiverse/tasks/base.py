@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -139,3 +139,59 @@ def _token_str(value) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
+
+
+class Task(Protocol):
+    """Everything Multiverse knows about one task, owned by that task's module (``tasks/<task>.py``).
+
+    Each task module's ``Handler`` class implements this protocol: class attributes describe the
+    task (read without loading a model), an instance post-processes one model's outputs. The
+    pipeline, validation, serving, the PyTorch reference and the benchmark baselines read these
+    attributes instead of comparing task names.
+
+    Attributes:
+        name: the task's name (``multiverse optimize --task``).
+        output: name of the graph output the task reads.
+        accepts_pairs / requires_pairs: whether inputs may / must be ``(text, text_pair)`` pairs.
+        reference_class: the ``transformers`` Auto class of the PyTorch reference model.
+        optimum_task: optimum-onnx's export task for this task.
+        pipeline_task: the ``transformers.pipeline`` task of the vanilla baseline;
+            ``pipeline_kwargs`` its construction options.
+        ort_model_class: optimum's ``ORTModelFor…`` class of the optimum baseline.
+    """
+
+    name: ClassVar[str]
+    output: ClassVar[str]
+    accepts_pairs: ClassVar[bool]
+    requires_pairs: ClassVar[bool]
+    reference_class: ClassVar[str]
+    optimum_task: ClassVar[str]
+    pipeline_task: ClassVar[str]
+    pipeline_kwargs: ClassVar[dict]
+    ort_model_class: ClassVar[str]
+
+    def __init__(self, model_dir: str | Path, config: dict) -> None: ...
+
+    def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list:
+        """One result per row of ``output`` (the graph output ``output`` of ``enc``'s batch)."""
+
+    @staticmethod
+    def agreement(reference: list, candidate: list) -> dict:
+        """How close ``candidate`` results (a list, one per input, as ``postprocess`` or the HF pipeline returns
+        them) are to ``reference`` results on the same inputs (the benchmark's fidelity columns)."""
+
+
+def top_result(result):
+    """The first (best) element of a possibly nested list result (pipelines nest per input and per label)."""
+    while isinstance(result, list):
+        result = result[0]
+    return result
+
+
+def result_scores(results: list) -> list[float]:
+    """The score of each input's best result: ``{"score": …}`` dicts or bare floats."""
+    out = []
+    for r in results:
+        r = top_result(r)
+        out.append(float(r["score"]) if isinstance(r, dict) else float(r))
+    return out

@@ -137,6 +137,21 @@ class Handler:
     name = "feature-extraction"
     output = OUTPUT
     accepts_pairs = ACCEPTS_PAIRS
+    requires_pairs = False
+    reference_class = "AutoModel"
+    optimum_task = "feature-extraction"
+    pipeline_task = "feature-extraction"
+    pipeline_kwargs: dict = {}
+    ort_model_class = "ORTModelForFeatureExtraction"
+
+    @staticmethod
+    def agreement(reference: list, candidate: list) -> dict:
+        """``mean_cosine`` and ``min_cosine`` of the embeddings."""
+        cos = []
+        for x, y in zip(reference, candidate):
+            x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+            cos.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)))
+        return {"n": len(reference), "mean_cosine": sum(cos) / len(cos), "min_cosine": min(cos)}
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.pooling = load_pooling(model_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Encoded
+from .base import Encoded, result_scores
 from .text_classification import sigmoid, softmax
 
 OUTPUT = "logits"
@@ -23,6 +23,18 @@ class Handler:
     name = "ranking"
     output = OUTPUT
     accepts_pairs = True
+    requires_pairs = True
+    reference_class = "AutoModelForSequenceClassification"
+    optimum_task = "text-classification"
+    pipeline_task = "text-classification"
+    pipeline_kwargs: dict = {"function_to_apply": "none"}
+    ort_model_class = "ORTModelForSequenceClassification"
+
+    @staticmethod
+    def agreement(reference: list, candidate: list) -> dict:
+        """``max_abs_score_diff`` of the pair scores."""
+        sa, sb = result_scores(reference), result_scores(candidate)
+        return {"n": len(reference), "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.config = config

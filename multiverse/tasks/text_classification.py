@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Encoded
+from .base import Encoded, result_scores, top_result
 
 OUTPUT = "logits"
 
@@ -34,6 +34,20 @@ class Handler:
     name = "text-classification"
     output = OUTPUT
     accepts_pairs = True  # NLI-style sentence-pair classifiers
+    requires_pairs = False
+    reference_class = "AutoModelForSequenceClassification"
+    optimum_task = "text-classification"
+    pipeline_task = "text-classification"
+    pipeline_kwargs: dict = {}
+    ort_model_class = "ORTModelForSequenceClassification"
+
+    @staticmethod
+    def agreement(reference: list, candidate: list) -> dict:
+        """``label_agreement`` (fraction of equal top-1 labels) and ``max_abs_score_diff`` of the top-1 scores."""
+        a, b = [top_result(r)["label"] for r in reference], [top_result(r)["label"] for r in candidate]
+        sa, sb = result_scores(reference), result_scores(candidate)
+        return {"n": len(reference), "label_agreement": sum(x == y for x, y in zip(a, b)) / len(reference),
+                "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.config = config

@@ -75,6 +75,21 @@ class Handler:
     name = "token-classification"
     output = OUTPUT
     accepts_pairs = False
+    requires_pairs = False
+    reference_class = "AutoModelForTokenClassification"
+    optimum_task = "token-classification"
+    pipeline_task = "token-classification"
+    pipeline_kwargs: dict = {"aggregation_strategy": "simple"}
+    ort_model_class = "ORTModelForTokenClassification"
+
+    @staticmethod
+    def agreement(reference: list, candidate: list) -> dict:
+        """``entity_agreement``: fraction of texts with identical entity groups and spans."""
+        def key(r):
+            return [(e.get("entity_group") or e.get("entity"), e.get("start"), e.get("end")) for e in r]
+
+        return {"n": len(reference),
+                "entity_agreement": sum(key(x) == key(y) for x, y in zip(reference, candidate)) / len(reference)}
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.config = config
