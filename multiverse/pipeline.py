@@ -7,11 +7,9 @@ Each stage takes a value and returns a new one; the gate is a policy here, repor
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import tempfile
 from pathlib import Path
 
-from . import __version__, bundle, evaldata, hub
+from . import __version__, bundle, evaldata, hub, workdir
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
@@ -99,8 +97,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     if note:
         progress.warn(note)
 
-    work = Path(tempfile.mkdtemp(prefix="multiverse-"))
-    try:
+    with workdir.work_folder() as work:
         with progress.stage("export", "Exporting to ONNX (optimum-onnx)") as s:
             fp32 = export(ckpt, work / "fp32")
             s["summary"] = f"opset {fp32.opset}, max |ONNX − PyTorch| {fp32.max_abs_diff:.1e}"
@@ -114,9 +111,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", precision=precision,
                                   max_trials=max_trials, threads=threads, progress=progress)
             s["summary"] = report.summary()
-        validation = report.chosen_validation
+            validation = report.chosen_validation
+            passed = validation is not None and validation.passed
+            s["ok"] = passed  # a failed gate is a failed stage (✗), not ✓
         manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report)
-        passed = validation is not None and validation.passed
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
@@ -126,8 +124,6 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _check_tolerance(tolerance: float) -> None:
