@@ -60,7 +60,8 @@ def optimize(
     task: Optional[str] = typer.Option(None, help="feature-extraction | text-classification | token-classification | ranking"),
     revision: Optional[str] = typer.Option(None, help="Hub branch, tag or commit sha."),
     out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder. "
+                                            "Default: a short name's recipe data set (recipes/models), else builtin."),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),

@@ -151,8 +151,21 @@ class HubMiss(LookupError):
         self.reason, self.advice = reason, advice
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    """``(folder, commit sha)`` of ``repo_id`` from the HF cache, else (online) from the Hub.
+# Data files of a dataset repository that ``datasets.load_dataset(folder)`` reads (README.md holds the configs).
+_DATASET_ALLOW = ["README.md", "*.parquet", "*.arrow", "*.jsonl", "*.json", "*.csv", "*.jsonl.gz", "*.csv.gz"]
+
+
+def dataset_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """Local folder of the Hub dataset ``repo_id`` (its data files and README.md) from the HF cache, else
+    (online) downloaded into it, for ``datasets.load_dataset(folder)``.
+
+    Raises HubError for an invalid id, HubMiss when it is neither cached nor downloadable
+    (``hf download --repo-type dataset REPO`` puts it in the cache)."""
+    return _hub_snapshot(repo_id, revision, repo_type="dataset")[0]
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, repo_type: str = "model") -> tuple[Path, str]:
+    """``(folder, commit sha)`` of ``repo_id`` (a model, or a dataset) from the HF cache, else (online) from the Hub.
 
     Raises HubError for an invalid id, HubMiss when it is neither cached nor downloadable."""
     from huggingface_hub import snapshot_download
@@ -161,9 +174,11 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
                                         RevisionNotFoundError)
 
     at = f" at revision {revision}" if revision else ""
-    fetch = f"run {download_hint(repo_id, revision=revision)} where there is network"
+    fetch = f"run {download_hint(repo_id, repo_type, revision)} where there is network"
+    allow = _ALLOW if repo_type == "model" else _DATASET_ALLOW
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow,
+                                 local_files_only=True)
     except HFValidationError as exc:
         raise HubError(f"{repo_id!r} is neither a folder nor a valid Hub id ({exc}).") from exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
@@ -171,13 +186,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
             raise HubMiss(f"not in the HF cache ({HF_HUB_CACHE}){at} and the Hub is unreachable "
                           "(offline: HF_HUB_OFFLINE=1)", fetch) from exc
         try:
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW)
+            path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow)
         except RevisionNotFoundError as exc2:
             raise HubMiss(f"the Hub has no revision {revision!r} of it",
                           "pass a branch, tag or commit sha that exists (--revision)") from exc2
         except RepositoryNotFoundError as exc2:  # also gated / private repos
             raise HubMiss("not in the HF cache and the Hub has no such repository, or it is private or gated",
-                          "check the spelling, or log in with `hf auth login` for a private or gated model") from exc2
+                          "check the spelling, or log in with `hf auth login` for a private or gated repository") from exc2
         except LocalEntryNotFoundError as exc2:  # huggingface_hub's "cannot reach the Hub" error
             raise HubMiss(f"not in the HF cache ({HF_HUB_CACHE}){at} and the Hub is unreachable (network error)",
                           fetch) from exc2

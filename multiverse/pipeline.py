@@ -50,8 +50,9 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     Args:
         model: Hub id, folder, short recipe name or None (embedded MiniLM).
         target: CPU target name or ``native``.
-        eval_data: ``builtin`` (default), ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved
-            ``datasets`` folder (see ``evaldata.load``).
+        eval_data: ``builtin``, ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved ``datasets`` folder
+            (see ``evaldata.load``). Default: the recipe's Hub dataset for a short name whose recipe has
+            ``eval`` (at the recipe's split, ``eval_split`` ignored), else ``builtin``.
         eval_split: split of a named set or DatasetDict the tuner selects on (default ``validation``,
             so that ``multiverse validate --eval-split test`` reports on data the tuner never saw).
         eval_limit: keep only the first N examples (ranking: queries) of the eval data.
@@ -92,7 +93,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     dest = bundle_path(ckpt, tgt.name, out)
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
-    data = evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
+    data = _eval_data(model, ckpt, eval_data, eval_split, eval_limit)
     note = resolution_note(ckpt.task, len(data), tolerance)
     if note:
         progress.warn(note)
@@ -124,6 +125,24 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written
+
+
+def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, eval_split: str,
+               eval_limit: int | None) -> evaldata.EvalSet:
+    """``--eval-data`` if given; else, for a short name whose recipe (``recipes/models/<name>.yaml``) has an
+    ``eval`` entry, that Hub dataset at the recipe's split (``evaldata.hub_dataset``); else the built-in set.
+    The recipe's ``metric`` is not used: the gate picks the task's metric (accuracy when labelled).
+    Raises HubError (dataset not cached, offline) or EvalDataError."""
+    if eval_data is None and model is not None:
+        from .targets import load_model_recipes
+
+        recipes = load_model_recipes()
+        recipe = recipes.get(model) or recipes.get(model.lower())
+        if recipe is not None and recipe.eval is not None and ckpt.repo_id == recipe.model:
+            e = recipe.eval
+            return evaldata.hub_dataset(e.dataset, ckpt.task, split=e.split, text=e.text, text_pair=e.text_pair,
+                                        label=e.label, limit=eval_limit, recipe=recipe.name)
+    return evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
 
 
 def _check_tolerance(tolerance: float) -> None:
