@@ -89,7 +89,7 @@ def optimize(
     except MultiverseError as exc:
         _fail(exc, as_json)
     except Interrupted as exc:
-        _interrupted(exc, as_json, "; the work folder was removed, no bundle was written.")
+        _interrupted(exc, as_json, "; the work folder was removed.")
     if as_json:
         print(json.dumps({"bundle": str(b.path), "manifest": b.manifest}, indent=2))
     else:

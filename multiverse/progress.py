@@ -71,16 +71,16 @@ class RichProgress(Progress):
 
         self.console = console or Console(stderr=True)
         self._status = None
-        self._description = ""
+        self._stage = ""
 
     def begin(self, stage: str, description: str) -> None:
-        self._description = description
+        self._stage = stage
         self._status = self.console.status(f"[bold]{description}…")
         self._status.start()
 
     def activity(self, message: str) -> None:
         if self._status is not None:
-            self._status.update(f"[bold]{self._description}…[/bold] {message}")
+            self._status.update(f"[bold]{self._stage}:[/bold] {message}…")
 
     def end(self, stage: str, summary: str, seconds: float, ok: bool = True) -> None:
         if self._status is not None:
@@ -140,7 +140,11 @@ class PlainProgress(Progress):
             self._last_line = now
             line = f"[{now - self._t0:7.1f}s] {text}".replace("\r", " ").replace("\n", " ")
             try:
-                self.stream.write(line + "\n")
+                try:
+                    self.stream.write(line + "\n")
+                except UnicodeEncodeError:  # an ASCII-only log: ✓/✗ become ?
+                    enc = getattr(self.stream, "encoding", None) or "ascii"
+                    self.stream.write(line.encode(enc, "replace").decode(enc) + "\n")
                 self.stream.flush()
             except (OSError, ValueError):  # closed or broken log pipe: progress must not kill the run
                 pass

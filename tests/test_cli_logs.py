@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from multiverse.cli import app
-from multiverse.progress import PlainProgress, Progress, heartbeat_seconds
+from multiverse.progress import PlainProgress, Progress, RichProgress, for_console, heartbeat_seconds
 
 LINE = re.compile(r"^\[\s*\d+\.\d+s\] ")
 
@@ -71,6 +71,20 @@ def test_stage_ok_flag_reaches_every_renderer():
     with p.stage("b", "B") as s:
         s["ok"] = False
     assert seen == [("a", True), ("b", False)]
+
+
+def test_terminal_keeps_the_spinner_and_marks_failures():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    p = for_console(Console(file=buf, force_terminal=True, width=100))
+    assert isinstance(p, RichProgress)
+    with p.stage("tune", "Quantizing") as s:
+        p.activity("validating s8 per-channel")
+        s["summary"], s["ok"] = "no candidate passed", False
+    out = buf.getvalue()
+    assert "✗" in out and "no candidate passed" in out and "✓" not in out
+    assert isinstance(for_console(Console(file=io.StringIO(), force_terminal=False)), PlainProgress)
 
 
 def test_heartbeat_interval_from_env(monkeypatch):
