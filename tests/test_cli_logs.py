@@ -87,6 +87,22 @@ def test_terminal_keeps_the_spinner_and_marks_failures():
     assert isinstance(for_console(Console(file=io.StringIO(), force_terminal=False)), PlainProgress)
 
 
+def test_benchmark_progress_lines_are_not_wrapped_in_logs():
+    from rich.console import Console
+
+    from multiverse.benchmark.report import RichBenchProgress
+
+    buf = io.StringIO()
+    p = RichBenchProgress(Console(file=buf, force_terminal=False, width=80))
+    p.log("building the optimum-onnx baseline " + "with a long explanation " * 8 + "end")
+    p.start(2)
+    p.advance("multiverse 2c seq 512 batch 32 " + "x" * 100)
+    p.stop()
+    lines = buf.getvalue().splitlines()
+    assert any(line.endswith("explanation end") and "building" in line for line in lines), lines
+    assert any("[1/2] multiverse 2c seq 512" in line and line.endswith("x" * 100) for line in lines), lines
+
+
 def test_heartbeat_interval_from_env(monkeypatch):
     monkeypatch.setenv("MULTIVERSE_HEARTBEAT_S", "1.5")
     assert heartbeat_seconds() == 1.5
