@@ -73,6 +73,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         AccuracyGateError: no candidate met the tolerance (exit code 3); ``.report`` has the numbers.
     """
     progress = progress or Progress()
+    workdir.remove_stale()  # work folders of runs killed with -9 (again in work_folder, right before ours is made)
     _check_tolerance(tolerance)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
