@@ -6,12 +6,12 @@
 - an exception: the ``finally`` of :func:`work_folder`;
 - SIGTERM / SIGINT: :func:`unwind_on_signals` turns the signal into :class:`~multiverse.errors.Interrupted`,
   which unwinds through that ``finally``;
-- ``kill -9``, OOM kill or power loss: nothing can run then, so the next :func:`work_folder` call
-  removes folders whose owner is gone (:func:`remove_stale`).
+- ``kill -9``, OOM kill or power loss: nothing can run then, so the next ``optimize`` removes folders
+  whose owner is gone (:func:`remove_stale`, called when it starts and again by :func:`work_folder`).
 
 Ownership is an ``flock`` held on ``<folder>/.owner.lock`` for the whole run. The kernel drops the lock
-when the owning process dies however it dies, and a recycled PID cannot inherit it, so "the lock can be
-taken" means "the owner is dead". The owner's PID is also in the folder name (``multiverse-<pid>-…``),
+when the owning process dies however it dies (the lock belongs to the open file, which exec'd children do
+not inherit, and a recycled PID cannot take it over), so "the lock can be taken" means "the owner is dead". The owner's PID is also in the folder name (``multiverse-<pid>-…``),
 which only covers the instant between creating the folder and locking it: such a folder without a lock
 file is left alone while that PID is alive. Folders of other programs or of older versions (no PID in
 the name) are never touched. Without ``fcntl`` (Windows) stale folders are not swept.
