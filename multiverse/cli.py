@@ -14,9 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AccuracyGateError, MultiverseError
+from .errors import AccuracyGateError, Interrupted, MultiverseError, UsageError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help, which shows flags as plain flags (typer's rich help renders
+# `--json <bool>` although `--json true` is a usage error) and prints usage errors as one plain line.
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Make transformer encoders fast on CPUs: optimize, inspect, validate, serve, benchmark.")
 err = Console(stderr=True)
 
@@ -32,6 +34,24 @@ def _fail(exc: MultiverseError, as_json: bool = False) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _interrupted(exc: Interrupted, as_json: bool = False, cleaned: str = "") -> None:
+    """Exit 128 + signal number (143 SIGTERM, 130 SIGINT) after the ``finally`` blocks have run."""
+    if as_json:
+        print(json.dumps({"error": str(exc), "error_type": "Interrupted", "exit_code": exc.exit_code}, indent=2))
+    err.print(f"[red]{exc}[/red]{cleaned}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _progress():
+    """Rich spinner on a terminal, plain timestamped lines with heartbeats otherwise (CI logs)."""
+    from .progress import for_console
+
+    try:
+        return for_console(err)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @app.command()
 def optimize(
     model: Optional[str] = typer.Argument(None, help="Hub id, local folder or short name (recipes/models). "
@@ -40,7 +60,8 @@ def optimize(
     task: Optional[str] = typer.Option(None, help="feature-extraction | text-classification | token-classification | ranking"),
     revision: Optional[str] = typer.Option(None, help="Hub branch, tag or commit sha."),
     out: Path = typer.Option(Path("multiverse-bundles"), "--out", "-o", help="Folder the bundle folder is written in."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder. "
+                                            "Default: a short name's recipe data set (recipes/models), else builtin."),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
@@ -55,17 +76,20 @@ def optimize(
 ) -> None:
     """Export, fuse, quantize and validate MODEL for a CPU target; write a bundle. Prints the bundle path."""
     from .pipeline import optimize as run
-    from .progress import RichProgress
+    from .workdir import unwind_on_signals
 
     try:
-        b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
-                eval_limit=eval_limit,
-                tolerance=tolerance,
-                overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
-                max_trials=max_trials,
-                threads=threads, progress=RichProgress(err))
+        with unwind_on_signals():  # SIGTERM/SIGINT unwind through the work folder's cleanup, then exit 143/130
+            b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
+                    eval_limit=eval_limit,
+                    tolerance=tolerance,
+                    overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
+                    max_trials=max_trials,
+                    threads=threads, progress=_progress())
     except MultiverseError as exc:
         _fail(exc, as_json)
+    except Interrupted as exc:
+        _interrupted(exc, as_json, "; the work folder was removed.")
     if as_json:
         print(json.dumps({"bundle": str(b.path), "manifest": b.manifest}, indent=2))
     else:
@@ -111,7 +135,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
             t.add_row(f"[bold]{k}[/bold]", str(val))
         Console().print(t)
     if problems:
-        err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.")
+        err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -153,14 +178,14 @@ def validate(
         Console().print(t)
     note = resolution_note(report.task, report.n, report.tolerance)
     if note:
-        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
     if not report.passed:
-        err.print(f"[red]error:[/red] accuracy gate failed: {report.failure()}", highlight=False)
+        err.print(f"[red]error:[/red] accuracy gate failed: {report.failure()}", highlight=False, soft_wrap=True)
         raise typer.Exit(AccuracyGateError.exit_code)
 
 
 @app.command()
-def targets(as_json: bool = typer.Option(False, "--json")) -> None:
+def targets(as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """List the known CPU targets and the one this host matches."""
     from .targets import detect_native, host_cpu_name, load_targets, missing_flags
 
@@ -248,7 +273,7 @@ def benchmark(
         _fail(exc, as_json)
     err.print(report.table(rep))
     for note in rep["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     print(json.dumps(rep, indent=1) if as_json else paths["json"])
 
 

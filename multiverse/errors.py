@@ -98,3 +98,19 @@ class RequestTooLarge(InputError):
 
 class BenchmarkError(MultiverseError):
     """A benchmark system could not be built or run (missing original checkpoint, optimum failure, server unreachable)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived while a command ran (see :func:`multiverse.workdir.unwind_on_signals`).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` blocks do not swallow it and
+    every ``finally`` (work-folder cleanup, atomic bundle writes) runs while it unwinds. ``exit_code`` is
+    the shell convention for death by that signal: 128 + signal number (130 SIGINT, 143 SIGTERM).
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")

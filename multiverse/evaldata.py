@@ -377,6 +377,67 @@ def _spans(name: str, n: str, text: str, label: list) -> list[tuple[int, int, st
     return spans
 
 
+def hub_dataset(repo_id: str, task: str, *, split: str = "validation", text: str = "text",
+                text_pair: str | None = None, label: str | None = "label", limit: int | None = None,
+                recipe: str | None = None) -> EvalSet:
+    """The ``split`` of the Hub dataset ``repo_id`` (e.g. ``dair-ai/emotion``) as an EvalSet for ``task``.
+
+    The dataset's files come from the HF cache (``hub.dataset_snapshot``; online, downloaded into it) and
+    are read with ``datasets.load_dataset(folder, split=split)``. Columns are renamed from the recipe's
+    ``text`` / ``text_pair`` / ``label`` names (``recipes/models/*.yaml`` ``eval``) to this module's
+    (ranking: query, passage, label; token-classification: tokens, ner_tags with ClassLabel ids turned
+    into their BIO names); ClassLabel labels stay class ids (int), which the gate maps to the model's labels.
+    ``recipe`` names the recipe in messages; ``limit`` as in :func:`load`.
+
+    Raises:
+        HubError: the dataset is neither in the HF cache nor downloadable (offline, no network, no such repo).
+        EvalDataError: no such split or column, or the rows do not fit ``task``.
+    """
+    from . import hub
+    from .errors import HubError
+
+    _check_task(task)
+    whose = f" (eval data of recipe `{recipe}`)" if recipe else ""
+    try:
+        folder = hub.dataset_snapshot(repo_id)
+    except hub.HubMiss as miss:
+        raise HubError(f"`{repo_id}`{whose}: {miss.reason}; {miss.advice}, or pass --eval-data "
+                       "(builtin, a .jsonl/.csv file or a saved datasets folder).") from None
+    import datasets  # heavy; only for datasets
+
+    try:
+        ds = datasets.load_dataset(str(folder), split=split)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise EvalDataError(f"`{repo_id}`{whose} has no readable split {split!r} in {folder} ({e}); "
+                            "pass another split or --eval-data.") from None
+    ours = {"ranking": ("query", "passage"), "token-classification": ("tokens", "ner_tags")}.get(task, ("text", "text_pair"))
+    mapping = {text: ours[0]}
+    if task == "token-classification":
+        mapping[label] = "ner_tags"
+    else:
+        if text_pair:
+            mapping[text_pair] = ours[1]
+        if label:
+            mapping[label] = "label"
+    missing = [c for c in mapping if c not in ds.column_names]
+    if missing:
+        raise EvalDataError(f"`{repo_id}`{whose} split {split!r} has no column {', '.join(map(repr, missing))} "
+                            f"(it has {', '.join(ds.column_names)}); fix the recipe's eval columns.")
+    names = getattr(getattr(ds.features.get(label), "feature", None), "names", None) if label else None
+    rows = []
+    for i, row in enumerate(ds.select_columns(list(mapping)).to_list(), 1):
+        row = {mapping[k]: v for k, v in row.items()}
+        if names and task == "token-classification":
+            row["ner_tags"] = [names[t] for t in row["ner_tags"]]
+        rows.append((f"row {i}", row))
+    result = _from_rows(repo_id, task, rows)
+    if limit is None:
+        return result
+    if limit < 1:
+        raise EvalDataError(f"limit must be at least 1, got {limit}.")
+    return subset(result, limit)
+
+
 def load(spec: str | None, task: str, *, split: str = "test", limit: int | None = None) -> EvalSet:
     """Resolve ``--eval-data`` into an EvalSet for ``task``.
 

@@ -127,22 +127,78 @@ def from_folder(folder: Path, task: str | None = None, repo_id: str | None = Non
     )
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+def download_hint(repo_id: str, repo_type: str = "model", revision: str | None = None) -> str:
+    """The shell command that puts ``repo_id`` in the HF cache: ``huggingface-cli download`` (``hf download``
+    is the same command's name from huggingface_hub 0.34 on)."""
+    args = ("" if repo_type == "model" else f" --repo-type {repo_type}") + f" {repo_id}" + (
+        f" --revision {revision}" if revision else "")
+    return f"`huggingface-cli download{args}` (or `hf download{args}`)"
+
+
+class HubMiss(LookupError):
+    """``repo_id`` is not in the HF cache and could not be downloaded.
+
+    ``reason`` says why, starting with where it was looked for (e.g. "not in the HF cache (PATH) and the Hub
+    is unreachable (offline: HF_HUB_OFFLINE=1)"); ``advice`` says what to do next.
+    """
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason}; {advice}")
+        self.reason, self.advice = reason, advice
+
+
+# Data files of a dataset repository that ``datasets.load_dataset(folder)`` reads (README.md holds the configs).
+_DATASET_ALLOW = ["README.md", "*.parquet", "*.arrow", "*.jsonl", "*.json", "*.csv", "*.jsonl.gz", "*.csv.gz"]
+
+
+def dataset_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """Local folder of the Hub dataset ``repo_id`` (its data files and README.md) from the HF cache, else
+    (online) downloaded into it, for ``datasets.load_dataset(folder)``.
+
+    Raises HubError for an invalid id, HubMiss when it is neither cached nor downloadable
+    (``hf download --repo-type dataset REPO`` puts it in the cache)."""
+    return _hub_snapshot(repo_id, revision, repo_type="dataset")[0]
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, repo_type: str = "model") -> tuple[Path, str]:
+    """``(folder, commit sha)`` of ``repo_id`` (a model, or a dataset) from the HF cache, else (online) from the Hub.
+
+    Raises HubError for an invalid id, HubMiss when it is neither cached nor downloadable."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    at = f" at revision {revision}" if revision else ""
+    fetch = f"run {download_hint(repo_id, repo_type, revision)} where there is network"
+    allow = _ALLOW if repo_type == "model" else _DATASET_ALLOW
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow,
+                                 local_files_only=True)
     except HFValidationError as exc:
         raise HubError(f"{repo_id!r} is neither a folder nor a valid Hub id ({exc}).") from exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
-        if offline:
-            raise LookupError(str(exc)) from exc
+        if _offline():
+            raise HubMiss(f"not in the HF cache ({HF_HUB_CACHE}){at} and the Hub is unreachable "
+                          "(offline: HF_HUB_OFFLINE=1)", fetch) from exc
         try:
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW)
-        except Exception as exc2:  # network, 404, auth: all are "not found here"
-            raise LookupError(str(exc2)) from exc2
+            path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, allow_patterns=allow)
+        except RevisionNotFoundError as exc2:
+            raise HubMiss(f"the Hub has no revision {revision!r} of it",
+                          "pass a branch, tag or commit sha that exists (--revision)") from exc2
+        except RepositoryNotFoundError as exc2:  # also gated / private repos
+            raise HubMiss("not in the HF cache and the Hub has no such repository, or it is private or gated",
+                          "check the spelling, or log in with `hf auth login` for a private or gated repository") from exc2
+        except LocalEntryNotFoundError as exc2:  # huggingface_hub's "cannot reach the Hub" error
+            raise HubMiss(f"not in the HF cache ({HF_HUB_CACHE}){at} and the Hub is unreachable (network error)",
+                          fetch) from exc2
+        except Exception as exc2:  # network, auth, disk: all are "could not download it here"
+            raise HubMiss(f"not in the HF cache ({HF_HUB_CACHE}){at} and could not be downloaded "
+                          f"({type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''})", fetch) from exc2
     path = Path(path)
     return path, path.name
 
@@ -190,23 +246,27 @@ def resolve(model: str | None = None, revision: str | None = None, task: str | N
     recipes = load_model_recipes()
     recipe = recipes.get(model) or recipes.get(model.lower())
     if recipe is not None:
-        ckpt = resolve(recipe.model, revision or recipe.revision, task or recipe.task)
-        return ckpt
+        rev, recipe_task = revision or recipe.revision, task or recipe.task
+        if recipe.model == DEFAULT_MODEL and rev is None:
+            return _default_checkpoint(recipe_task)
+        try:
+            path, sha = _hub_snapshot(recipe.model, rev)
+        except HubMiss as miss:
+            raise HubError(f"`{model}` → `{recipe.model}`: {miss.reason}; {miss.advice}, or pass a local folder "
+                           "with the checkpoint.") from None
+        return from_folder(path, recipe_task, recipe.model, sha, source="HF cache" if _offline() else "Hub")
     looked.append(f"no short name {model!r} in recipes/models ({', '.join(sorted(recipes))})")
     if model in (DEFAULT_MODEL,) and revision is None:
         return _default_checkpoint(task)
     if model.count("/") <= 1 and not model.startswith((".", "/", "~")):
         try:
             path, sha = _hub_snapshot(model, revision)
-            return from_folder(path, task, model, sha, source="HF cache" if "HF_HUB_OFFLINE" in os.environ else "Hub")
-        except LookupError:
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            looked.append(f"not in the HF cache at {HF_HUB_CACHE}" + (f" at revision {revision}" if revision else "")
-                          + (" (HF_HUB_OFFLINE=1, Hub not asked)" if os.environ.get("HF_HUB_OFFLINE") else
-                             " and not downloadable from the Hub"))
+        except HubMiss as miss:
+            looked.append(miss.reason)
+            raise HubError(f"Model {model!r} not found: {'; '.join(looked)}. Pass a folder with a saved checkpoint "
+                           f"or a short name from `recipes/models`, or {miss.advice}.") from None
+        return from_folder(path, task, model, sha, source="HF cache" if _offline() else "Hub")
     raise HubError(
         f"Model {model!r} not found: {'; '.join(looked)}. "
-        "Pass a folder with a saved checkpoint, a short name from `recipes/models`, or download it first "
-        f"with `huggingface-cli download {model}` on a machine with Hub access."
+        "Pass a folder with a saved checkpoint, a short name from `recipes/models`, or a Hub id (`org/name`)."
     )

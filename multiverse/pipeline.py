@@ -7,11 +7,9 @@ Each stage takes a value and returns a new one; the gate is a policy here, repor
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import tempfile
 from pathlib import Path
 
-from . import __version__, bundle, evaldata, hub
+from . import __version__, bundle, evaldata, hub, workdir
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
@@ -52,8 +50,9 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     Args:
         model: Hub id, folder, short recipe name or None (embedded MiniLM).
         target: CPU target name or ``native``.
-        eval_data: ``builtin`` (default), ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved
-            ``datasets`` folder (see ``evaldata.load``).
+        eval_data: ``builtin``, ``bbc-news``, ``wnut16``, a JSONL/CSV file or a saved ``datasets`` folder
+            (see ``evaldata.load``). Default: the recipe's Hub dataset for a short name whose recipe has
+            ``eval`` (at the recipe's split, ``eval_split`` ignored), else ``builtin``.
         eval_split: split of a named set or DatasetDict the tuner selects on (default ``validation``,
             so that ``multiverse validate --eval-split test`` reports on data the tuner never saw).
         eval_limit: keep only the first N examples (ranking: queries) of the eval data.
@@ -74,6 +73,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         AccuracyGateError: no candidate met the tolerance (exit code 3); ``.report`` has the numbers.
     """
     progress = progress or Progress()
+    workdir.remove_stale()  # work folders of runs killed with -9 (again in work_folder, right before ours is made)
     _check_tolerance(tolerance)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
@@ -94,13 +94,12 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     dest = bundle_path(ckpt, tgt.name, out)
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
-    data = evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
+    data = _eval_data(model, ckpt, eval_data, eval_split, eval_limit)
     note = resolution_note(ckpt.task, len(data), tolerance)
     if note:
         progress.warn(note)
 
-    work = Path(tempfile.mkdtemp(prefix="multiverse-"))
-    try:
+    with workdir.work_folder() as work:
         with progress.stage("export", "Exporting to ONNX (optimum-onnx)") as s:
             fp32 = export(ckpt, work / "fp32")
             s["summary"] = f"opset {fp32.opset}, max |ONNX − PyTorch| {fp32.max_abs_diff:.1e}"
@@ -114,9 +113,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", precision=precision,
                                   max_trials=max_trials, threads=threads, progress=progress)
             s["summary"] = report.summary()
-        validation = report.chosen_validation
+            validation = report.chosen_validation
+            passed = validation is not None and validation.passed
+            s["ok"] = passed  # a failed gate is a failed stage (✗), not ✓
         manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report)
-        passed = validation is not None and validation.passed
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
@@ -126,8 +126,24 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, eval_split: str,
+               eval_limit: int | None) -> evaldata.EvalSet:
+    """``--eval-data`` if given; else, for a short name whose recipe (``recipes/models/<name>.yaml``) has an
+    ``eval`` entry, that Hub dataset at the recipe's split (``evaldata.hub_dataset``); else the built-in set.
+    The recipe's ``metric`` is not used: the gate picks the task's metric (accuracy when labelled).
+    Raises HubError (dataset not cached, offline) or EvalDataError."""
+    if eval_data is None and model is not None:
+        from .targets import load_model_recipes
+
+        recipes = load_model_recipes()
+        recipe = recipes.get(model) or recipes.get(model.lower())
+        if recipe is not None and recipe.eval is not None and ckpt.repo_id == recipe.model:
+            e = recipe.eval
+            return evaldata.hub_dataset(e.dataset, ckpt.task, split=e.split, text=e.text, text_pair=e.text_pair,
+                                        label=e.label, limit=eval_limit, recipe=recipe.name)
+    return evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
 
 
 def _check_tolerance(tolerance: float) -> None:

@@ -284,6 +284,7 @@ class _Tuner:
         self.ckpt, self.fused, self.target, self.data = ckpt, fused, target, data
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = dict(target.session)
+        progress.activity(f"computing the PyTorch reference on {len(data)} examples")
         self.reference = reference_outputs(ckpt, data, fused.model_dir, threads)
         texts = model_inputs(data)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
@@ -307,6 +308,7 @@ class _Tuner:
 
     def build(self, config: QuantConfig) -> OnnxModel:
         self._built += 1
+        self.progress.activity(f"quantizing {config.label()}")
         return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
 
     def predictor(self, model: OnnxModel) -> Predictor:
@@ -314,12 +316,13 @@ class _Tuner:
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
+        self.progress.activity(f"validating and timing {label} on {len(self.data)} examples")
         report = validate(self.ckpt, predictor, self.data, self.tolerance, self.reference)
         trial = Trial(label, config, report, measure_p50(predictor, self.latency_text), phase=phase)
         self.trials.append(trial)
         self.models.append(model)
         self.progress.info(f"{label:<40} {report.metric} {report.optimised:.4f} (gate loss {report.gate_loss:.4f}) "
-                           f"{'pass' if report.passed else 'FAIL'}  p50 {trial.p50_ms:.2f} ms")
+                           f"{'passed' if report.passed else 'rejected'}  p50 {trial.p50_ms:.2f} ms")
         return trial
 
     def inc_loop(self, configs: Sequence[QuantConfig], budget: int, phase: str, stop_at_first: bool = True,
@@ -430,12 +433,13 @@ class _Tuner:
         base = self._base_graph(config.smooth_alpha)
         nodes = [n for n in quantizable_nodes(base, config) if n not in config.nodes_to_exclude]
         errors = {}
-        for node in nodes:
+        for k, node in enumerate(nodes, 1):
             others = tuple(n for n in nodes if n != node)
             try:
                 model = self.build(config.model_copy(update={"nodes_to_exclude": others}))
             except MultiverseError:
                 continue
+            self.progress.activity(f"measuring the sensitivity of node {k}/{len(nodes)} ({node})")
             predictor = self.predictor(model)
             errors[node] = output_nmse(reference, [predictor.run(enc) for enc in batches], batches)
             shutil.rmtree(model.path.parent, ignore_errors=True)

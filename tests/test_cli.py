@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -108,3 +109,32 @@ def test_validate_command_reruns_the_gate(tiny_bundles):
     for bad in ("-1", "1.5", "nan"):
         r = run("validate", tiny_bundles["feature-extraction"], "--tolerance", bad)
         assert r.exit_code == 2 and "must be in [0, 1)" in r.output, (bad, r.output)
+
+
+def test_offline_short_name_says_what_to_download(tmp_path, monkeypatch):
+    """Issue 14 item 10: a recipe's model missing offline is one clear message, not "no short name"."""
+    from multiverse.testing.checkpoints import hf_offline
+
+    with hf_offline(tmp_path / "empty-hf-cache", monkeypatch):
+        r = run("optimize", "distilbert-base-uncased-emotion", "--target", "icelake", "--out", tmp_path / "o")
+    assert r.exit_code == 1, r.output  # as for every other HubError
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    msg = errors[0]
+    assert msg.startswith("error: `distilbert-base-uncased-emotion` → `bhadresh-savani/distilbert-base-uncased-emotion`: "
+                          "not in the HF cache"), msg
+    assert "the Hub is unreachable (offline" in msg and str(tmp_path / "empty-hf-cache") in msg
+    assert "huggingface-cli download bhadresh-savani/distilbert-base-uncased-emotion" in msg
+    assert "pass a local folder" in msg and "no short name" not in msg and "recipes/models" not in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_hub_without_offline_flag(tmp_path):
+    """No HF_HUB_OFFLINE but no network (a closed loopback port as the Hub): the same message, naming the network."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "empty"),
+           "HF_ENDPOINT": "http://127.0.0.1:9", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "multiverse.cli", "optimize", "distilbert-base-uncased-emotion",
+                           "--out", str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "`distilbert-base-uncased-emotion` → `bhadresh-savani/distilbert-base-uncased-emotion`: not in the HF cache" \
+        in proc.stderr and "the Hub is unreachable (network error)" in proc.stderr, proc.stderr

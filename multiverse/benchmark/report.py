@@ -375,13 +375,15 @@ class RichBenchProgress:
         """Advance the bar and show what finished (one line per step when stderr is not a terminal)."""
         if self._progress is not None and not self.console.is_terminal:
             task = self._progress.tasks[0]
-            self.console.print(f"  [{int(task.completed) + n}/{int(task.total or 0)}] {description}", highlight=False)
+            self.console.print(f"  [{int(task.completed) + n}/{int(task.total or 0)}] {description}", highlight=False,
+                               soft_wrap=True)
         if self._progress is not None:
             self._progress.update(self._task, advance=n, description=description)
 
     def log(self, message: str) -> None:
         """Print a line above the bar."""
-        (self._progress.console if self._progress else self.console).print(f"  {message}", highlight=False)
+        (self._progress.console if self._progress else self.console).print(f"  {message}", highlight=False,
+                                                                            soft_wrap=True)  # never wrapped in logs
 
     def stop(self) -> None:
         """Remove the live bar (its last state stays printed)."""
