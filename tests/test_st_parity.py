@@ -198,3 +198,27 @@ def test_unsupported_module_is_refused(cased, tmp_path):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(InputError, match="LayerNorm"):
         Predictor(fp32.path, folder, "feature-extraction")
+
+
+def test_fp32_bundle_matches_encode_with_prompt_dense_and_lower_case(cased, tmp_path):
+    """Through the whole pipeline: an fp32 bundle carries every sentence-transformers file
+    (lower-casing, default prompt with include_prompt false, concatenated pooling, Dense,
+    Normalize, max_seq_length) and ``Predictor.from_bundle`` equals ``SentenceTransformer.encode``."""
+    from sentence_transformers import SentenceTransformer
+
+    from multiverse.pipeline import optimize
+
+    ckpt, _ = cased
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ckpt.path, folder)
+    shutil.rmtree(folder / "1_Pooling")
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    _write_st(folder, do_lower_case=True, max_seq_length=48, pooling=("cls", "mean"), include_prompt=False,
+              prompts={"query": "Query: ", "passage": ""}, default_prompt_name="query", dense=16)
+    b = optimize(str(folder), "native", out=tmp_path / "out", precision="fp32", task="feature-extraction")
+    p = Predictor.from_bundle(b)
+    assert p.max_length == 48 and b.manifest["pooling"]["include_prompt"] is False
+    want = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(TEXTS, convert_to_numpy=True)
+    got = np.asarray(p.predict(TEXTS).results)
+    assert got.shape == (len(TEXTS), 16)
+    assert _cosines(got, want).min() >= 0.9999 and np.abs(got - want).max() < 1e-4
