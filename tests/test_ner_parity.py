@@ -219,3 +219,21 @@ def test_ignore_labels_must_be_a_list():
     assert ignore_labels({}) == ("O",) and ignore_labels({"ignore_labels": []}) == ()
     with pytest.raises(InputError, match="list of label strings"):
         ignore_labels({"ignore_labels": "O"})
+
+
+def test_predictor_on_fp32_onnx_equals_hf_pipeline_sentencepiece(built, tmp_path):
+    """End to end on the XLM-R-style checkpoint: fp32 ONNX export (export check included) through
+    ``Predictor`` gives the HF pipeline's entities (spans normalised as promised)."""
+    from multiverse import hub
+    from multiverse.export import export
+    from multiverse.inference import Predictor
+
+    folder, model, pipe = built("sentencepiece")
+    ckpt = hub.resolve(str(folder), task="token-classification")
+    fp32 = export(ckpt, tmp_path / "fp32")
+    got = Predictor(fp32.path, fp32.model_dir, "token-classification").predict(TEXTS).results
+    for text, ours in zip(TEXTS, got):
+        want = _expected(text, pipe(text))
+        assert [(e["entity_group"], e["start"], e["end"]) for e in ours] == \
+               [(e["entity_group"], e["start"], e["end"]) for e in want], text
+        np.testing.assert_allclose([e["score"] for e in ours], [e["score"] for e in want], rtol=1e-4)
