@@ -61,13 +61,24 @@ def _cased_st_checkpoint(out: Path) -> Path:
 
 
 def _write_st(folder: Path, *, do_lower_case=False, max_seq_length=128, pooling=("mean",), include_prompt=True,
-              prompts=None, default_prompt_name=None, dense: int | None = None, normalize=True) -> None:
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    legacy = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
-              "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-              "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
-    cfg = {"word_embedding_dimension": 32, **{k: v in pooling for k, v in legacy.items()}, "include_prompt": include_prompt}
+              prompts=None, default_prompt_name=None, dense: int | None = None, normalize=True,
+              v5: bool = False, processing_kwargs: dict | None = None) -> None:
+    """Write a sentence-transformers layout; ``v5`` uses the 5.x file format (``pooling_mode``,
+    module paths under ``sentence_transformers.base``/``sentence_transformer.modules``)."""
+    if v5:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling",
+                    "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"}]
+        cfg = {"embedding_dimension": 32, "pooling_mode": pooling[0] if len(pooling) == 1 else list(pooling),
+               "include_prompt": include_prompt}
+    else:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        legacy = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+        cfg = {"word_embedding_dimension": 32, **{k: v in pooling for k, v in legacy.items()},
+               "include_prompt": include_prompt}
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
     if dense:
@@ -82,13 +93,15 @@ def _write_st(folder: Path, *, do_lower_case=False, max_seq_length=128, pooling=
         (folder / "2_Dense" / "config.json").write_text(json.dumps(
             {"in_features": width, "out_features": dense, "bias": True,
              "activation_function": "torch.nn.modules.activation.Tanh"}))
-        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.base.modules.dense.Dense" if v5 else "sentence_transformers.models.Dense"})
     if normalize:
         modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
                         "type": "sentence_transformers.models.Normalize"})
     (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": max_seq_length, "do_lower_case": do_lower_case}))
+    st_cfg = {"max_seq_length": max_seq_length, "do_lower_case": do_lower_case}
+    if processing_kwargs:
+        st_cfg["processing_kwargs"] = processing_kwargs
+    (folder / "sentence_bert_config.json").write_text(json.dumps(st_cfg))
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": prompts or {}, "default_prompt_name": default_prompt_name, "similarity_fn_name": "cosine"}))
 
@@ -156,10 +169,13 @@ def test_do_lower_case_on_a_cased_tokenizer_matches_encode(cased):
      "default_prompt_name": "query", "do_lower_case": True},
     {"pooling": ("cls",), "include_prompt": False, "prompts": {"query": "query: "}, "default_prompt_name": "query"},
     {"pooling": ("mean_sqrt_len_tokens",), "prompts": {"query": "query: "}, "default_prompt_name": None},
+    {"v5": True, "pooling": ("max", "mean"), "dense": 8, "do_lower_case": True},
+    {"v5": True, "processing_kwargs": {"text": {"max_length": 12}}},
 ], ids=lambda st: ",".join(f"{k}={v}" for k, v in st.items()))
 def test_sentence_transformers_config_variants_match_encode(cased, tmp_path, st):
     predictor, model = _variant(cased, tmp_path, **st)
-    assert predictor.max_length == model.max_seq_length
+    if "processing_kwargs" not in st:  # a per-call max_length does not show in ST's max_seq_length
+        assert predictor.max_length == model.max_seq_length
     want = model.encode(TEXTS, convert_to_numpy=True)
     got = np.asarray(predictor.predict(TEXTS).results)
     cos = _cosines(got, want)

@@ -51,10 +51,11 @@ class Encoded:
 def max_sequence_length(config: dict, tokenizer_config: dict | None = None, st_config: dict | None = None) -> int:
     """Usable sequence length in tokens, capped by the real position limit.
 
-    As sentence-transformers 5.x decides it (``Transformer.__init__``): a ``model_max_length`` in
-    ``sentence_bert_config.json``'s ``tokenizer_args``/``processor_kwargs`` wins, then its
-    ``max_seq_length`` (either replaces the tokenizer's own ``model_max_length``), else the
-    tokenizer config's ``model_max_length``. The position limit is ``max_position_embeddings``
+    As sentence-transformers 5.x decides it (``Transformer.__init__`` and ``preprocess``), from
+    ``sentence_bert_config.json``: a per-call ``max_length`` in ``processing_kwargs`` (``common``
+    before ``text``), else ``model_max_length`` in ``processor_kwargs``/``tokenizer_args``, else
+    ``max_seq_length`` (each replaces the tokenizer's own limit), else the tokenizer config's
+    ``model_max_length``. The position limit is ``max_position_embeddings``
     minus 2 for RoBERTa-family models (position ids start at ``padding_idx + 1``); sentinel
     ``model_max_length`` values (1e30 in many tokenizer configs) are ignored.
     """
@@ -63,8 +64,10 @@ def max_sequence_length(config: dict, tokenizer_config: dict | None = None, st_c
         limit -= int(config.get("pad_token_id", 1) or 1) + 1
     st_config = st_config or {}
     st_tok_args = st_config.get("processor_kwargs") or st_config.get("tokenizer_args") or {}
+    per_call = st_config.get("processing_kwargs") or {}
     tok_max = (tokenizer_config or {}).get("model_max_length")
-    for value in (st_tok_args.get("model_max_length"), st_config.get("max_seq_length")):
+    for value in ((per_call.get("common") or {}).get("max_length"), (per_call.get("text") or {}).get("max_length"),
+                  st_tok_args.get("model_max_length"), st_config.get("max_seq_length")):
         if isinstance(value, int) and value > 0:
             tok_max = value
             break
