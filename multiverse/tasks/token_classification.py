@@ -63,20 +63,20 @@ def aggregate(text: str, offsets: list[tuple[int, int]], special: list[int], pro
         ``[{"entity_group", "score", "word", "start", "end"}]`` in text order, with
         ``word == text[start:end]``, non-empty, without surrounding whitespace, not overlapping.
     """
+    best = probs.argmax(axis=-1)
     groups: list[list[int]] = []
     for i in range(len(offsets)):
         if special[i]:
             continue
         if groups:
-            bi, tag = split_tag(labels[int(probs[i].argmax())])
-            _, last_tag = split_tag(labels[int(probs[groups[-1][-1]].argmax())])
-            if tag == last_tag and bi != "B":
+            bi, tag = split_tag(labels[int(best[i])])
+            if tag == split_tag(labels[int(best[groups[-1][-1]])])[1] and bi != "B":
                 groups[-1].append(i)
                 continue
         groups.append([i])
     out: list[dict] = []
     for group in groups:
-        entity = labels[int(probs[group[0]].argmax())].split("-", 1)[-1]
+        entity = labels[int(best[group[0]])].split("-", 1)[-1]
         if entity in ignore:
             continue
         chars = [offsets[i] for i in group
