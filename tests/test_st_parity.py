@@ -62,7 +62,8 @@ def _cased_st_checkpoint(out: Path) -> Path:
 
 def _write_st(folder: Path, *, do_lower_case=False, max_seq_length=128, pooling=("mean",), include_prompt=True,
               prompts=None, default_prompt_name=None, dense: int | None = None, normalize=True,
-              v5: bool = False, processing_kwargs: dict | None = None) -> None:
+              v5: bool = False, processing_kwargs: dict | None = None,
+              activation: str = "torch.nn.modules.activation.Tanh") -> None:
     """Write a sentence-transformers layout; ``v5`` uses the 5.x file format (``pooling_mode``,
     module paths under ``sentence_transformers.base``/``sentence_transformer.modules``)."""
     if v5:
@@ -92,7 +93,7 @@ def _write_st(folder: Path, *, do_lower_case=False, max_seq_length=128, pooling=
                   str(folder / "2_Dense" / "model.safetensors"))
         (folder / "2_Dense" / "config.json").write_text(json.dumps(
             {"in_features": width, "out_features": dense, "bias": True,
-             "activation_function": "torch.nn.modules.activation.Tanh"}))
+             "activation_function": activation}))
         modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.base.modules.dense.Dense" if v5 else "sentence_transformers.models.Dense"})
     if normalize:
         modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
@@ -170,6 +171,7 @@ def test_do_lower_case_on_a_cased_tokenizer_matches_encode(cased):
     {"pooling": ("cls",), "include_prompt": False, "prompts": {"query": "query: "}, "default_prompt_name": "query"},
     {"pooling": ("mean_sqrt_len_tokens",), "prompts": {"query": "query: "}, "default_prompt_name": None},
     {"v5": True, "pooling": ("max", "mean"), "dense": 8, "do_lower_case": True},
+    {"dense": 8, "activation": "torch.nn.modules.activation.GELU", "normalize": False},
     {"v5": True, "processing_kwargs": {"text": {"max_length": 12}}},
 ], ids=lambda st: ",".join(f"{k}={v}" for k, v in st.items()))
 def test_sentence_transformers_config_variants_match_encode(cased, tmp_path, st):
