@@ -32,16 +32,12 @@ class Encoded:
         encodings: the ``tokenizers.Encoding`` of each row (offsets for token-classification).
         texts: the raw texts (first text of each pair for ranking), without any prompt.
         n_tokens: number of real (non-pad) tokens in the batch.
-        prompt_length: leading tokens of every row that belong to the sentence-transformers
-            default prompt, the first special token included (as ``SentenceTransformer`` counts
-            them for ``include_prompt: false``); 0 without a prompt.
     """
 
     arrays: dict[str, np.ndarray]
     encodings: list[Encoding]
     texts: list[str]
     n_tokens: int
-    prompt_length: int = 0
 
     @property
     def attention_mask(self) -> np.ndarray:
@@ -111,9 +107,10 @@ class TextTokenizer:
           front of the tokenizer's own unless it already has one (``Transformer.__init__``), so
           character offsets still point into the raw text.
         * ``default_prompt_name`` in ``config_sentence_transformers.json``: that prompt is prepended
-          to every text (to the first text of a pair), and :attr:`prompt_length` counts its tokens
-          without a trailing special token (``Transformer._get_prompt_length``) for pooling with
-          ``include_prompt: false``. A request-level prompt name is not supported.
+          to every text (to the first text of a pair), and :attr:`prompt_length` counts the leading
+          tokens it takes, the first special token included and a trailing one excluded
+          (``Transformer._get_prompt_length``), for pooling with ``include_prompt: false``.
+          A request-level prompt name is not supported.
         """
         if st_config.get("do_lower_case"):
             from tokenizers import normalizers
@@ -167,8 +164,7 @@ class TextTokenizer:
             else:
                 raise InputError(f"The graph wants an input {name!r} that Multiverse cannot build from text.")
         texts = [i if isinstance(i, str) else i[0] for i in inputs]
-        return Encoded(arrays=arrays, encodings=encodings, texts=texts, n_tokens=int(mask.sum()),
-                       prompt_length=self.prompt_length)
+        return Encoded(arrays=arrays, encodings=encodings, texts=texts, n_tokens=int(mask.sum()))
 
 
 def _read_json(path: Path) -> dict:

@@ -67,7 +67,7 @@ class Pooling:
     Attributes:
         modes: one or more of :data:`POOLING_MODES`; several are concatenated in that order
             (the output is ``len(modes) * hidden`` wide before any Dense module).
-        include_prompt: False excludes the default prompt's tokens (``Encoded.prompt_length``).
+        include_prompt: False excludes the default prompt's tokens (``TextTokenizer.prompt_length``).
         normalize: L2-normalise the final vector (``Normalize`` module).
         dense: ``Dense`` modules applied after pooling, in order.
     """
@@ -219,12 +219,17 @@ class Handler:
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.pooling = load_pooling(model_dir)
+        self.prompt_length = 0  # leading prompt tokens that pooling skips (include_prompt: false)
+        if not self.pooling.include_prompt:
+            from .base import TextTokenizer
+
+            self.prompt_length = TextTokenizer(model_dir).prompt_length
 
     def vectors(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> np.ndarray:
         """float32 [batch, dim] embeddings."""
         normalize = (params or {}).get("normalize")
         return pool(output, enc.attention_mask, self.pooling, None if normalize is None else bool(normalize),
-                    prompt_length=enc.prompt_length)
+                    prompt_length=self.prompt_length)
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list[list[float]]:
         return self.vectors(output, enc, params).tolist()
