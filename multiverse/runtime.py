@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import math
 import os
 import zlib
@@ -85,7 +86,12 @@ def u8s8_gemm_saturates() -> bool:
     session = ort.InferenceSession(zlib.decompress(base64.b64decode(_U8S8_PROBE)), sess_options=so,
                                    providers=["CPUExecutionProvider"])
     y = session.run(None, {"A": np.full((2, 64), 255, dtype=np.uint8)})[0]
-    return not bool((y == 255 * 127 * 64).all())
+    saturates = not bool((y == 255 * 127 * 64).all())
+    if saturates:
+        logging.getLogger("multiverse").warning(
+            "ONNX Runtime's int8 GEMM in this process takes the non-VNNI (saturating u8s8) path, whatever "
+            "/proc/cpuinfo lists; sessions set session.x64quantprecision=1 so int8 outputs stay exact (slower).")
+    return saturates
 
 
 def make_session(
