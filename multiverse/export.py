@@ -3,6 +3,9 @@
 The export check runs the graph and the PyTorch model on the same right-padded batches of
 mixed lengths (including one at the model's full length) and fails when the max abs
 difference over real (non-pad) positions exceeds the tolerance (DESIGN.md §5: 1e-4).
+For feature-extraction it also compares whole embeddings with ``SentenceTransformer.encode``
+on raw text, which sees what a graph check on Multiverse's own token ids cannot
+(lower-casing, prompts, truncation, pooling and Dense/Normalize modules; PITFALLS.md, Inputs).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
     model = OnnxModel(path=out / "model.onnx", model_dir=out, stage="fp32", opset=opset)
     if check:
         model = replace(model, max_abs_diff=check_against_reference(ckpt, model, tolerance))
+        if ckpt.task == "feature-extraction":
+            check_sentence_transformers_parity(ckpt, model)
     return model
 
 
@@ -160,3 +165,64 @@ def check_against_reference(ckpt: Checkpoint, model: OnnxModel, tolerance: float
             "Re-export, or report the model type."
         )
     return worst
+
+
+# Raw texts for the sentence-transformers parity check: upper case (do_lower_case), short,
+# accents/emoji, surrounding spaces, and one far longer than any max_seq_length (truncation).
+ST_PARITY_TEXTS = (
+    "ALICE WENT TO PARIS",
+    "Thanks!",
+    "a",
+    "  Naïve café owners in Zürich said: prices rose 3.5% 😀  ",
+    "The Quick Brown Fox jumps over the lazy dog; then it RESTS.",
+)
+ST_MIN_COSINE = 0.9999  # fp32 graph vs PyTorch: differences are rounding only
+
+
+def _st_parity_texts() -> list[str]:
+    from .evaldata import builtin
+
+    long_text = " ".join(str(t) for t in builtin("feature-extraction").texts[:60])
+    return [*ST_PARITY_TEXTS, long_text]
+
+
+def check_sentence_transformers_parity(ckpt: Checkpoint, model: OnnxModel, texts: Sequence[str] | None = None,
+                                       min_cosine: float = ST_MIN_COSINE) -> float:
+    """Embeddings of ``model`` through :class:`~multiverse.inference.Predictor` vs
+    ``SentenceTransformer(ckpt.path).encode`` on the same *raw* texts (default: upper-case,
+    short, accented/emoji, padded with spaces, and longer than the model's limit).
+
+    Returns the smallest cosine (float). Raises ExportError when an embedding's width differs,
+    when the smallest cosine is below ``min_cosine`` (0.9999 for an fp32 graph), or when
+    sentence-transformers cannot load the checkpoint. Needs torch and sentence-transformers
+    (optimize time only).
+    """
+    from .inference import Predictor
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:  # pragma: no cover - part of the optimize install
+        raise ExportError("sentence-transformers is needed to check a feature-extraction export; "
+                          "install the optimize dependencies (pip install 'multiverse[optimize]').") from exc
+    texts = list(texts) if texts is not None else _st_parity_texts()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+            logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+            st = SentenceTransformer(str(ckpt.path), device="cpu", local_files_only=True)
+            want = np.asarray(st.encode(texts, batch_size=len(texts), convert_to_numpy=True), dtype=np.float64)
+    except Exception as exc:
+        raise ExportError(f"sentence-transformers could not embed with {ckpt.name} ({type(exc).__name__}: {exc}); "
+                          "the embedding parity check needs it. Check that SentenceTransformer loads the folder.") from exc
+    got = np.asarray(Predictor(model.path, model.model_dir, ckpt.task).predict(texts).results, dtype=np.float64)
+    if got.shape != want.shape:
+        raise ExportError(f"Multiverse embeddings are {got.shape[1]}-dimensional, SentenceTransformer.encode gives "
+                          f"{want.shape[1]}: a module in modules.json is not applied. Report the model.")
+    cos = (got * want).sum(1) / np.clip(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-30, None)
+    worst = int(np.argmin(cos))
+    if not np.isfinite(cos).all() or cos[worst] < min_cosine:
+        text = texts[worst] if len(texts[worst]) <= 60 else texts[worst][:57] + "..."
+        raise ExportError(
+            f"Multiverse's embedding of {text!r} has cosine {cos[worst]:.6f} to SentenceTransformer.encode on the same "
+            f"raw text (< {min_cosine}): its preprocessing differs from sentence-transformers' (lower-casing, prompt, "
+            "truncation, pooling or a module). The bundle would not give the same answers; report the model.")
+    return float(cos[worst])

@@ -6,12 +6,27 @@ is served. Imports only onnxruntime and the standard library (serving path).
 
 from __future__ import annotations
 
+import base64
+import functools
+import logging
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import onnxruntime as ort
+
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
+# A MatMulInteger graph, A uint8 [M, 64] × constant B int8 [64, 16] all 127 (opset 13, IR 8),
+# serialized with onnx.helper and zlib-compressed (tests/test_x64quantprecision.py rebuilds it).
+# With A all 255 every output is 255 * 127 * 64 = 2,072,640 exactly; the u8s8 VPMADDUBSW
+# kernels that ONNX Runtime uses where VNNI is missing saturate each pair of products at
+# 32,767 and return 1,048,544.
+_U8S8_PROBE = ("eNrj4BDiyi3NKcksSy0qTrW6zcElwcXoyMXoJMQYqcTrm1jiW5rjmVeSmp5aJMRValFsEV9QlJ+UqtXDweHAISDA7MTo5NXAUT8KRsEoGLEgShBYa"
+               "AjxcHFxMAmxcTFwMXE4JAGFIsFCbFAhAScWLgYBXgC3kBHS")
 
 
 def cgroup_cpu_quota() -> float | None:
@@ -55,6 +70,30 @@ def physical_cores() -> int:
     return n
 
 
+@functools.lru_cache(maxsize=1)
+def u8s8_gemm_saturates() -> bool:
+    """True when *this process's* ONNX Runtime computes u8×s8 int8 GEMMs with saturation.
+
+    Runs a 64-deep MatMulInteger (uint8 255 × int8 127) through ORT's CPU kernels once per
+    process (about 10 ms) and compares with the exact sum. It trusts the runtime, not
+    ``/proc/cpuinfo``: an environment that hides AVX-512 VNNI from the process while the
+    flags file still lists it (valgrind; some hypervisors) makes MLAS pick the saturating
+    ``VPMADDUBSW`` path, and s8-weight bundles then silently return wrong outputs (cosine
+    0.976 to PyTorch measured under valgrind, PITFALLS.md).
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(zlib.decompress(base64.b64decode(_U8S8_PROBE)), sess_options=so,
+                                   providers=["CPUExecutionProvider"])
+    y = session.run(None, {"A": np.full((2, 64), 255, dtype=np.uint8)})[0]
+    saturates = not bool((y == 255 * 127 * 64).all())
+    if saturates:
+        logging.getLogger("multiverse").warning(
+            "ONNX Runtime's int8 GEMM in this process takes the non-VNNI (saturating u8s8) path, whatever "
+            "/proc/cpuinfo lists; sessions set session.x64quantprecision=1 so int8 outputs stay exact (slower).")
+    return saturates
+
+
 def make_session(
     model_path: str | os.PathLike,
     threads: int | None = None,
@@ -69,7 +108,10 @@ def make_session(
         threads: intra-op threads; default :func:`physical_cores`. Inter-op is always 1
             (sequential execution: encoder graphs are a chain).
         session_config: target-specific ``SessionOptions.add_session_config_entry`` pairs,
-            e.g. ``{"session.x64quantprecision": "1"}`` on CPUs without VNNI.
+            e.g. ``{"session.x64quantprecision": "1"}`` on CPUs without VNNI. That option is
+            also added whenever :func:`u8s8_gemm_saturates` (the runtime lacks VNNI whatever
+            the target or ``/proc/cpuinfo`` says); it is exact but costs about 1.5× CPU time
+            per int8 GEMM where VNNI exists, so it is not set there.
         enable_profiling: write an ORT profile JSON (for the benchmark's one-cell profile).
 
     Raises:
@@ -83,7 +125,10 @@ def make_session(
     # layout) are still worth running and are deterministic.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    for key, value in (session_config or {}).items():
+    config = dict(session_config or {})
+    if X64_QUANT_PRECISION not in config and u8s8_gemm_saturates():
+        config[X64_QUANT_PRECISION] = "1"
+    for key, value in config.items():
         so.add_session_config_entry(str(key), str(value))
     so.enable_profiling = enable_profiling
     return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])

@@ -31,7 +31,7 @@ class Encoded:
         arrays: model inputs by name, int64 arrays of shape [batch, seq_len]
             (``input_ids``, ``attention_mask``, ``token_type_ids``).
         encodings: the ``tokenizers.Encoding`` of each row (offsets for token-classification).
-        texts: the raw texts (first text of each pair for ranking).
+        texts: the raw texts (first text of each pair for ranking), without any prompt.
         n_tokens: number of real (non-pad) tokens in the batch.
     """
 
@@ -46,22 +46,30 @@ class Encoded:
 
 
 def max_sequence_length(config: dict, tokenizer_config: dict | None = None, st_config: dict | None = None) -> int:
-    """Usable sequence length in tokens: min(tokenizer ``model_max_length``, sentence-transformers
-    ``max_seq_length``, real position limit).
+    """Usable sequence length in tokens, capped by the real position limit.
 
-    The position limit is ``max_position_embeddings`` minus 2 for RoBERTa-family models
-    (position ids start at ``padding_idx + 1``); sentinel ``model_max_length`` values
-    (1e30 in many tokenizer configs) are ignored.
+    As sentence-transformers 5.x decides it (``Transformer.__init__`` and ``preprocess``), from
+    ``sentence_bert_config.json``: a per-call ``max_length`` in ``processing_kwargs`` (``common``
+    before ``text``), else ``model_max_length`` in ``processor_kwargs``/``tokenizer_args``, else
+    ``max_seq_length`` (each replaces the tokenizer's own limit), else the tokenizer config's
+    ``model_max_length``. The position limit is ``max_position_embeddings``
+    minus 2 for RoBERTa-family models (position ids start at ``padding_idx + 1``); sentinel
+    ``model_max_length`` values (1e30 in many tokenizer configs) are ignored.
     """
     limit = int(config.get("max_position_embeddings") or 512)
     if config.get("model_type") in _POSITION_OFFSET_MODEL_TYPES:
         limit -= int(config.get("pad_token_id", 1) or 1) + 1
+    st_config = st_config or {}
+    st_tok_args = st_config.get("processor_kwargs") or st_config.get("tokenizer_args") or {}
+    per_call = st_config.get("processing_kwargs") or {}
     tok_max = (tokenizer_config or {}).get("model_max_length")
+    for value in ((per_call.get("common") or {}).get("max_length"), (per_call.get("text") or {}).get("max_length"),
+                  st_tok_args.get("model_max_length"), st_config.get("max_seq_length")):
+        if isinstance(value, int) and value > 0:
+            tok_max = value
+            break
     if isinstance(tok_max, (int, float)) and 0 < tok_max < 1_000_000:
         limit = min(limit, int(tok_max))
-    st_max = (st_config or {}).get("max_seq_length")
-    if isinstance(st_max, int) and st_max > 0:
-        limit = min(limit, st_max)
     return limit
 
 
@@ -90,7 +98,41 @@ class TextTokenizer:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length, strategy="longest_first")
         self.tokenizer.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)
-        self.precut = PreCutter(self.tokenizer, self.max_length)
+        self.prompt, self.prompt_length = "", 0
+        self._apply_sentence_transformers_config(st_config, _read_json(model_dir / "config_sentence_transformers.json"))
+        self.precut = PreCutter(self.tokenizer, self.max_length)  # after lower-casing: it counts the same tokens
+
+    def _apply_sentence_transformers_config(self, st_config: dict, st_model_config: dict) -> None:
+        """Preprocess text as ``SentenceTransformer.encode`` (sentence-transformers 5.x) does.
+
+        * ``do_lower_case`` in ``sentence_bert_config.json``: a ``Lowercase`` normalizer is put in
+          front of the tokenizer's own unless it already has one (``Transformer.__init__``), so
+          character offsets still point into the raw text.
+        * ``default_prompt_name`` in ``config_sentence_transformers.json``: that prompt is prepended
+          to every text (to the first text of a pair), and :attr:`prompt_length` counts the leading
+          tokens it takes, the first special token included and a trailing one excluded
+          (``Transformer._get_prompt_length``), for pooling with ``include_prompt: false``.
+          A request-level prompt name is not supported.
+        """
+        if st_config.get("do_lower_case"):
+            from tokenizers import normalizers
+
+            current = self.tokenizer.normalizer
+            has_lower = isinstance(current, normalizers.Lowercase) or (
+                isinstance(current, normalizers.Sequence) and any(isinstance(n, normalizers.Lowercase) for n in current))
+            if not has_lower:
+                chain = [normalizers.Lowercase()]
+                if isinstance(current, normalizers.Sequence):
+                    chain += list(current)
+                elif current is not None:
+                    chain.append(current)
+                self.tokenizer.normalizer = normalizers.Sequence(chain)
+        name = st_model_config.get("default_prompt_name")
+        prompt = (st_model_config.get("prompts") or {}).get(name) if name else None
+        if prompt:
+            enc = self.tokenizer.encode(prompt)
+            self.prompt = prompt
+            self.prompt_length = len(enc.ids) - (1 if enc.special_tokens_mask and enc.special_tokens_mask[-1] else 0)
 
     def encode(
         self,
@@ -108,8 +150,11 @@ class TextTokenizer:
         """
         if len(inputs) == 0:
             raise InputError("Empty batch: send at least one input.")
-        inputs = [self.precut.item(item) for item in inputs]
-        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True)
+        batch = list(inputs)
+        if self.prompt:
+            batch = [self.prompt + i if isinstance(i, str) else (self.prompt + i[0], i[1]) for i in batch]
+        batch = [self.precut.item(item) for item in batch]
+        encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         arrays: dict[str, np.ndarray] = {}

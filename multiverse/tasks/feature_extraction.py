@@ -21,10 +21,17 @@ ACCEPTS_PAIRS = False
 
 _ACTIVATIONS = {
     "torch.nn.modules.activation.Tanh": np.tanh,
+    "torch.nn.modules.activation.GELU": lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
     "torch.nn.modules.linear.Identity": lambda x: x,
     "torch.nn.modules.activation.ReLU": lambda x: np.maximum(x, 0),
     "torch.nn.modules.activation.Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
 }
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    import math
+
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
 @dataclass(frozen=True)
@@ -42,51 +49,99 @@ class DenseLayer:
         return _ACTIVATIONS[self.activation](y).astype(np.float32)
 
 
+# Pooling modes in sentence-transformers' concatenation order, with their legacy config keys
+# (sentence_transformers/sentence_transformer/modules/pooling.py, v5.7).
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_LEGACY_MODE_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                     "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                     "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_MODE_ALIASES = {"mean_sqrt_len": "mean_sqrt_len_tokens"}
+# Modules that leave the sentence embedding unchanged at inference time.
+_IDENTITY_MODULES = ("Dropout",)
+
+
 @dataclass(frozen=True)
 class Pooling:
-    """How token states become one vector: ``mode`` in cls|mean|max|mean_sqrt_len|lasttoken."""
+    """How token states become one vector, as sentence-transformers' ``Pooling`` module does.
 
-    mode: str = "mean"
+    Attributes:
+        modes: one or more of :data:`POOLING_MODES`; several are concatenated in that order
+            (the output is ``len(modes) * hidden`` wide before any Dense module).
+        include_prompt: False excludes the default prompt's tokens (``TextTokenizer.prompt_length``).
+        normalize: L2-normalise the final vector (``Normalize`` module).
+        dense: ``Dense`` modules applied after pooling, in order.
+    """
+
+    modes: tuple[str, ...] = ("mean",)
+    include_prompt: bool = True
     normalize: bool = True
     dense: tuple[DenseLayer, ...] = field(default_factory=tuple)
 
+    @property
+    def mode(self) -> str:
+        """The pooling mode(s) as one string (``mean``, or ``cls+mean`` when concatenated)."""
+        return "+".join(self.modes)
+
     def describe(self) -> dict:
-        return {"mode": self.mode, "normalize": self.normalize,
-                "dense": [list(d.weight.shape) for d in self.dense]}
+        """For the manifest: ``{"mode", "normalize", "dense": [[out, in], ...]}`` (+ ``include_prompt: false``)."""
+        out = {"mode": self.mode, "normalize": self.normalize, "dense": [list(d.weight.shape) for d in self.dense]}
+        if not self.include_prompt:
+            out["include_prompt"] = False
+        return out
 
 
 def load_pooling(model_dir: str | Path) -> Pooling:
     """Read ``modules.json``, ``*_Pooling/config.json`` and ``*_Dense`` folders of a sentence-transformers layout.
 
     Without ``modules.json`` (a plain HF encoder): mean pooling, normalised, as TEI does.
-    Raises InputError on a Dense activation this runtime does not implement.
+    Modules: ``Transformer`` (the graph), ``Pooling``, ``Dense``, ``Normalize`` and ``Dropout``
+    (identity at inference). Raises InputError on any other module (its output would be
+    wrong without it), on a pooling mode or Dense activation this runtime does not implement.
     """
     model_dir = Path(model_dir)
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return Pooling()
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    mode, normalize, dense = "mean", False, []
-    for module in modules:
+    modes, include_prompt, normalize, dense = ("mean",), True, False, []
+    for i, module in enumerate(modules):
         kind = module.get("type", "")
+        short = kind.rsplit(".", 1)[-1]
         folder = model_dir / module.get("path", "")
-        if kind.endswith("Pooling"):
+        if i == 0 and short == "Transformer":
+            continue
+        if short == "Pooling":
             cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            mode = _pooling_mode(cfg)
-        elif kind.endswith("Dense"):
+            modes = _pooling_modes(cfg, folder)
+            include_prompt = bool(cfg.get("include_prompt", True))
+        elif short == "Dense":
             dense.append(_load_dense(folder))
-        elif kind.endswith("Normalize"):
+        elif short == "Normalize":
             normalize = True
-    return Pooling(mode=mode, normalize=normalize, dense=tuple(dense))
+        elif short in _IDENTITY_MODULES:
+            continue
+        else:
+            raise InputError(
+                f"{modules_file} lists a {kind!r} module (#{i}); Multiverse implements only Transformer (first), "
+                "Pooling, Dense, Normalize and Dropout, and an embedding without it would be wrong. "
+                "Remove the module from modules.json only if the model was meant to run without it.")
+    return Pooling(modes=modes, include_prompt=include_prompt, normalize=normalize, dense=tuple(dense))
 
 
-def _pooling_mode(cfg: dict) -> str:
-    for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                      ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-                      ("pooling_mode_lasttoken", "lasttoken")):
-        if cfg.get(key):
-            return mode
-    return "mean"
+def _pooling_modes(cfg: dict, folder: Path) -> tuple[str, ...]:
+    """Pooling modes of a ``Pooling`` config: ``pooling_mode`` (str or list, v5) or the legacy
+    ``pooling_mode_*`` booleans (every true one, concatenated; none true → mean)."""
+    raw = cfg.get("pooling_mode")
+    if raw is None:
+        found = tuple(mode for key, mode in _LEGACY_MODE_KEYS.items() if cfg.get(key))
+        return found or ("mean",)
+    modes = (raw,) if isinstance(raw, str) else tuple(raw)
+    modes = tuple(_MODE_ALIASES.get(m, m) for m in modes)
+    unknown = [m for m in modes if m not in POOLING_MODES]
+    if unknown or not modes:
+        raise InputError(f"Pooling mode {raw!r} in {folder / 'config.json'} is not supported; "
+                         f"supported: {', '.join(POOLING_MODES)}.")
+    return modes
 
 
 def _load_dense(folder: Path) -> DenseLayer:
@@ -96,34 +151,58 @@ def _load_dense(folder: Path) -> DenseLayer:
     act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
     if act not in _ACTIVATIONS:
         raise InputError(f"Dense activation {act!r} in {folder} is not supported; supported: {sorted(_ACTIVATIONS)}.")
+    if cfg.get("module_input_name", "sentence_embedding") != "sentence_embedding" or \
+            (cfg.get("module_output_name") or "sentence_embedding") != "sentence_embedding":
+        raise InputError(f"The Dense module in {folder} reads or writes {cfg.get('module_input_name')!r}/"
+                         f"{cfg.get('module_output_name')!r}; only sentence-embedding Dense modules are supported.")
+    if not (folder / "model.safetensors").is_file():
+        raise InputError(f"{folder} has no model.safetensors (Multiverse never loads pickles); re-run "
+                         "`multiverse optimize`, which converts pytorch_model.bin.")
     weights = load_file(str(folder / "model.safetensors"))
     bias = weights.get("linear.bias")
     return DenseLayer(weights["linear.weight"].astype(np.float32),
                       None if bias is None else bias.astype(np.float32), act)
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, normalize: bool | None = None) -> np.ndarray:
-    """Sentence embeddings from token states.
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, normalize: bool | None = None,
+         prompt_length: int = 0) -> np.ndarray:
+    """Sentence embeddings from token states, as sentence-transformers' ``Pooling._forward_padded``.
 
     Args:
         hidden: float32 [batch, seq_len, hidden].
         mask: int64 [batch, seq_len], 1 for real tokens (right-padded).
         normalize: override ``pooling.normalize``.
+        prompt_length: leading prompt tokens per row; excluded from pooling when
+            ``pooling.include_prompt`` is False.
     Returns:
-        float32 [batch, dim]; unit L2 norm when normalising.
+        float32 [batch, dim] (dim = hidden × number of modes, or the last Dense's width);
+        unit L2 norm when normalising.
     """
+    mask = np.array(mask, copy=True)
+    if prompt_length and not pooling.include_prompt:
+        mask[:, :prompt_length] = 0
     m = mask.astype(np.float32)[:, :, None]
-    if pooling.mode == "cls":
-        out = hidden[:, 0]
-    elif pooling.mode == "max":
-        out = np.where(m > 0, hidden, -1e9).max(axis=1)
-    elif pooling.mode == "lasttoken":
-        last = mask.sum(axis=1).astype(np.int64) - 1
-        out = hidden[np.arange(hidden.shape[0]), last]
-    else:
-        summed = (hidden * m).sum(axis=1)
-        counts = np.clip(m.sum(axis=1), 1e-9, None)
-        out = summed / (np.sqrt(counts) if pooling.mode == "mean_sqrt_len" else counts)
+    parts = []
+    for mode in pooling.modes:
+        if mode == "cls":  # first real token (index 0 with right padding, or the first after the prompt)
+            parts.append(hidden[np.arange(hidden.shape[0]), mask.argmax(axis=1)])
+        elif mode == "max":
+            parts.append(np.where(m > 0, hidden, -np.inf).max(axis=1))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            summed = (hidden * m).sum(axis=1)
+            counts = np.clip(m.sum(axis=1), 1e-9, None)
+            parts.append(summed / (np.sqrt(counts) if mode == "mean_sqrt_len_tokens" else counts))
+        elif mode == "weightedmean":
+            w = m * np.arange(1, hidden.shape[1] + 1, dtype=np.float32)[None, :, None]
+            parts.append((hidden * w).sum(axis=1) / np.clip(w.sum(axis=1), 1e-9, None))
+        elif mode == "lasttoken":
+            seq_len = mask.shape[1]
+            flipped = mask[:, ::-1]
+            idx = np.where(flipped.max(axis=1) == 0, seq_len - 1, flipped.argmax(axis=1))
+            parts.append((hidden * m)[np.arange(hidden.shape[0]), seq_len - idx - 1])
+        else:  # pragma: no cover - rejected by load_pooling
+            raise InputError(f"Unknown pooling mode {mode!r}.")
+    out = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
     for layer in pooling.dense:
         out = layer(out)
     if pooling.normalize if normalize is None else normalize:
@@ -155,11 +234,17 @@ class Handler:
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.pooling = load_pooling(model_dir)
+        self.prompt_length = 0  # leading prompt tokens that pooling skips (include_prompt: false)
+        if not self.pooling.include_prompt:
+            from .base import TextTokenizer
+
+            self.prompt_length = TextTokenizer(model_dir).prompt_length
 
     def vectors(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> np.ndarray:
         """float32 [batch, dim] embeddings."""
         normalize = (params or {}).get("normalize")
-        return pool(output, enc.attention_mask, self.pooling, None if normalize is None else bool(normalize))
+        return pool(output, enc.attention_mask, self.pooling, None if normalize is None else bool(normalize),
+                    prompt_length=self.prompt_length)
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list[list[float]]:
         return self.vectors(output, enc, params).tolist()

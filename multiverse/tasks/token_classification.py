@@ -1,9 +1,18 @@
 """token-classification (NER): per-token softmax and entity aggregation with character offsets.
 
-Aggregation follows the Hugging Face pipeline's ``aggregation_strategy="simple"``: a ``B-X``
-token starts an entity, following ``I-X`` tokens (or tokens of the same bare label ``X``)
-extend it, ``O`` ends it. The entity's ``word`` is exactly ``text[start:end]`` from the
-tokenizer's character offsets, never decoded tokens (PITFALLS.md, Task output parity).
+Grouping is exactly the Hugging Face ``token-classification`` pipeline's
+``aggregation_strategy="simple"`` (transformers 4.57 ``TokenClassificationPipeline.group_entities``):
+special tokens are skipped; each token takes its argmax label; a token joins the running group
+when its tag (label without a ``B-``/``I-`` prefix; any other label is its own tag) equals the
+group's and it is not ``B-``; a group's ``entity_group`` is its first label after the first
+``-``, its score the mean of its tokens' scores; ``ignore_labels`` (default ``["O"]``; ``[]``
+keeps everything) drops groups afterwards. Only the character span differs, on purpose
+(PITFALLS.md, Inputs and Task output parity): the entity's ``word`` is exactly
+``text[start:end]`` from the tokenizer's offsets (never decoded tokens), stripped of
+surrounding whitespace; a bare SentencePiece ``"▁"`` piece adds no characters (its offset is
+the space before a word, or the word's first letter at the start of a text); an entity whose
+span is then empty is dropped, and one that starts inside the previous kept entity (byte-level
+pieces of one character) is cut to start after it.
 """
 
 from __future__ import annotations
@@ -12,61 +21,87 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .base import Encoded
 from .text_classification import id2label, softmax
 
 OUTPUT = "logits"
+METASPACE = "\u2581"  # "▁", SentencePiece's word-boundary marker
 
 
 def split_tag(label: str) -> tuple[str, str]:
-    """``"B-PER"`` → ``("B", "PER")``; ``"O"`` → ``("O", "")``; a bare ``"PER"`` → ``("I", "PER")``."""
-    if label == "O" or not label:
-        return "O", ""
-    if len(label) > 2 and label[1] in "-_" and label[0] in "BIES":
-        return label[0], label[2:]
+    """The HF pipeline's ``get_tag``: ``"B-PER"`` → ``("B", "PER")``, ``"I-PER"`` → ``("I", "PER")``;
+    anything else (``"O"``, ``"PER"``, ``"E-PER"``) → ``("I", label)``."""
+    if label.startswith("B-"):
+        return "B", label[2:]
+    if label.startswith("I-"):
+        return "I", label[2:]
     return "I", label
 
 
+def _span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def aggregate(text: str, offsets: list[tuple[int, int]], special: list[int], probs: np.ndarray,
-              labels: list[str], ignore: tuple[str, ...] = ("O",)) -> list[dict]:
-    """Group token predictions of one text into entities.
+              labels: list[str], ignore: tuple[str, ...] = ("O",), tokens: list[str] | None = None) -> list[dict]:
+    """Group token predictions of one text into entities (see the module docstring for the rules).
 
     Args:
         text: the original text.
         offsets: (start, end) character offsets per token into ``text``.
-        special: 1 for special/padding tokens (skipped).
+        special: 1 for special/padding tokens (skipped, as the HF pipeline skips them).
         probs: float32 [seq_len, num_labels] token probabilities.
+        labels: label name per class index.
+        ignore: ``entity_group`` values to drop (``()`` keeps every group, ``O`` included).
+        tokens: token strings (to recognise bare ``"▁"`` pieces); None treats none as bare.
     Returns:
-        ``[{"entity_group", "score", "word", "start", "end"}]`` with ``word == text[start:end]``.
+        ``[{"entity_group", "score", "word", "start", "end"}]`` in text order, with
+        ``word == text[start:end]``, non-empty, without surrounding whitespace, not overlapping.
     """
-    entities: list[dict] = []
-    current: dict | None = None
-    for i, (start, end) in enumerate(offsets):
-        if special[i] or end <= start:
+    best = probs.argmax(axis=-1)
+    groups: list[list[int]] = []
+    for i in range(len(offsets)):
+        if special[i]:
             continue
-        best = int(probs[i].argmax())
-        prefix, kind = split_tag(labels[best])
-        score = float(probs[i, best])
-        if labels[best] in ignore or prefix == "O":
-            current = None
+        if groups:
+            bi, tag = split_tag(labels[int(best[i])])
+            if tag == split_tag(labels[int(best[groups[-1][-1]])])[1] and bi != "B":
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    out: list[dict] = []
+    for group in groups:
+        entity = labels[int(best[group[0]])].split("-", 1)[-1]
+        if entity in ignore:
             continue
-        if current is not None and kind == current["entity_group"] and prefix in ("I", "E"):
-            current["end"] = end
-            current["_scores"].append(score)
+        chars = [offsets[i] for i in group
+                 if offsets[i][1] > offsets[i][0] and not (tokens and tokens[i] and not tokens[i].strip(METASPACE))]
+        if not chars:
             continue
-        if current is not None and kind == current["entity_group"] and start == current["end"] and prefix == "B" \
-                and not text[start - 1:start].isspace():
-            # A sub-word piece predicted B- inside a word continues the entity.
-            current["end"] = end
-            current["_scores"].append(score)
+        start, end = _span(text, chars[0][0], chars[-1][1])
+        if out and start < out[-1]["end"]:
+            start, end = _span(text, out[-1]["end"], max(end, out[-1]["end"]))
+        if end <= start:
             continue
-        current = {"entity_group": kind, "start": start, "end": end, "_scores": [score]}
-        entities.append(current)
-    out = []
-    for e in entities:
-        out.append({"entity_group": e["entity_group"], "score": float(np.mean(e["_scores"])),
-                    "word": text[e["start"]:e["end"]], "start": e["start"], "end": e["end"]})
+        score = float(np.nanmean([probs[i].max() for i in group]))
+        out.append({"entity_group": entity, "score": score, "word": text[start:end], "start": start, "end": end})
     return out
+
+
+def ignore_labels(params: dict) -> tuple[str, ...]:
+    """``parameters.ignore_labels``: absent or None → ``("O",)``; a list (``[]`` ignores nothing).
+    Raises InputError for anything but a list of strings."""
+    value = params.get("ignore_labels")
+    if value is None:
+        return ("O",)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InputError("`ignore_labels` must be a list of label strings, e.g. [\"O\"] (or [] to keep every group).")
+    return tuple(value)
 
 
 class Handler:
@@ -98,9 +133,9 @@ class Handler:
         params = params or {}
         probs = softmax(output)
         labels = id2label(self.config, probs.shape[-1])
-        ignore = tuple(params.get("ignore_labels") or ("O",))
+        ignore = ignore_labels(params)
         out = []
         for b, (text, e) in enumerate(zip(enc.texts, enc.encodings)):
             special = [max(s, 1 - a) for s, a in zip(e.special_tokens_mask, e.attention_mask)]
-            out.append(aggregate(text, e.offsets, special, probs[b], labels, ignore))
+            out.append(aggregate(text, e.offsets, special, probs[b], labels, ignore, tokens=e.tokens))
         return out
