@@ -113,7 +113,7 @@ def test_validate_command_reruns_the_gate(tiny_bundles):
 
 def test_offline_short_name_says_what_to_download(tmp_path, monkeypatch):
     """Issue 14 item 10: a recipe's model missing offline is one clear message, not "no short name"."""
-    from multiverse.testing.checkpoints import hf_offline
+    from support import hf_offline
 
     with hf_offline(tmp_path / "empty-hf-cache", monkeypatch):
         r = run("optimize", "distilbert-base-uncased-emotion", "--target", "icelake", "--out", tmp_path / "o")

@@ -21,7 +21,7 @@ def _sharpen(model, tokenizer, o_share: float = 0.35) -> None:
     """Scale the token head so labels are confident and varied: ~``o_share`` of tokens ``O``."""
     import torch
 
-    from multiverse.testing.checkpoints import _calibration_texts
+    from support.tiny import _calibration_texts
 
     with torch.no_grad():
         model.classifier.weight *= 4
@@ -39,7 +39,7 @@ def _sentencepiece_checkpoint(out):
     from tokenizers import SentencePieceUnigramTokenizer, processors
     from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification, XLMRobertaTokenizerFast
 
-    from multiverse.testing.checkpoints import BIO_LABELS, _corpus
+    from support.tiny import BIO_LABELS, _corpus
 
     corpus = list(_corpus()) + [t.title() for t in _corpus()[:100]]
     sp = SentencePieceUnigramTokenizer()
@@ -81,7 +81,7 @@ def ner(request, built):
 def _build(kind, out):
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from multiverse.testing.checkpoints import tiny_checkpoint
+    from support import tiny_checkpoint
 
     if kind == "sentencepiece":
         model, tok = _sentencepiece_checkpoint(out)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from multiverse import evaldata, hub, pipeline
 from multiverse.cli import app
 from multiverse.errors import EvalDataError, HubError
-from multiverse.testing.checkpoints import hf_offline, write_hf_cache
+from support import hf_offline, write_hf_cache
 
 MODEL = "bhadresh-savani/distilbert-base-uncased-emotion"
 README = """---

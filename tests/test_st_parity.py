@@ -32,7 +32,7 @@ def _cased_st_checkpoint(out: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from multiverse.testing.checkpoints import _corpus
+    from support.tiny import _corpus
 
     words = sorted(set(" ".join(_corpus()).split()))
     chars = string.ascii_letters + string.digits + string.punctuation
