@@ -23,6 +23,9 @@ from .hub import Checkpoint
 _OPTIMUM_TASK = {"feature-extraction": "feature-extraction", "text-classification": "text-classification",
                  "token-classification": "token-classification", "ranking": "text-classification"}
 OPSET = 18  # optimum-onnx's recommended minimum for BERT-family exports
+# Above this many bytes a graph is saved with its tensors in external data: protobuf cannot serialise a message
+# of 2 GiB or more (onnx.checker's MAXIMUM_PROTOBUF); 16 MiB of headroom covers the graph structure itself.
+EXTERNAL_DATA_BYTES = 2**31 - 2**24
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,15 @@ class OnnxModel:
 
     @property
     def size_bytes(self) -> int:
-        data = self.path.parent / (self.path.name + "_data")
-        return self.path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        """Bytes of the graph file plus every external-data file it names (read from the graph, not guessed)."""
+        from .graphfiles import external_files
+
+        return self.path.stat().st_size + sum((self.path.parent / f).stat().st_size for f in external_files(self.path))
+
+    @property
+    def needs_external_data(self) -> bool:
+        """True when a graph of this size must be saved with external data (see :data:`EXTERNAL_DATA_BYTES`)."""
+        return self.size_bytes > EXTERNAL_DATA_BYTES
 
 
 def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: float = 1e-4) -> OnnxModel:
@@ -91,6 +101,23 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
     if check:
         model = replace(model, max_abs_diff=check_against_reference(ckpt, model, tolerance))
     return model
+
+
+def save_graph(proto, path: str | Path) -> Path:
+    """Save an ONNX ``ModelProto`` (tensors loaded in memory) to ``path``: one file, or, when it is over
+    :data:`EXTERNAL_DATA_BYTES`, the graph plus one external-data file ``<name>.data`` beside it
+    (tensors under 1 KiB stay inline). A stale ``<name>.data`` is removed first (``onnx`` appends to an
+    existing external-data file). Returns ``path``. Raises ``onnx``/OS errors; callers wrap them.
+    """
+    import onnx
+
+    path = Path(path)
+    data = path.parent / (path.name + ".data")
+    data.unlink(missing_ok=True)
+    big = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return path
 
 
 @contextlib.contextmanager
