@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
+                      field_validator)
 
 from .errors import BundleError, IsaMismatchError, UsageError
 from .graphfiles import GraphFormatError, check_external_data, external_tensors, unsafe_location
@@ -120,14 +121,15 @@ class Manifest(_Open):
     validation: dict | None = None
     content_sha256: Sha256Hex
 
-    @model_validator(mode="after")
-    def _lists_what_the_loader_reads(self) -> "Manifest":
-        if MANIFEST in self.files:
-            raise ValueError(f"`files` lists {MANIFEST} itself")
-        for name in (self.model_file, *REQUIRED_FILES):
-            if name not in self.files:
-                raise ValueError(f"`files` does not list {name}, which the loader reads")
-        return self
+    @field_validator("files")
+    @classmethod
+    def _lists_what_the_loader_reads(cls, files: dict, info: ValidationInfo) -> dict:
+        if MANIFEST in files:
+            raise ValueError(f"lists {MANIFEST} itself")
+        for name in (info.data.get("model_file", MODEL_FILE), *REQUIRED_FILES):
+            if name not in files:
+                raise ValueError(f"does not list {name}, which the loader reads")
+        return files
 
 
 def content_digest(manifest: dict) -> str:
