@@ -173,11 +173,17 @@ def test_graph_reader_matches_onnx_on_subgraphs_and_attributes(tmp_path):
 def test_optimize_ships_external_data_it_writes(tiny_checkpoints, tmp_path, monkeypatch, precision):
     """The > 2 GB code path at a small size: every stage saves with external data (threshold 0), as it does for a
     graph over ``EXTERNAL_DATA_BYTES``; the bundle must hold the files the graph names and load."""
-    from multiverse.pipeline import optimize
+    import hashlib
 
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
-    b = optimize(str(tiny_checkpoints["feature-extraction"]), "native", out=tmp_path, precision=precision,
-                 max_trials=1, eval_limit=40)
+    r = CliRunner().invoke(app, ["optimize", str(tiny_checkpoints["feature-extraction"]), "--out", str(tmp_path),
+                                 "--precision", precision, "--max-trials", "1", "--eval-limit", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    b = bundle.load(doc["bundle"])
+    # the digest to pin, as optimize prints it (JSON and the stderr summary)
+    digest = hashlib.sha256((b.path / bundle.MANIFEST).read_bytes()).hexdigest()
+    assert doc["manifest_sha256"] == b.manifest_sha256 == digest and digest in r.stderr.replace("\n", "")
     assert b.manifest["precision"] == precision
     assert b.external_data() == ["model.onnx.data"] and "model.onnx.data" in b.manifest["files"]
     assert b.manifest["sizes_bytes"]["model"] > (b.path / "model.onnx.data").stat().st_size
