@@ -303,7 +303,8 @@ def verify_files(path: str | Path, *, manifest: dict | None = None) -> list[str]
     the manifest does not list (an unlisted file is refused, not ignored: the loader reads
     optional files such as ``tokenizer_config.json`` or ``1_Pooling/config.json`` when they
     exist, so an unlisted one would be read unverified); every external-data tensor of the graph
-    resolves inside the folder (:func:`graphfiles.check_external_data`).
+    resolves inside the folder (:func:`graphfiles.check_external_data`); every module folder
+    ``modules.json`` names stays inside and the files read there are listed.
 
     Raises BundleError when there is no readable manifest or it does not match :class:`Manifest`.
     """
@@ -321,6 +322,37 @@ def verify_files(path: str | Path, *, manifest: dict | None = None) -> list[str]
     problems += [f"unlisted file: {rel} (not written by `multiverse optimize`; remove it)"
                  for rel in _present_files(root) if rel != MANIFEST and rel not in files]
     problems += check_external_data(root / manifest.get("model_file", MODEL_FILE), root)
+    problems += _module_problems(root, files)
+    return problems
+
+
+# The files ``tasks/feature_extraction.load_pooling`` reads in a module folder named by modules.json, by module type.
+_MODULE_FILES = {"Pooling": ("config.json",), "Dense": ("config.json", "model.safetensors")}
+
+
+def _module_problems(root: Path, files: dict) -> list[str]:
+    """sentence-transformers ``modules.json`` names folders the loader reads from: each must stay inside the
+    bundle and every file read there must be listed (so verified). ``[]`` when fine or without modules.json."""
+    if "modules.json" not in files or not (root / "modules.json").is_file():
+        return []
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+        entries = [(str(m.get("type", "")), m.get("path", "")) for m in modules]
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        return [f"modules.json is unreadable ({exc})"]
+    problems = []
+    for kind, rel in entries:
+        needed = next((names for suffix, names in _MODULE_FILES.items() if kind.endswith(suffix)), ())
+        if not needed:
+            continue
+        why = unsafe_location(rel) if rel else None
+        if not isinstance(rel, str) or why:
+            problems.append(f"modules.json names module folder {rel!r} ({why or 'not a string'}); refused")
+            continue
+        for name in needed:
+            path = f"{rel}/{name}" if rel else name
+            if path not in files:
+                problems.append(f"modules.json needs {path}, which `files` does not list")
     return problems
 
 
@@ -345,7 +377,8 @@ def load(path: str | Path, *, verify: bool = True, expect_manifest_sha256: str |
     root = Path(path)
     manifest, digest = _read(root, expect_manifest_sha256)
     problems = verify_files(root, manifest=manifest) if verify else [
-        p for p in check_external_data(root / manifest.get("model_file", MODEL_FILE), root) if "refused" in p]
+        p for p in check_external_data(root / manifest.get("model_file", MODEL_FILE), root)
+        + _module_problems(root, manifest["files"]) if "refused" in p]
     if problems:
         raise BundleError(
             f"Bundle {root} is corrupted ({'; '.join(problems[:5])}). Rebuild it with `multiverse optimize`."

@@ -166,3 +166,20 @@ def test_schema_invalid_manifest_fails_with_one_line(copy, edit, key):
 def test_serve_refuses_a_schema_invalid_manifest_with_one_line(copy):
     _edit(copy, lambda m: m.update(max_sequence_length="512"), reseal=True)
     assert "`max_sequence_length`" in _serve_error(copy)
+
+
+def test_module_folder_outside_the_bundle_is_refused(tiny_bundles, tmp_path):
+    """modules.json names the folders pooling/Dense configs are read from: one outside the bundle is never read."""
+    dest = tmp_path / "b"
+    shutil.copytree(tiny_bundles["feature-extraction"], dest)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    modules = json.loads((dest / "modules.json").read_text())
+    for module in modules:
+        if module["type"].endswith("Pooling"):
+            module["path"] = "../elsewhere"
+    (dest / "modules.json").write_text(json.dumps(modules))
+    _edit(dest, lambda m: m["files"].update({"modules.json": bundle.sha256(dest / "modules.json")}), reseal=True)
+    for verify in (True, False):
+        with pytest.raises(BundleError, match="module folder '../elsewhere'"):
+            Predictor.from_bundle(dest, verify=verify)
