@@ -103,6 +103,17 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
     return model
 
 
+def proto_bytes(proto) -> int:
+    """Serialised size of a ``ModelProto`` in bytes, or ``2**31`` when it is too large to serialise at all
+    (protobuf's ``ByteSize`` raises ``EncodeError`` past 2 GiB)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        return 2**31
+
+
 def save_graph(proto, path: str | Path) -> Path:
     """Save an ONNX ``ModelProto`` (tensors loaded in memory) to ``path``: one file, or, when it is over
     :data:`EXTERNAL_DATA_BYTES`, the graph plus one external-data file ``<name>.data`` beside it
@@ -114,7 +125,7 @@ def save_graph(proto, path: str | Path) -> Path:
     path = Path(path)
     data = path.parent / (path.name + ".data")
     data.unlink(missing_ok=True)
-    big = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    big = proto_bytes(proto) > EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     return path

@@ -70,12 +70,14 @@ def _single_file_if_it_fits(path: Path) -> None:
     """Re-save a graph written with external data as one file when it is under ``EXTERNAL_DATA_BYTES``."""
     import onnx
 
-    from .export import EXTERNAL_DATA_BYTES, save_graph
+    from .export import EXTERNAL_DATA_BYTES, proto_bytes, save_graph
     from .graphfiles import external_files
 
     stale = external_files(path)
+    if not stale:
+        return
     proto = onnx.load(str(path))
-    if not stale or proto.ByteSize() > EXTERNAL_DATA_BYTES:
+    if proto_bytes(proto) > EXTERNAL_DATA_BYTES:
         return
     save_graph(proto, path)
     for rel in stale:

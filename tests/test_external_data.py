@@ -177,7 +177,8 @@ def test_optimize_ships_external_data_it_writes(tiny_checkpoints, tmp_path, monk
 
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     r = CliRunner().invoke(app, ["optimize", str(tiny_checkpoints["feature-extraction"]), "--out", str(tmp_path),
-                                 "--precision", precision, "--max-trials", "1", "--eval-limit", "40", "--json"])
+                                 "--precision", precision, "--max-trials", "2",  # int8: a smoothed graph is saved too
+                                 "--eval-limit", "40", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     b = bundle.load(doc["bundle"])
@@ -185,6 +186,9 @@ def test_optimize_ships_external_data_it_writes(tiny_checkpoints, tmp_path, monk
     digest = hashlib.sha256((b.path / bundle.MANIFEST).read_bytes()).hexdigest()
     assert doc["manifest_sha256"] == b.manifest_sha256 == digest and digest in r.stderr.replace("\n", "")
     assert b.manifest["precision"] == precision
+    if precision == "int8":
+        assert [t["config"] is not None and t["config"].get("smooth_alpha") is not None
+                for t in b.manifest["tuning"]["trials"]] == [False, False, True], b.manifest["tuning"]["trials"]
     assert b.external_data() == ["model.onnx.data"] and "model.onnx.data" in b.manifest["files"]
     assert b.manifest["sizes_bytes"]["model"] > (b.path / "model.onnx.data").stat().st_size
     vectors = [r for r in Predictor.from_bundle(b.path).predict(TEXTS).results]
