@@ -91,32 +91,54 @@ def optimize(
     except Interrupted as exc:
         _interrupted(exc, as_json, "; the work folder was removed.")
     if as_json:
-        print(json.dumps({"bundle": str(b.path), "manifest": b.manifest}, indent=2))
+        print(json.dumps({"bundle": str(b.path), "manifest_sha256": b.manifest_sha256, "manifest": b.manifest}, indent=2))
     else:
         print(b.path)
 
 
 @app.command()
 def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
+            expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", help="Refuse the bundle unless its "
+                                                        "multiverse.json has this sha256 (the digest optimize printed)."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
-    """Show a bundle's manifest summary, verify its file hashes and say whether this CPU can run it."""
-    from .bundle import Bundle, read_manifest, verify_files
+    """Show a bundle's manifest summary and digest, verify every file, prove the graph loads, and say whether
+    this CPU can run it. Exit 1 when the bundle is corrupted or does not load."""
+    from .bundle import load, verify_files
+    from .errors import BundleError
 
     try:
-        manifest = read_manifest(bundle)
-        problems = verify_files(bundle)
+        b = load(bundle, verify=False, expect_manifest_sha256=expect_sha256)  # manifest: schema, digests
+        problems = verify_files(bundle, manifest=b.manifest)
+        external = b.external_data() if not problems else []
     except MultiverseError as exc:
         _fail(exc, as_json)
-    b = Bundle(bundle, manifest)
+    load_error = None
+    if not problems:
+        try:
+            b.open_session()
+        except BundleError as exc:
+            load_error = str(exc)
+    manifest = b.manifest
     missing = b.missing_flags()
     v = manifest.get("validation") or {}
     if as_json:
-        print(json.dumps({"bundle": str(bundle), "intact": not problems, "problems": problems,
-                          "host_can_run": not missing, "missing_flags": missing, "manifest": manifest}, indent=2))
+        print(json.dumps({"bundle": str(bundle), "manifest_sha256": b.manifest_sha256, "intact": not problems,
+                          "problems": problems, "loads": not problems and load_error is None, "load_error": load_error,
+                          "external_data": external, "host_can_run": not missing, "missing_flags": missing,
+                          "manifest": manifest}, indent=2))
     else:
         t = Table(show_header=False, box=None)
+        t.add_column(no_wrap=True)
+        t.add_column(overflow="fold")  # a digest is folded, never cut with "…"
         fam = (manifest.get("fusion") or {}).get("families") or {}
         q = manifest.get("quantization") or {}
+        if problems:
+            loads = "not tried (files are not intact)"
+        elif load_error:
+            loads = f"NO: {load_error}"
+        else:
+            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in external)
+            loads = "yes (ONNX Runtime session opened" + (f"; external data: {sizes})" if external else ")")
         rows = [
             ("task", manifest["task"]),
             ("source", f"{manifest['source'].get('repo_id') or manifest['source'].get('local_path')} "
@@ -128,7 +150,11 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
             ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
                            f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
                            f"{'passed' if v.get('passed') else 'FAILED'}"),
-            ("files", "intact (sha256 verified)" if not problems else "CORRUPTED: " + "; ".join(problems)),
+            ("manifest sha256", f"{b.manifest_sha256}" + (" (matches --expect-sha256)" if expect_sha256 else
+                                                         " (pin it: serve --manifest-sha256 / inspect --expect-sha256)")),
+            ("files", f"intact (sha256 of {len(manifest['files'])} files verified, none unlisted)" if not problems
+             else "CORRUPTED: " + "; ".join(problems)),
+            ("loads", loads),
             ("this host", "can run it" if not missing else f"lacks {', '.join(missing)}"),
         ]
         for k, val in rows:
@@ -137,6 +163,9 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
     if problems:
         err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.",
                   highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if load_error:
+        err.print(f"[red]error:[/red] {load_error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -227,6 +256,8 @@ def serve(
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
     max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per ONNX Runtime run; bigger requests are split."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
+    manifest_sha256: Optional[str] = typer.Option(None, "--manifest-sha256", help="Refuse to serve unless the "
+                                                  "bundle's multiverse.json has this sha256 (printed by optimize)."),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict (Infinity), TEI and OpenAI routes, /metrics. Stops cleanly on SIGTERM."""
     from .serve.server import serve as run
@@ -234,7 +265,8 @@ def serve(
     try:
         run(bundle, host=host, port=port, threads=threads, api_key=api_key, allow_isa_mismatch=allow_isa_mismatch,
             max_batch=max_batch, max_chars=max_chars, max_body_bytes=max_body, max_queue=max_queue,
-            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, log_level=log_level)
+            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, log_level=log_level,
+            manifest_sha256=manifest_sha256)
     except MultiverseError as exc:
         _fail(exc)
 

@@ -24,6 +24,9 @@ from .hub import Checkpoint
 from .tasks import get_task
 
 OPSET = 18  # optimum-onnx's recommended minimum for BERT-family exports
+# Above this many bytes a graph is saved with its tensors in external data: protobuf cannot serialise a message
+# of 2 GiB or more (onnx.checker's MAXIMUM_PROTOBUF); 16 MiB of headroom covers the graph structure itself.
+EXTERNAL_DATA_BYTES = 2**31 - 2**24
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,15 @@ class OnnxModel:
 
     @property
     def size_bytes(self) -> int:
-        data = self.path.parent / (self.path.name + "_data")
-        return self.path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        """Bytes of the graph file plus every external-data file it names (read from the graph, not guessed)."""
+        from .graphfiles import external_files
+
+        return self.path.stat().st_size + sum((self.path.parent / f).stat().st_size for f in external_files(self.path))
+
+    @property
+    def needs_external_data(self) -> bool:
+        """True when a graph of this size must be saved with external data (see :data:`EXTERNAL_DATA_BYTES`)."""
+        return self.size_bytes > EXTERNAL_DATA_BYTES
 
 
 def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: float = 1e-4) -> OnnxModel:
@@ -94,6 +104,34 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
         if ckpt.task == "feature-extraction":
             check_sentence_transformers_parity(ckpt, model)
     return model
+
+
+def proto_bytes(proto) -> int:
+    """Serialised size of a ``ModelProto`` in bytes, or ``2**31`` when it is too large to serialise at all
+    (protobuf's ``ByteSize`` raises ``EncodeError`` past 2 GiB)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        return 2**31
+
+
+def save_graph(proto, path: str | Path) -> Path:
+    """Save an ONNX ``ModelProto`` (tensors loaded in memory) to ``path``: one file, or, when it is over
+    :data:`EXTERNAL_DATA_BYTES`, the graph plus one external-data file ``<name>.data`` beside it
+    (tensors under 1 KiB stay inline). A stale ``<name>.data`` is removed first (``onnx`` appends to an
+    existing external-data file). Returns ``path``. Raises ``onnx``/OS errors; callers wrap them.
+    """
+    import onnx
+
+    path = Path(path)
+    data = path.parent / (path.name + ".data")
+    data.unlink(missing_ok=True)
+    big = proto_bytes(proto) > EXTERNAL_DATA_BYTES
+    onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return path
 
 
 @contextlib.contextmanager

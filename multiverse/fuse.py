@@ -59,7 +59,7 @@ def fuse(model: OnnxModel, out: str | Path, ckpt: Checkpoint, target: Target, *,
                                        hidden_size=ckpt.hidden_size, optimization_options=options, opt_level=0,
                                        use_gpu=False)
             stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items()}
-            optimized.save_model_to_file(str(out / "model.onnx"), use_external_data_format=model.size_bytes > 2**31 - 2**24)
+            optimized.save_model_to_file(str(out / "model.onnx"), use_external_data_format=model.needs_external_data)
     except Exception as exc:
         raise FusionError(f"The ONNX Runtime transformer optimizer failed on {model.path}: {exc}.") from exc
     got = summarize(stats)

@@ -122,7 +122,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         with progress.stage("bundle", "Writing the bundle") as s:
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
                                    readme=_readme(manifest, dest), dockerfile=_DOCKERFILE, overwrite=overwrite)
-            s["summary"] = str(dest)
+            s["summary"] = f"{dest} (manifest sha256 {written.manifest_sha256})"
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written

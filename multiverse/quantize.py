@@ -35,6 +35,7 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "model.onnx"
+    external = model.needs_external_data  # a > 2 GB input: the output may not fit one protobuf either
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint meant for static image models on the root logger
@@ -47,7 +48,7 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
                 reduce_range=config.reduce_range,
                 weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
                 nodes_to_exclude=list(config.nodes_to_exclude),
-                use_external_data_format=model.size_bytes > 2**31 - 2**24,
+                use_external_data_format=external,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
             )
     except Exception as exc:
@@ -57,10 +58,30 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
         ) from exc
     finally:
         root.setLevel(level)
+    if external:  # int8 weights are ~4x smaller: ship one file when it fits (fewer files, same graph)
+        _single_file_if_it_fits(dest)
     ops = quantized_op_counts(dest)
     if not ops:
         raise QuantizationError(f"quantize_dynamic quantized no op of {list(config.op_types)} in {model.path}.")
     return replace(model, path=dest, stage="int8", quantization={**config.model_dump(mode="json"), "quantized_ops": ops})
+
+
+def _single_file_if_it_fits(path: Path) -> None:
+    """Re-save a graph written with external data as one file when it is under ``EXTERNAL_DATA_BYTES``."""
+    import onnx
+
+    from .export import EXTERNAL_DATA_BYTES, proto_bytes, save_graph
+    from .graphfiles import external_files
+
+    stale = external_files(path)
+    if not stale:
+        return
+    proto = onnx.load(str(path))
+    if proto_bytes(proto) > EXTERNAL_DATA_BYTES:
+        return
+    save_graph(proto, path)
+    for rel in stale:
+        (path.parent / rel).unlink(missing_ok=True)
 
 
 _QUANT_OPS = {"MatMulInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul",

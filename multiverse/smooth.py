@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .export import OnnxModel
+from .export import OnnxModel, save_graph
 
 SMOOTHABLE = ("MatMul", "Attention")
 
@@ -49,7 +49,7 @@ def calibrate(model: OnnxModel, task: str, items: Sequence, batch_size: int = 16
         if name not in existing:
             proto.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     probe = model.path.parent / "calibration.onnx"
-    onnx.save(proto, str(probe))
+    save_graph(proto, probe)
     try:
         predictor = Predictor(probe, model.model_dir, task)
         amax: dict[str, np.ndarray] = {}
@@ -61,6 +61,7 @@ def calibrate(model: OnnxModel, task: str, items: Sequence, batch_size: int = 16
                 amax[name] = v if name not in amax else np.maximum(amax[name], v)
     finally:
         probe.unlink(missing_ok=True)
+        (probe.parent / (probe.name + ".data")).unlink(missing_ok=True)
     return amax
 
 
@@ -99,5 +100,5 @@ def smooth(model: OnnxModel, out: str | Path, amax: dict[str, np.ndarray], alpha
     graph.node.extend(nodes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(out / "model.onnx"))
+    save_graph(proto, out / "model.onnx")
     return replace(model, path=out / "model.onnx", quantization={"smooth_alpha": alpha, "smoothed_nodes": count})

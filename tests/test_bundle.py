@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -22,9 +25,30 @@ def copy(tiny_bundles, tmp_path):
 
 
 def _rewrite_manifest(path, **changes):
+    """Edit the manifest on purpose and reseal it (as someone able to rewrite the bundle could)."""
+    _edit(path, lambda m: m.update(changes), reseal=True)
+
+
+def _edit(path, edit, *, reseal=False):
     m = json.loads((path / bundle.MANIFEST).read_text())
-    m.update(changes)
+    edit(m)
+    if reseal:
+        m = bundle.seal(m)
     (path / bundle.MANIFEST).write_text(json.dumps(m))
+
+
+def _one_line_error(text: str) -> str:
+    """The ``error:`` line of CLI output; fails unless it is the only error line and no traceback was printed."""
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def _serve_error(path, *args) -> str:
+    out = subprocess.run([sys.executable, "-m", "multiverse.cli", "serve", str(path), "--port", "0", *args],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 1 and "Uvicorn running" not in out.stderr, (out.returncode, out.stderr)
+    return _one_line_error(out.stderr)
 
 
 def test_corrupted_file_detected_by_inspect_and_loader(copy):
@@ -55,9 +79,7 @@ def test_unknown_schema_and_unsafe_paths_refused(copy):
 
 
 def test_isa_mismatch_refused_unless_allowed(copy):
-    m = json.loads((copy / bundle.MANIFEST).read_text())
-    m["target"]["required_flags"] = ["avx512f", "made_up_flag"]
-    (copy / bundle.MANIFEST).write_text(json.dumps(m))
+    _edit(copy, lambda m: m["target"].update(required_flags=["avx512f", "made_up_flag"]), reseal=True)
     b = bundle.load(copy)
     with pytest.raises(IsaMismatchError, match="made_up_flag"):
         b.session_config()
@@ -70,3 +92,94 @@ def test_write_is_atomic_on_failure(tmp_path, copy):
         bundle.write(tmp_path / "new", model=tmp_path / "missing.onnx", model_dir=copy, manifest={"task": "x"},
                      readme="", dockerfile="")
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+# ------------------------------------------------------------------ issue 14 item 4: the manifest is protected
+def test_manifest_digest_is_shown_and_can_be_pinned(copy):
+    digest = hashlib.sha256((copy / bundle.MANIFEST).read_bytes()).hexdigest()
+    result = CliRunner().invoke(app, ["inspect", str(copy), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["manifest_sha256"] == digest and doc["loads"] and doc["intact"]
+    result = CliRunner().invoke(app, ["inspect", str(copy), "--expect-sha256", digest])
+    assert result.exit_code == 0 and "matches --expect-sha256" in result.output, result.output
+    assert bundle.load(copy, expect_manifest_sha256=digest.upper()).manifest_sha256 == digest
+
+
+def test_tampered_task_is_refused_and_a_pinned_digest_catches_a_resealed_one(copy):
+    digest = bundle.manifest_sha256(copy)
+    _edit(copy, lambda m: m.update(task="feature-extraction"))  # hand edit: the content digest no longer matches
+    result = CliRunner().invoke(app, ["inspect", str(copy)])
+    assert result.exit_code == 1 and "changed after the bundle was written" in _one_line_error(result.output)
+    with pytest.raises(BundleError, match="changed after the bundle was written"):
+        Predictor.from_bundle(copy)
+    # Someone able to rewrite the bundle can recompute the content digest; the digest pinned outside cannot be.
+    _edit(copy, lambda m: None, reseal=True)
+    with pytest.raises(BundleError, match="not the pinned"):
+        bundle.load(copy, expect_manifest_sha256=digest)
+    result = CliRunner().invoke(app, ["inspect", str(copy), "--expect-sha256", digest])
+    assert result.exit_code == 1 and "not the pinned" in _one_line_error(result.output)
+    assert "not the pinned" in _serve_error(copy, "--manifest-sha256", digest)
+
+
+def test_removed_files_entry_is_refused(copy):
+    _edit(copy, lambda m: m["files"].pop("tokenizer.json"))
+    with pytest.raises(BundleError, match="`files`: does not list tokenizer.json"):
+        bundle.load(copy)
+    _edit(copy, lambda m: None, reseal=True)  # resealed: the schema still requires what every loader reads
+    with pytest.raises(BundleError, match="`files`: does not list tokenizer.json"):
+        Predictor.from_bundle(copy)
+    _edit(copy, lambda m: m["files"].update({"tokenizer.json": bundle.sha256(copy / "tokenizer.json")}), reseal=True)
+    bundle.load(copy)
+    # an optional file the tokenizer reads when present, dropped from `files`: present but unlisted, so refused
+    _edit(copy, lambda m: m["files"].pop("tokenizer_config.json"), reseal=True)
+    with pytest.raises(BundleError, match="unlisted file: tokenizer_config.json"):
+        Predictor.from_bundle(copy)
+
+
+def test_unlisted_file_is_refused(copy):
+    (copy / "1_Pooling").mkdir()
+    (copy / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    result = CliRunner().invoke(app, ["inspect", str(copy)])
+    assert result.exit_code == 1 and "unlisted file: 1_Pooling/config.json" in result.output, result.output
+    with pytest.raises(BundleError, match="unlisted file: 1_Pooling/config.json"):
+        bundle.load(copy)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m.update(task="summarization"), "`task`"),
+    (lambda m: m.update(max_sequence_length="512"), "`max_sequence_length`"),
+    (lambda m: m.pop("target"), "`target`"),
+    (lambda m: m["target"].update(required_flags="avx2"), "`target.required_flags`"),
+    (lambda m: m["files"].update({"model.onnx": 42}), "`files.model.onnx`"),
+    (lambda m: m.pop("content_sha256"), "`content_sha256`"),
+], ids=["unknown-task", "wrong-type", "missing-key", "wrong-nested-type", "bad-digest", "no-content-digest"])
+def test_schema_invalid_manifest_fails_with_one_line(copy, edit, key):
+    _edit(copy, edit, reseal=key != "`content_sha256`")
+    with pytest.raises(BundleError) as info:
+        Predictor.from_bundle(copy)
+    assert key in str(info.value) and "\n" not in str(info.value) and "Rebuild" in str(info.value)
+    result = CliRunner().invoke(app, ["inspect", str(copy)])
+    assert result.exit_code == 1 and key in _one_line_error(result.output)
+
+
+def test_serve_refuses_a_schema_invalid_manifest_with_one_line(copy):
+    _edit(copy, lambda m: m.update(max_sequence_length="512"), reseal=True)
+    assert "`max_sequence_length`" in _serve_error(copy)
+
+
+def test_module_folder_outside_the_bundle_is_refused(tiny_bundles, tmp_path):
+    """modules.json names the folders pooling/Dense configs are read from: one outside the bundle is never read."""
+    dest = tmp_path / "b"
+    shutil.copytree(tiny_bundles["feature-extraction"], dest)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    modules = json.loads((dest / "modules.json").read_text())
+    for module in modules:
+        if module["type"].endswith("Pooling"):
+            module["path"] = "../elsewhere"
+    (dest / "modules.json").write_text(json.dumps(modules))
+    _edit(dest, lambda m: m["files"].update({"modules.json": bundle.sha256(dest / "modules.json")}), reseal=True)
+    for verify in (True, False):
+        with pytest.raises(BundleError, match="module folder '../elsewhere'"):
+            Predictor.from_bundle(dest, verify=verify)

@@ -335,7 +335,9 @@ def _copy_bundle(source, tmp_path, edit):
     shutil.copytree(source, dest)
     manifest = json.loads((dest / "multiverse.json").read_text())
     edit(dest, manifest)
-    (dest / "multiverse.json").write_text(json.dumps(manifest))
+    from multiverse.bundle import seal
+
+    (dest / "multiverse.json").write_text(json.dumps(seal(manifest)))  # edited on purpose: content digest recomputed
     return dest
 
 

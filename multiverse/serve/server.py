@@ -16,7 +16,7 @@ log = logging.getLogger("multiverse.serve")
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads: int | None = None,
           api_key: str | None = None, *, allow_isa_mismatch: bool = False, settings: ServeSettings | None = None,
-          **overrides) -> None:
+          manifest_sha256: str | None = None, **overrides) -> None:
     """Serve a bundle over HTTP until SIGTERM or SIGINT.
 
     The bundle is checked before the port is bound (schema, sha256 of every file, CPU flags),
@@ -31,11 +31,12 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads
         threads: ONNX Runtime intra-op threads (default: physical cores within the CPU quota).
         api_key: require ``Authorization: Bearer <key>`` on every route but the health probes.
         allow_isa_mismatch: serve a bundle built for CPU flags this host lacks.
+        manifest_sha256: refuse the bundle unless its ``multiverse.json`` has this sha256 (hex).
         settings: the other limits (:class:`ServeSettings`); explicit arguments and
             ``overrides`` (``max_batch=...``, ``batch_tokens=...`` ...) take precedence.
 
     Raises:
-        BundleError: missing, corrupted or unknown-schema bundle.
+        BundleError: missing, corrupted, unknown-schema or not the pinned (``manifest_sha256``) bundle.
         IsaMismatchError: the host lacks the target's CPU flags (without ``allow_isa_mismatch``).
         MultiverseError: the port cannot be bound, or the model failed to load.
         UsageError: an invalid setting.
@@ -47,7 +48,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads
 
     settings = replace(settings or ServeSettings(), host=host, port=port, threads=threads, api_key=api_key,
                        allow_isa_mismatch=allow_isa_mismatch, **overrides)
-    b = load(bundle)  # schema + sha256 of every file; raises BundleError
+    b = load(bundle, expect_manifest_sha256=manifest_sha256)  # schema, digests, sha256 of every file; BundleError
     b.session_config(allow_isa_mismatch=settings.allow_isa_mismatch)  # raises IsaMismatchError early
     app = create_app(b, settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
