@@ -111,7 +111,7 @@ class Manifest(_Open):
     """
 
     schema_version: Literal[2]
-    task: Literal[TASKS]  # type: ignore[valid-type]
+    task: Literal[tuple(TASKS)]  # type: ignore[valid-type]  # a name of multiverse.tasks.TASKS
     source: SourceSpec
     target: TargetSpec
     model_file: RelPath = MODEL_FILE
