@@ -29,11 +29,21 @@ atexit.register(shutil.rmtree, _ROOT, True)
 class ThreadServer:
     """An app served by uvicorn in a background thread of this process (port 0, loopback)."""
 
-    def __init__(self, app):
+    def __init__(self, app, settings=None):
+        """With ``settings`` (a ``ServeSettings``), the server is the one ``multiverse serve`` runs
+        (``multiverse.serve.server.build_server``: connection timeouts, cap, drain) on port 0; without,
+        a plain uvicorn server."""
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    access_log=False, lifespan="on", timeout_graceful_shutdown=10))
+        if settings is not None:
+            from dataclasses import replace
+
+            from multiverse.serve.server import build_server
+
+            self.server = build_server(app, replace(settings, host="127.0.0.1", port=0, log_level="warning"))
+        else:
+            self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                        access_log=False, lifespan="on", timeout_graceful_shutdown=10))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:
@@ -43,7 +53,7 @@ class ThreadServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("in-thread server did not start")
             time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
 
