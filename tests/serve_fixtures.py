@@ -76,11 +76,12 @@ class ThreadServer:
 class Server:
     """``python -m multiverse.cli serve BUNDLE --port 0 ...`` on 127.0.0.1, with its log in a file."""
 
-    def __init__(self, bundle_path: Path, *args: str, env: dict | None = None):
+    def __init__(self, bundle_path: Path | None, *args: str, env: dict | None = None, cmd: list[str] | None = None):
+        """``cmd`` replaces the ``multiverse serve`` command line (it must log uvicorn's "running on" line)."""
         self.log_path = _ROOT / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "multiverse.cli", "serve", str(bundle_path), "--host", "127.0.0.1",
-               "--port", "0", *args]
+        cmd = cmd or [sys.executable, "-m", "multiverse.cli", "serve", str(bundle_path), "--host", "127.0.0.1",
+                      "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log,
                                      env={**os.environ, **(env or {})})
         self.url = self._wait_for_port()

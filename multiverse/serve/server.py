@@ -49,7 +49,15 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads
                        allow_isa_mismatch=allow_isa_mismatch, **overrides)
     b = load(bundle)  # schema + sha256 of every file; raises BundleError
     b.session_config(allow_isa_mismatch=settings.allow_isa_mismatch)  # raises IsaMismatchError early
-    app = create_app(b, settings)
+    run_app(create_app(b, settings), settings)
+
+
+def run_app(app, settings: ServeSettings) -> None:
+    """Run ``app`` (from :func:`multiverse.serve.app.create_app` with the same ``settings``) in the server
+    of :func:`build_server` until SIGTERM or SIGINT, then drain and return normally.
+
+    Raises MultiverseError when the port cannot be bound or the model failed to load.
+    """
     server = build_server(app, settings)
     failures: list[BaseException] = []
 
