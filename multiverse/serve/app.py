@@ -838,8 +838,9 @@ def _no_request(endpoint):
 
 
 def _check_dimensions(dimensions: int | None, dim: int | None) -> None:
-    if dimensions is not None and dimensions != dim:
-        raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size) or omitted.")
+    """``dimensions`` may be omitted, null, 0 (infinity's default: the full size) or the model's size."""
+    if dimensions is not None and dimensions != 0 and dimensions != dim:
+        raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size), 0 or omitted.")
 
 
 _CAPABILITIES = {"feature-extraction": ["embed"], "text-classification": ["classify"],

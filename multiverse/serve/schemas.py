@@ -109,7 +109,7 @@ class EmbedRequest(BaseModel):
     truncate: bool | None = None
     truncation_direction: str | None = None
     prompt_name: str | None = Field(None, description="Not supported; must be null.")
-    dimensions: int | None = Field(None, description="Must equal the model's dimension when given.")
+    dimensions: int | None = Field(None, description="The model's dimension, 0 (full size) or null.")
 
 
 class RerankRequest(BaseModel):
@@ -171,7 +171,7 @@ class OpenAIEmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="\"float\" (default, also for null) or \"base64\" (little-endian float32; what the "
                           "OpenAI SDK asks for by default).")
-    dimensions: int | None = Field(None, description="Must equal the model's dimension when given.")
+    dimensions: int | None = Field(None, description="The model's dimension, 0 (full size) or null.")
     user: str | None = None
 
 
@@ -347,7 +347,7 @@ def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int |
             "truncation_direction": _DIRECTION,
         },
     }
-    dims = _nullable({"type": "integer", "minimum": dim, "maximum": dim} if dim else {"type": "integer"})
+    dims = _nullable({"enum": [0, dim]} if dim else {"type": "integer", "minimum": 0})  # 0: full size (infinity)
     similarity_inputs = {"type": "object", "additionalProperties": False, "required": ["source_sentence", "sentences"],
                          "properties": {"source_sentence": text, "sentences": batch(text, max(1, max_batch - 1))}}
     similarity_params = _nullable({"type": "object", "properties": {
