@@ -161,6 +161,8 @@ class _State:
                                   "session_config": b.session_config(self.settings.allow_isa_mismatch)}
             if self.settings.warmup:
                 self._warmup(predictor)
+            if self.task == "feature-extraction" and self.dim is None:
+                self.dim = len(predictor.predict(["dim"]).results[0])
             s = self.settings
             # The per-request token budget (TEI's max_batch_tokens) is checked by engines that take it.
             budget = ({"max_request_tokens": s.max_batch_tokens}
@@ -307,6 +309,8 @@ class _State:
                                                     f"accepted: {', '.join(allowed + _TRUNCATION_KEYS)}, "
                                                     "truncation_direction.")
             elif key == "top_k":
+                if isinstance(value, float) and value.is_integer():  # JSON Schema: 2.0 is an integer
+                    value = int(value)
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                     raise ApiError(422, "InvalidInput", "`top_k` must be an integer ≥ 1, or null for all labels.")
                 clean[key] = value

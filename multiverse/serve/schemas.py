@@ -109,7 +109,7 @@ class EmbedRequest(BaseModel):
     truncate: bool | None = None
     truncation_direction: str | None = None
     prompt_name: str | None = Field(None, description="Not supported; must be null.")
-    dimensions: int | None = Field(None, description="The model's dimension, 0 (full size) or null.")
+    dimensions: int | float | None = Field(None, description="The model's dimension, 0 (full size) or null.")
 
 
 class RerankRequest(BaseModel):
@@ -171,7 +171,7 @@ class OpenAIEmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="\"float\" (default, also for null) or \"base64\" (little-endian float32; what the "
                           "OpenAI SDK asks for by default).")
-    dimensions: int | None = Field(None, description="The model's dimension, 0 (full size) or null.")
+    dimensions: int | float | None = Field(None, description="The model's dimension, 0 (full size) or null.")
     user: str | None = None
 
 
@@ -327,8 +327,8 @@ def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int |
         inputs = batch(pair)
     elif task in ("feature-extraction", "token-classification"):
         inputs = {"anyOf": [text, batch(text)]}
-    else:  # text-classification takes single texts and (NLI-style) pairs
-        inputs = {"anyOf": [text, batch({"anyOf": [text, pair]})]}
+    else:  # text-classification takes single texts or (NLI-style) pairs, not both in one request
+        inputs = {"anyOf": [text, batch(text), batch(pair)]}
     params: dict = {"truncate": _BOOL, "truncation": _BOOL, "truncation_direction": _DIRECTION}
     params.update({
         "text-classification": {"top_k": _nullable({"type": "integer", "minimum": 1})},
