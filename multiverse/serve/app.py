@@ -58,7 +58,7 @@ from .schemas import (
     parse,
     request_schemas,
 )
-from .settings import ServeSettings
+from .settings import GRACE_MARGIN, ServeSettings
 
 log = logging.getLogger("multiverse.serve")
 
@@ -126,6 +126,7 @@ class _State:
         self.threads: int | None = settings.threads
         self.host_info: dict = {}
         self.draining = False
+        self._drain_expired = False
         self._pending: set[asyncio.Future] = set()  # engine futures awaited by requests
         if _is_predictor(source):
             self.predictor = source
@@ -209,6 +210,13 @@ class _State:
         self.metrics.ready.set(0)
         if self.engine is not None:
             self.engine.stop(0.0 if self.draining else self.settings.graceful_timeout)
+            # Let the worker finish the ONNX Runtime run it is in (its jobs are cancelled or failed by now):
+            # a process that exits while a thread is inside ORT aborts ("FATAL: exception not rethrown").
+            worker = getattr(self.engine, "_thread", None)
+            if worker is not None and worker.is_alive():
+                worker.join(GRACE_MARGIN)
+                if worker.is_alive():
+                    log.warning("the inference worker is still in a model run after %.0f s", GRACE_MARGIN)
 
     def begin_drain(self) -> None:
         """Start draining (thread-safe; idempotent): readiness and new requests answer 503 from now on,
@@ -241,11 +249,13 @@ class _State:
         self.loop.call_later(timeout + 0.5, self._fail_pending)
 
     def _fail_pending(self) -> None:
+        """Answer every request still waiting 503: its engine future is cancelled, so the worker skips it."""
+        self._drain_expired = True
         left = [f for f in self._pending if not f.done()]
         if left:
             log.warning("drain timeout: answering %d unfinished request(s) 503", len(left))
         for future in left:
-            future.set_exception(NotRunning("The server is shutting down."))
+            future.cancel()
 
     # ------------------------------------------------------------------ request helpers
     def require_ready(self) -> None:
@@ -348,6 +358,11 @@ class _State:
         self._pending.add(future)
         try:
             result = await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._drain_expired and future.cancelled() and not (task is not None and task.cancelling()):
+                raise _shutting_down() from None  # cancelled by the drain's deadline, not this request's task
+            raise
         except NotRunning:
             raise _shutting_down() from None
         except InputError as exc:
