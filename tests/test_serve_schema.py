@@ -29,7 +29,8 @@ def test_schemathesis_finds_no_violation_and_no_5xx(tiny_bundles, task, tmp_path
         cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{srv.url}/openapi.json", "--checks", "all",
                "--max-examples", "100", "--seed", "7", "--workers", "1", "--phases", "coverage,fuzzing",
                "--request-timeout", "20", "--report-dir", str(tmp_path), *_SELECT[task]]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                             cwd=tmp_path)  # schemathesis keeps a .schemathesis/ cache in its working folder
     out = run.stdout + run.stderr
     assert run.returncode == 0 and "No issues found" in out, out[-6000:]
 
