@@ -86,7 +86,8 @@ def test_one_empty_input_rule_on_every_route():
                      ("/similarity", lambda b: {"inputs": {"source_sentence": b, "sentences": ["x"]}}),
                      ("/similarity", lambda b: {"inputs": {"source_sentence": "x", "sentences": [b]}}),
                      ("/", lambda b: {"inputs": {"source_sentence": "x", "sentences": ["y", b]}})],
-        "ranker": [("/rerank", lambda b: {"query": b, "texts": ["p"]}), ("/rerank", lambda b: {"query": "q", "texts": [b]}),
+        "ranker": [("/rerank", lambda b: {"query": b, "texts": ["p"]}),
+                   ("/rerank", lambda b: {"query": "q", "texts": [b]}),
                    ("/predict", lambda b: {"inputs": [["q", b]]})],
     }
     models = {"classifier": FakePredictor(), "embedder": FakeEmbedder(), "ranker": FakeRanker()}

@@ -19,8 +19,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ..errors import InputError, MultiverseError
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
 from .schemas import (
+    TASK_ROUTES,
     TIMING_HEADERS,
     TIMING_UNIT,
     ApiError,
@@ -52,7 +53,6 @@ from .schemas import (
     SimilarityInputs,
     SimilarityParameters,
     SimilarityRequest,
-    TASK_ROUTES,
     body_schema,
     is_blank,
     parse,

@@ -125,7 +125,8 @@ class RerankRequest(BaseModel):
 
 
 class SimilarityInputs(BaseModel):
-    """The ``inputs`` of a sentence-similarity request (TEI ``/similarity``, ``InferenceClient.sentence_similarity``)."""
+    """The ``inputs`` of a sentence-similarity request (TEI ``/similarity``; ``InferenceClient.sentence_similarity``
+    posts it to ``/``)."""
 
     model_config = _Strict
     source_sentence: str
