@@ -249,12 +249,20 @@ def serve(
                                           help="Require `Authorization: Bearer KEY` (health probes excepted)."),
     allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch",
                                             help="Serve a bundle built for CPU flags this host lacks."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Inputs per request (more: 422)."),
+    max_batch: int = typer.Option(256, "--max-client-batch-size", "--max-batch",
+                                  help="Inputs per request (more: 422). TEI's name; --max-batch still works."),
+    max_batch_tokens: int = typer.Option(16384, "--max-batch-tokens",
+                                         help="Real tokens one request may carry, all its texts together (more: 413; 0: no limit)."),
     max_chars: int = typer.Option(50_000, "--max-chars", help="Characters per text (more: 422; long texts are truncated to the model's tokens)."),
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body", help="Request body bytes (more: 413)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting for the model (more: 429)."),
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
     max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per ONNX Runtime run; bigger requests are split."),
+    graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds queued work gets to finish after SIGTERM; the rest gets 503 + Retry-After."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection gets to send a complete request head; else closed."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request gets to send its whole body; else 408."),
+    keep_alive_timeout: float = typer.Option(30.0, "--keep-alive-timeout", help="Seconds an idle keep-alive connection stays open."),
+    max_connections: int = typer.Option(512, "--max-connections", help="Open connections; more are answered 503 and closed."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
     manifest_sha256: Optional[str] = typer.Option(None, "--manifest-sha256", help="Refuse to serve unless the "
                                                   "bundle's multiverse.json has this sha256 (printed by optimize)."),
@@ -265,7 +273,9 @@ def serve(
     try:
         run(bundle, host=host, port=port, threads=threads, api_key=api_key, allow_isa_mismatch=allow_isa_mismatch,
             max_batch=max_batch, max_chars=max_chars, max_body_bytes=max_body, max_queue=max_queue,
-            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, log_level=log_level,
+            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, max_batch_tokens=max_batch_tokens,
+            graceful_timeout=graceful_timeout, header_timeout=header_timeout, body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout, max_connections=max_connections, log_level=log_level,
             manifest_sha256=manifest_sha256)
     except MultiverseError as exc:
         _fail(exc)

@@ -29,11 +29,21 @@ atexit.register(shutil.rmtree, _ROOT, True)
 class ThreadServer:
     """An app served by uvicorn in a background thread of this process (port 0, loopback)."""
 
-    def __init__(self, app):
+    def __init__(self, app, settings=None):
+        """With ``settings`` (a ``ServeSettings``), the server is the one ``multiverse serve`` runs
+        (``multiverse.serve.server.build_server``: connection timeouts, cap, drain) on port 0; without,
+        a plain uvicorn server."""
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    access_log=False, lifespan="on", timeout_graceful_shutdown=10))
+        if settings is not None:
+            from dataclasses import replace
+
+            from multiverse.serve.server import build_server
+
+            self.server = build_server(app, replace(settings, host="127.0.0.1", port=0, log_level="warning"))
+        else:
+            self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                        access_log=False, lifespan="on", timeout_graceful_shutdown=10))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:
@@ -43,7 +53,7 @@ class ThreadServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("in-thread server did not start")
             time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
 
@@ -66,11 +76,12 @@ class ThreadServer:
 class Server:
     """``python -m multiverse.cli serve BUNDLE --port 0 ...`` on 127.0.0.1, with its log in a file."""
 
-    def __init__(self, bundle_path: Path, *args: str, env: dict | None = None):
+    def __init__(self, bundle_path: Path | None, *args: str, env: dict | None = None, cmd: list[str] | None = None):
+        """``cmd`` replaces the ``multiverse serve`` command line (it must log uvicorn's "running on" line)."""
         self.log_path = _ROOT / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "multiverse.cli", "serve", str(bundle_path), "--host", "127.0.0.1",
-               "--port", "0", *args]
+        cmd = cmd or [sys.executable, "-m", "multiverse.cli", "serve", str(bundle_path), "--host", "127.0.0.1",
+                      "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log,
                                      env={**os.environ, **(env or {})})
         self.url = self._wait_for_port()

@@ -319,8 +319,9 @@ def test_metrics_openapi_and_errors_are_documented():
         predict = spec["paths"]["/predict"]["post"]
         assert "milliseconds" in predict["responses"]["200"]["headers"]["x-compute-time"]["description"]
         assert "inputs" in predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
-        assert {"/embed", "/rerank", "/v1/embeddings", "/info", "/health", "/metrics", "/v2/health/ready",
-                "/v2/health/live"} <= set(spec["paths"])
+        assert {"/", "/predict", "/info", "/health", "/metrics", "/v2/health/ready", "/v2/health/live",
+                "/v1/models", "/models"} <= set(spec["paths"])
+        assert not {"/embed", "/rerank", "/v1/embeddings"} & set(spec["paths"])  # not for a classifier
         assert "milliseconds" in spec["info"]["description"]
         assert c.get("/docs").status_code == 200
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,29 @@ from ..errors import InputError, MultiverseError
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
 from .schemas import (
+    TASK_ROUTES,
     TIMING_HEADERS,
     TIMING_UNIT,
     ApiError,
     EmbedRequest,
     ErrorBody,
+    ModelList,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     PredictRequest,
     PredictResponse,
     RankItem,
     RerankRequest,
+    RootEmbedRequest,
+    SimilarityInputs,
+    SimilarityParameters,
+    SimilarityRequest,
     body_schema,
+    is_blank,
     parse,
+    request_schemas,
 )
-from .settings import ServeSettings
+from .settings import GRACE_MARGIN, ServeSettings
 
 log = logging.getLogger("multiverse.serve")
 
@@ -65,24 +74,34 @@ _TASK_PARAMS = {
 }
 
 DESCRIPTION = f"""
-Multiverse serves one optimised ONNX bundle (one model, one task) on CPU.
+Multiverse serves one optimised ONNX bundle (one model, one task) on CPU. This document lists only the
+routes this model's task can serve.
 
 * `POST /predict` — the Infinity-container contract: `{{"inputs": str | [str] | [[text, text_pair]], "parameters": {{...}}}}`.
   A single string gets a single result, a list gets a list of results.
-* TEI-compatible `POST /embed`, `POST /rerank`, `POST /predict`, `GET /info`, `GET /health`;
-  OpenAI-compatible `POST /v1/embeddings` (feature-extraction bundles).
-* `GET /v2/health/live`, `GET /v2/health/ready` (503 until the model is loaded and warmed up), `GET /metrics` (Prometheus).
+* `POST /` — dispatched by task as TEI does (what `huggingface_hub.InferenceClient(model=URL)` calls):
+  embeddings or sentence similarity (feature-extraction), otherwise as `/predict`.
+* TEI-compatible `POST /embed`, `POST /similarity`, `POST /rerank`, `GET /info`, `GET /health`;
+  OpenAI-compatible `POST /v1/embeddings`, `GET /v1/models`; infinity-compatible `POST /embeddings`, `GET /models`.
+* `GET /v2/health/live`, `GET /v2/health/ready` (503 until the model is loaded and warmed up, and from the start
+  of a drain on SIGTERM), `GET /metrics` (Prometheus).
 
 **Timing headers** (pipeline routes), all in {TIMING_UNIT}:
 `x-compute-time` (tokenization + inference + post-processing of this request; no queueing),
 `x-tokenization-time`, `x-queue-time`, `x-inference-time`, `x-postprocess-time`.
 `x-compute-tokens` counts real tokens after truncation, `x-compute-characters` the characters sent.
 
+**Empty input**: a text counts as empty when it has nothing but whitespace, control and format characters
+(zero-width space U+200B, BOM U+FEFF ...): 400 `EmptyInput`, on every route.
+
 **Errors** are JSON `{{"error": "...", "error_type": "..."}}`: 400 empty input or a body that is not JSON
 (not UTF-8, malformed, nested too deeply), 401 missing or wrong API key, 404/405 unknown route or method,
-413 body too large, 422 invalid input (wrong types or shape, unknown fields or parameters, batch or text
-too long, pairs sent to a single-text model, a route that does not fit the model's task), 429 overloaded
-(bounded queue; retry after a moment), 503 not ready, 500 internal error (details only in the server log).
+408 `RequestTimeout` (the body did not arrive within `--body-timeout`), 413 `PayloadTooLarge` (body larger than
+`--max-body`, or more real tokens in one request than `--max-batch-tokens`: split the batch), 422 invalid input
+(wrong types or shape, unknown fields or parameters, more inputs than `--max-client-batch-size`, text too long, pairs
+sent to a single-text model, a route that does not fit the model's task), 429 overloaded (bounded queue; retry
+after a moment), 503 not ready, or `ShuttingDown` with `Retry-After` while draining on SIGTERM (retry on another
+instance), 500 internal error (details only in the server log).
 Texts longer than the model's token limit are truncated, not rejected.
 """
 
@@ -105,6 +124,9 @@ class _State:
         self.task: str | None = None
         self.threads: int | None = settings.threads
         self.host_info: dict = {}
+        self.draining = False
+        self._drain_expired = False
+        self._pending: set[asyncio.Future] = set()  # engine futures awaited by requests
         if _is_predictor(source):
             self.predictor = source
             self.task = source.task
@@ -139,8 +161,11 @@ class _State:
                                   "session_config": b.session_config(self.settings.allow_isa_mismatch)}
             if self.settings.warmup:
                 self._warmup(predictor)
-            engine = Engine(predictor, max_queue=self.settings.max_queue, batch_tokens=self.settings.batch_tokens,
-                            max_rows=self.settings.max_batch, max_run_tokens=self.settings.max_run_tokens)
+            if self.task == "feature-extraction" and self.dim is None:
+                self.dim = len(predictor.predict(["dim"]).results[0])
+            s = self.settings
+            engine = Engine(predictor, max_queue=s.max_queue, batch_tokens=s.batch_tokens, max_rows=s.max_batch,
+                            max_run_tokens=s.max_run_tokens, max_request_tokens=s.max_batch_tokens)
             engine.start()
             if self.threads is None:
                 from ..runtime import physical_cores
@@ -176,13 +201,59 @@ class _State:
             self.dim = len(predictor.predict(runs[0]).results[0])
 
     def shutdown(self) -> None:
+        """Lifespan end: stop the engine (at once when a drain already ran, else within ``graceful_timeout`` s)."""
         self.ready = False
         self.metrics.ready.set(0)
         if self.engine is not None:
-            self.engine.stop(self.settings.graceful_timeout)
+            self.engine.stop(0.0 if self.draining else self.settings.graceful_timeout)
+            # Let the worker finish the ONNX Runtime run it is in (its jobs are cancelled or failed by now):
+            # a process that exits while a thread is inside ORT aborts ("FATAL: exception not rethrown").
+            if not self.engine.join(GRACE_MARGIN):
+                log.warning("the inference worker is still in a model run after %.0f s", GRACE_MARGIN)
+
+    def begin_drain(self) -> None:
+        """Start draining (thread-safe; idempotent): readiness and new requests answer 503 from now on,
+        the engine finishes queued and running work for ``graceful_timeout`` s, and every request still
+        waiting then is answered 503 with ``Retry-After`` (never left for uvicorn to cancel, which is a 500)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._begin_drain()
+        else:
+            loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.metrics.ready.set(0)
+        timeout = self.settings.graceful_timeout
+        log.info("draining: %d request(s) in flight get up to %.1f s; new requests get 503", len(self._pending),
+                 timeout)
+        if self.engine is not None:
+            threading.Thread(target=self.engine.stop, args=(timeout,), name="multiverse-drain", daemon=True).start()
+        # The engine fails what it has not finished at the deadline with NotRunning; this is the backstop
+        # for a run that is still going then.
+        self.loop.call_later(timeout + 0.5, self._fail_pending)
+
+    def _fail_pending(self) -> None:
+        """Answer every request still waiting 503: its engine future is cancelled, so the worker skips it."""
+        self._drain_expired = True
+        left = [f for f in self._pending if not f.done()]
+        if left:
+            log.warning("drain timeout: answering %d unfinished request(s) 503", len(left))
+        for future in left:
+            future.cancel()
 
     # ------------------------------------------------------------------ request helpers
     def require_ready(self) -> None:
+        if self.draining:
+            raise _shutting_down()
         if not self.ready:
             if self.failed is not None:
                 raise ApiError(503, "NotReady", "The model failed to load; see the server log.")
@@ -193,14 +264,19 @@ class _State:
             raise ApiError(422, "WrongTask", f"{route} needs a {task} model; this server runs a {self.task} model. "
                                              "Use POST /predict.")
 
-    def check_items(self, inputs: Any) -> tuple[list, int]:
-        """Validated inputs as a list of texts or (text, text_pair) tuples, and their character count."""
+    def check_items(self, inputs: Any, field: str = "inputs") -> tuple[list, int]:
+        """Validated inputs as a list of texts or (text, text_pair) tuples, and their character count.
+
+        ``field`` names the request field in error messages. Every text is checked with the one
+        empty-input rule (:func:`~multiverse.serve.schemas.is_blank`: nothing but whitespace,
+        control and format characters such as ``\\u200b`` → 400 ``EmptyInput``)."""
         if not isinstance(inputs, str):
             if len(inputs) == 0:
-                raise ApiError(400, "EmptyInput", "`inputs` is empty: send at least one text.")
+                raise ApiError(400, "EmptyInput", f"`{field}` is empty: send at least one text.")
             if len(inputs) > self.settings.max_batch:
                 raise ApiError(422, "BatchTooLarge", f"{len(inputs)} inputs in one request; the limit is "
-                                                     f"{self.settings.max_batch}. Split the batch.")
+                                                     f"{self.settings.max_batch} (--max-client-batch-size). "
+                                                     "Split the batch.")
         try:
             items = self.predictor.normalize(inputs)
         except InputError as exc:
@@ -210,8 +286,9 @@ class _State:
         for i, item in enumerate(items):
             for text in ((item,) if isinstance(item, str) else item):
                 n = len(text)
-                if n == 0 or text.isspace():
-                    raise ApiError(400, "EmptyInput", f"Input {i} is empty or whitespace only; send some text.")
+                if is_blank(text):
+                    raise ApiError(400, "EmptyInput", f"Input {i} of `{field}` is empty (nothing but whitespace, "
+                                                      "control or zero-width characters); send some text.")
                 if n > max_chars:
                     raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; the limit is {max_chars} "
                                                         "(texts longer than the model's token limit are truncated).")
@@ -235,6 +312,8 @@ class _State:
                                                     f"accepted: {', '.join(allowed + _TRUNCATION_KEYS)}, "
                                                     "truncation_direction.")
             elif key == "top_k":
+                if isinstance(value, float) and value.is_integer():  # JSON Schema: 2.0 is an integer
+                    value = int(value)
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                     raise ApiError(422, "InvalidInput", "`top_k` must be an integer ≥ 1, or null for all labels.")
                 clean[key] = value
@@ -253,23 +332,47 @@ class _State:
         return clean
 
     async def run(self, items: list, params: dict) -> Result:
-        """Queue validated inputs and await the engine's result (429 when the queue is full)."""
+        """Queue validated inputs and await the engine's result.
+
+        Raises ApiError: 429 when the queue is full; 503 with ``Retry-After`` when the server is
+        draining (before or while the request waits); the ``http_status``/``error_type`` of an
+        ``InputError`` the pipeline raised (default 422 ``InvalidInput``; ``RequestTooLarge`` is
+        413 ``PayloadTooLarge``); 500 for anything else (details only in the log).
+        """
+        if self.draining:
+            raise _shutting_down()
         try:
             future = self.engine.submit(items, params, self.loop)
         except Overloaded:
             raise ApiError(429, "Overloaded", "The server is at capacity; retry in a moment.",
                            {"retry-after": "1"}) from None
         except NotRunning:
-            raise ApiError(503, "NotReady", "The server is shutting down.") from None
+            raise _shutting_down() from None
+        self._pending.add(future)
         try:
             result = await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._drain_expired and future.cancelled() and not (task is not None and task.cancelling()):
+                raise _shutting_down() from None  # cancelled by the drain's deadline, not this request's task
+            raise
+        except NotRunning:
+            raise _shutting_down() from None
         except InputError as exc:
-            raise ApiError(422, "InvalidInput", str(exc)) from None
+            raise ApiError(getattr(exc, "http_status", 422), getattr(exc, "error_type", "InvalidInput"),
+                           str(exc)) from None
         except Exception:
             log.exception("pipeline failed")
             raise ApiError(500, "InternalServerError", "Internal server error; see the server log.") from None
+        finally:
+            self._pending.discard(future)
         self.metrics.observe_result(result, len(items))
         return result
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "ShuttingDown", "The server is shutting down; retry (on another instance).",
+                    {"retry-after": "1"})
 
 
 def _is_predictor(obj: Any) -> bool:
@@ -307,7 +410,8 @@ _STATUS_TYPES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "
 
 
 class _Guard:
-    """Pure-ASGI outer layer: API key, body size limit (the body is read here, once), request metrics."""
+    """Pure-ASGI outer layer: API key, body size limit and read deadline (the body is read here, once),
+    request metrics."""
 
     def __init__(self, app, state: _State):
         self.app = app
@@ -315,6 +419,7 @@ class _Guard:
         key = state.settings.api_key
         self.key = key.encode() if key else None
         self.max_body = state.settings.max_body_bytes
+        self.body_timeout = state.settings.body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -367,6 +472,10 @@ class _Guard:
         return hmac.compare_digest(given, self.key)
 
     async def _read_body(self, scope, receive, send) -> bytes | None:
+        """The whole body, or None once an answer was sent (413 too large, 408 not sent in time) or the client left.
+
+        The body must arrive within ``body_timeout`` s of the request head: a client that declares a
+        body and stalls gets 408 (or 413, when it had declared too much) and the connection is closed."""
         limit = self.max_body
         declared = None
         for name, value in scope["headers"]:
@@ -376,42 +485,63 @@ class _Guard:
                 except ValueError:
                     declared = None
                 break
-        too_large = declared is not None and declared > limit
-        more = True  # the client has more body to send
+        progress = {"too_large": declared is not None and declared > limit, "more": True}
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._receive_body(receive, limit, declared, progress)
+        except TimeoutError:
+            if progress["too_large"]:
+                await _send_error(send, 413, "PayloadTooLarge", f"The request body is larger than {limit} bytes; "
+                                  "send smaller batches.", [(b"connection", b"close")])
+            else:
+                await _send_error(send, 408, "RequestTimeout", f"The request body did not arrive within "
+                                  f"{self.body_timeout:g} s (--body-timeout); send it at once.",
+                                  [(b"connection", b"close")])
+            return None
+        if body is _TOO_LARGE:
+            await _send_error(send, 413, "PayloadTooLarge",
+                              f"The request body is larger than {limit} bytes; send smaller batches.",
+                              [(b"connection", b"close")] if progress["more"] else [])
+            return None
+        return body
+
+    @staticmethod
+    async def _receive_body(receive, limit: int, declared: int | None, progress: dict):
+        """Read the body (bytes), or drain a too-large one (``_TOO_LARGE``), or None on disconnect."""
         chunks: list[bytes] = []
         size = 0
-        if not too_large:
+        if not progress["too_large"]:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return None
                 chunk = message.get("body", b"")
-                more = message.get("more_body", False)
+                more = progress["more"] = message.get("more_body", False)
                 if not chunks and not more and len(chunk) <= limit:
                     return chunk
                 size += len(chunk)
                 if size > limit:
-                    too_large = True
+                    progress["too_large"] = True
                     break
                 chunks.append(chunk)
                 if not more:
                     return b"".join(chunks)
             chunks.clear()
         # Too large: read and discard up to 8× the limit, so the client sees the 413 instead of a reset.
-        drained, cap, closing = size, 8 * limit, more
-        if more and (declared is None or declared <= cap):
+        drained, cap = size, 8 * limit
+        if progress["more"] and (declared is None or declared <= cap):
             while drained <= cap:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return None
                 drained += len(message.get("body", b""))
                 if not message.get("more_body", False):
-                    closing = False
+                    progress["more"] = False
                     break
-        await _send_error(send, 413, "PayloadTooLarge",
-                          f"The request body is larger than {limit} bytes; send smaller batches.",
-                          [(b"connection", b"close")] if closing else [])
-        return None
+        return _TOO_LARGE
+
+
+_TOO_LARGE = object()
 
 
 async def _send_error(send, status: int, error_type: str, message: str, extra: list | None = None) -> None:
@@ -425,7 +555,10 @@ def _responses(ok_model: Any, description: str) -> dict:
     headers = {name: {"description": doc, "schema": {"type": "string"}} for name, doc in TIMING_HEADERS.items()}
     out: dict = {200: {"model": ok_model, "description": description, "headers": headers}}
     for code, what in ((400, "Empty input or malformed body"), (401, "Missing or wrong API key"),
-                       (413, "Body too large"), (422, "Invalid input"), (429, "Overloaded"), (503, "Not ready")):
+                       (408, "The body did not arrive in time (--body-timeout)"),
+                       (413, "Body too large (--max-body), or too many tokens in one request (--max-batch-tokens)"),
+                       (422, "Invalid input"), (429, "Overloaded"),
+                       (503, "Not ready, or shutting down (with Retry-After)")):
         out[code] = {"model": ErrorBody, "description": what}
     return out
 
@@ -479,13 +612,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         return _error(500, "InternalServerError", "Internal server error; see the server log.")
 
     # ----------------------------------------------------------------- routes
-    @app.post("/predict", summary="Run the model (Infinity contract; TEI /predict)", response_class=Response,
-              openapi_extra=body_schema(PredictRequest), responses=_responses(PredictResponse, "Task results: "
-              "labels and scores (text-classification), embeddings (feature-extraction), entities "
-              "(token-classification), one score per pair (ranking). One result for a string input, a list "
-              "for a list input."))
-    async def predict(request: Request):
-        body = await request.body()
+    async def predict_body(body: bytes, wrap_single: bool = False) -> Response:
         state.require_ready()
         req = parse(PredictRequest, body)
         items, n_chars = state.check_items(req.inputs)
@@ -494,16 +621,11 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
             params.update(state.check_params({"raw_scores": req.raw_scores}) if req.raw_scores else {})
         _check_direction(req.truncation_direction)
         res = await state.run(items, params)
-        payload = res.results[0] if isinstance(req.inputs, str) else res.results
+        single = isinstance(req.inputs, str)
+        payload = ([res.results[0]] if wrap_single else res.results[0]) if single else res.results
         return _json(payload, headers=_timing_headers(res, n_chars))
 
-    @app.post("/embed", summary="Embeddings (TEI)", response_class=Response, openapi_extra=body_schema(EmbedRequest),
-              responses=_responses(list[list[float]], "One embedding per input (always a list)."))
-    async def embed(request: Request):
-        body = await request.body()
-        state.require_ready()
-        state.require_task("feature-extraction", "/embed")
-        req = parse(EmbedRequest, body)
+    async def embed_body(req: EmbedRequest) -> Response:
         _check_direction(req.truncation_direction)
         if req.prompt_name is not None:
             raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
@@ -511,6 +633,89 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         items, n_chars = state.check_items(req.inputs)
         res = await state.run(items, {"normalize": req.normalize})
         return _json(res.results, headers=_timing_headers(res, n_chars))
+
+    async def similarity_body(inputs: SimilarityInputs, params: SimilarityParameters | None) -> Response:
+        if params is not None:
+            _check_direction(params.truncation_direction)
+            if params.prompt_name is not None:
+                raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
+        if is_blank(inputs.source_sentence):
+            raise ApiError(400, "EmptyInput", "`source_sentence` is empty (nothing but whitespace, control or "
+                                              "zero-width characters); send some text.")
+        if not inputs.sentences:
+            raise ApiError(400, "EmptyInput", "`sentences` is empty: send at least one sentence to compare.")
+        items, n_chars = state.check_items([inputs.source_sentence, *inputs.sentences], "sentences")
+        res = await state.run(items, {"normalize": True})
+        vectors = np.asarray(res.results, dtype=np.float32)
+        scores = (vectors[1:] @ vectors[0]).tolist()  # unit vectors: dot product = cosine similarity
+        return _json(scores, headers=_timing_headers(res, n_chars))
+
+    async def openai_body(body: bytes, route: str) -> Response:
+        state.require_ready()
+        state.require_task("feature-extraction", route)
+        req = parse(OpenAIEmbeddingRequest, body)
+        _check_dimensions(req.dimensions, state.dim)
+        items, n_chars = state.check_items(req.input, "input")
+        res = await state.run(items, {})
+        if req.encoding_format == "base64":
+            data = [{"object": "embedding", "index": i,
+                     "embedding": base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")}
+                    for i, v in enumerate(res.results)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(res.results)]
+        payload = {"object": "list", "data": data, "model": state.model_name,
+                   "usage": {"prompt_tokens": res.n_tokens, "total_tokens": res.n_tokens}}
+        return _json(payload, headers=_timing_headers(res, n_chars))
+
+    @app.post("/", summary="Run the model, dispatched by task (TEI; huggingface_hub.InferenceClient)",
+              response_class=Response, openapi_extra=body_schema(PredictRequest),
+              responses=_responses(PredictResponse, "feature-extraction: as `/embed`, or as `/similarity` when "
+                                   "`inputs` is {source_sentence, sentences}; text-classification: a list of label "
+                                   "lists (one per input, also for a single string); token-classification and "
+                                   "ranking: as `/predict`."))
+    async def root(request: Request):
+        body = await request.body()
+        state.require_ready()
+        if state.task != "feature-extraction":
+            return await predict_body(body, wrap_single=state.task == "text-classification")
+        req = parse(RootEmbedRequest, body)
+        if isinstance(req.inputs, SimilarityInputs):
+            _check_direction(req.truncation_direction)
+            _check_dimensions(req.dimensions, state.dim)
+            if req.prompt_name is not None:
+                raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
+            return await similarity_body(req.inputs, req.parameters)
+        if req.parameters is not None:
+            _check_direction(req.parameters.truncation_direction)
+            if req.parameters.prompt_name is not None:
+                raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
+        return await embed_body(req)
+
+    @app.post("/predict", summary="Run the model (Infinity contract; TEI /predict)", response_class=Response,
+              openapi_extra=body_schema(PredictRequest), responses=_responses(PredictResponse, "Task results: "
+              "labels and scores (text-classification), embeddings (feature-extraction), entities "
+              "(token-classification), one score per pair (ranking). One result for a string input, a list "
+              "for a list input."))
+    async def predict(request: Request):
+        return await predict_body(await request.body())
+
+    @app.post("/embed", summary="Embeddings (TEI)", response_class=Response, openapi_extra=body_schema(EmbedRequest),
+              responses=_responses(list[list[float]], "One embedding per input (always a list)."))
+    async def embed(request: Request):
+        body = await request.body()
+        state.require_ready()
+        state.require_task("feature-extraction", "/embed")
+        return await embed_body(parse(EmbedRequest, body))
+
+    @app.post("/similarity", summary="Sentence similarity (TEI)", response_class=Response,
+              openapi_extra=body_schema(SimilarityRequest),
+              responses=_responses(list[float], "Cosine similarity of `source_sentence` to each sentence, in order."))
+    async def similarity(request: Request):
+        body = await request.body()
+        state.require_ready()
+        state.require_task("feature-extraction", "/similarity")
+        req = parse(SimilarityRequest, body)
+        return await similarity_body(req.inputs, req.parameters)
 
     @app.post("/rerank", summary="Rerank passages for a query (TEI)", response_class=Response,
               openapi_extra=body_schema(RerankRequest),
@@ -523,7 +728,10 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         _check_direction(req.truncation_direction)
         if not req.texts:
             raise ApiError(400, "EmptyInput", "`texts` is empty: send at least one passage.")
-        items, n_chars = state.check_items([[req.query, t] for t in req.texts])
+        if is_blank(req.query):
+            raise ApiError(400, "EmptyInput", "`query` is empty (nothing but whitespace, control or zero-width "
+                                              "characters); send some text.")
+        items, n_chars = state.check_items([[req.query, t] for t in req.texts], "texts")
         res = await state.run(items, {"raw_scores": req.raw_scores})
         order = sorted(range(len(res.results)), key=lambda i: -res.results[i])
         if req.return_text:
@@ -536,29 +744,30 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
               openapi_extra=body_schema(OpenAIEmbeddingRequest),
               responses=_responses(OpenAIEmbeddingResponse, "OpenAI embeddings list."))
     async def openai_embeddings(request: Request):
-        body = await request.body()
-        state.require_ready()
-        state.require_task("feature-extraction", "/v1/embeddings")
-        req = parse(OpenAIEmbeddingRequest, body)
-        _check_dimensions(req.dimensions, state.dim)
-        items, n_chars = state.check_items(req.input)
-        res = await state.run(items, {})
-        if req.encoding_format == "base64":
-            data = [{"object": "embedding", "index": i,
-                     "embedding": base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")}
-                    for i, v in enumerate(res.results)]
-        else:
-            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(res.results)]
-        payload = {"object": "list", "data": data, "model": state.model_name,
-                   "usage": {"prompt_tokens": res.n_tokens, "total_tokens": res.n_tokens}}
-        return _json(payload, headers=_timing_headers(res, n_chars))
+        return await openai_body(await request.body(), "/v1/embeddings")
+
+    @app.post("/embeddings", summary="Embeddings (infinity; same as /v1/embeddings)", response_class=Response,
+              openapi_extra=body_schema(OpenAIEmbeddingRequest),
+              responses=_responses(OpenAIEmbeddingResponse, "OpenAI embeddings list."))
+    async def infinity_embeddings(request: Request):
+        return await openai_body(await request.body(), "/embeddings")
+
+    @app.get("/v1/models", summary="The served model (OpenAI)", response_class=Response,
+             responses={200: {"model": ModelList, "description": "One model: this server's."}})
+    async def openai_models():
+        return _json(_models(state, openai=True))
+
+    @app.get("/models", summary="The served model (infinity)", response_class=Response,
+             responses={200: {"model": ModelList, "description": "One model: this server's."}})
+    async def infinity_models():
+        return _json(_models(state, openai=False))
 
     @app.get("/info", summary="Model and server information (TEI)")
     async def info():
         return _json(_info(state))
 
-    @app.get("/health", summary="200 when the model is ready, else 503 (TEI)",
-             responses={503: {"model": ErrorBody, "description": "Not ready"}})
+    @app.get("/health", summary="200 when the model is ready, else 503 (TEI; 503 from the start of a drain)",
+             responses={503: {"model": ErrorBody, "description": "Not ready, or shutting down"}})
     async def health():
         state.require_ready()
         return _json({"status": "ok"})
@@ -567,8 +776,9 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def live():
         return _json({"live": True})
 
-    @app.get("/v2/health/ready", summary="Readiness: 200 once the model is loaded and warmed up, else 503",
-             responses={503: {"model": ErrorBody, "description": "Not ready"}})
+    @app.get("/v2/health/ready", summary="Readiness: 200 once the model is loaded and warmed up, else 503 "
+                                         "(also from the start of a drain, on SIGTERM)",
+             responses={503: {"model": ErrorBody, "description": "Not ready, or shutting down"}})
     async def ready():
         state.require_ready()
         return _json({"ready": True})
@@ -579,9 +789,40 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         m.queue_size.set(state.engine.queue_size if state.engine is not None else 0)
         return Response(m.render(), media_type=m.content_type)
 
+    _strict_openapi(app, state)
     _make_routes_lean(app)
     app.add_middleware(_Guard, state=state)
     return app
+
+
+def _strict_openapi(app: FastAPI, state: _State) -> None:
+    """Serve an OpenAPI document as strict as the server: only the routes the model's task serves, and
+    request bodies from :func:`~multiverse.serve.schemas.request_schemas` (lengths, counts, parameters,
+    the empty-text rule). Built on each call until the model is ready (the task and the embedding size
+    are known then), cached after."""
+    from fastapi.openapi.utils import get_openapi
+
+    cache: list[dict] = []
+
+    def openapi() -> dict:
+        if cache:
+            return cache[0]
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        task, s = state.task, state.settings
+        bodies = request_schemas(task, s.max_batch, s.max_chars, state.dim)
+        hidden = set().union(*TASK_ROUTES.values()) - TASK_ROUTES.get(task, set()) if task else set()
+        for path in list(spec["paths"]):
+            if path in hidden:
+                del spec["paths"][path]
+                continue
+            post = spec["paths"][path].get("post")
+            if post is not None and path in bodies:
+                post["requestBody"] = {"required": True, "content": {"application/json": {"schema": bodies[path]}}}
+        if state.ready:
+            cache.append(spec)
+        return spec
+
+    app.openapi = openapi
 
 
 def _make_routes_lean(app: FastAPI) -> None:
@@ -609,8 +850,31 @@ def _no_request(endpoint):
 
 
 def _check_dimensions(dimensions: int | None, dim: int | None) -> None:
-    if dimensions is not None and dimensions != dim:
-        raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size) or omitted.")
+    """``dimensions`` may be omitted, null, 0 (infinity's default: the full size) or the model's size."""
+    if dimensions is not None and dimensions != 0 and dimensions != dim:
+        raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size), 0 or omitted.")
+
+
+_CAPABILITIES = {"feature-extraction": ["embed"], "text-classification": ["classify"],
+                 "token-classification": ["classify"], "ranking": ["rerank"]}
+
+
+def _models(state: _State, openai: bool) -> dict:
+    """The ``/v1/models`` (OpenAI: ``owned_by``) or ``/models`` (infinity: ``stats``, ``backend``,
+    ``capabilities``) list of the one served model."""
+    created = 0
+    stamp = state.manifest.get("created_at")
+    if stamp:
+        try:
+            created = int(datetime.fromisoformat(str(stamp)).timestamp())
+        except ValueError:
+            created = 0
+    card: dict = {"id": state.model_name, "object": "model", "created": created}
+    if openai:
+        card["owned_by"] = "multiverse"
+    else:
+        card.update(stats={}, backend="multiverse-onnxruntime", capabilities=_CAPABILITIES.get(state.task, []))
+    return {"object": "list", "data": [card]}
 
 
 def _info(state: _State) -> dict:
@@ -638,7 +902,8 @@ def _info(state: _State) -> dict:
         "target": (m.get("target") or {}).get("name"),
         "max_input_length": getattr(p, "max_length", None) or m.get("max_sequence_length"),
         "max_concurrent_requests": s.max_queue,
-        "max_batch_tokens": s.batch_tokens,
+        "max_batch_tokens": s.max_batch_tokens,
+        "batch_tokens": s.batch_tokens,
         "max_run_tokens": s.max_run_tokens,
         "max_client_batch_size": s.max_batch,
         "max_input_characters": s.max_chars,

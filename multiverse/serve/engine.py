@@ -13,7 +13,9 @@ So a request's results equal ``Predictor.predict`` on the same inputs.
 
 Scheduling: requests being worked on take turns **one run at a time** (round robin), and newly
 arrived requests join before the current one takes its next turn, so a one-word request waits
-for at most one run of a large request, never for the whole of it. With ``batch_tokens > 0``,
+for at most one run of a large request, never for the whole of it. While draining (after
+:meth:`Engine.stop`) the oldest request is finished first, so the grace period completes some
+requests rather than advancing all of them. With ``batch_tokens > 0``,
 requests that fit in one run each are merged into one ONNX Runtime run while
 ``rows × longest row ≤ batch_tokens`` (graphs that run rows together only: merging rows of a
 dynamic-int8 graph would make results depend on other clients' texts).
@@ -175,6 +177,13 @@ class Engine:
         for job in left:
             _post(job, error=NotRunning("The server is shutting down; retry on another instance."))
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the worker thread to end (after :meth:`stop`); True when it has."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(max(0.0, float(timeout)))
+        return thread is None or not thread.is_alive()
+
     @property
     def draining(self) -> bool:
         """True once :meth:`stop` was called."""
@@ -260,13 +269,16 @@ class Engine:
                 for j in batch:
                     _post(j, error=exc)
                 continue
-            # New arrivals join the round before this request's next turn.
+            # New arrivals join the round before this request's next turn. While draining, requests are
+            # finished oldest first instead, so the grace period completes some rather than none.
             self._admit(wait=False)
-            for j in batch:
-                if j.runs:
+            for j in reversed(batch) if not self._running else batch:
+                if not j.runs:
+                    self._finish(j)
+                elif self._running:
                     self._active.append(j)
                 else:
-                    self._finish(j)
+                    self._active.appendleft(j)
 
     def _merge_with(self, job: _Job) -> list[_Job]:
         """``job`` plus waiting single-run jobs while rows × longest row stays within ``batch_tokens``."""

@@ -15,9 +15,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: Route labels; any other path is counted as "other" (bounded label cardinality).
-ROUTES = ("/predict", "/embed", "/rerank", "/v1/embeddings", "/info", "/health", "/v2/health/live",
-          "/v2/health/ready", "/metrics", "/docs", "/openapi.json")
-_PIPELINE_ROUTES = ("/predict", "/embed", "/rerank", "/v1/embeddings")
+ROUTES = ("/", "/predict", "/embed", "/similarity", "/rerank", "/v1/embeddings", "/embeddings", "/v1/models",
+          "/models", "/info", "/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/docs", "/openapi.json")
 
 
 class Metrics:

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UsageError
 
+#: Seconds uvicorn's ``timeout_graceful_shutdown`` exceeds ``graceful_timeout``: time to write the
+#: 503 answers of the requests the drain could not finish, before uvicorn cancels anything.
+GRACE_MARGIN = 5.0
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -20,7 +24,8 @@ class ServeSettings:
             ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``); else 401.
         allow_isa_mismatch: serve a bundle whose target needs CPU flags this host lacks
             (then ``session.x64quantprecision=1`` is set).
-        max_batch: inputs per request (texts, pairs or rerank passages); more is 422.
+        max_batch: inputs per request (texts, pairs or rerank passages); more is 422. TEI calls
+            it ``max_client_batch_size`` (the CLI takes both names).
         max_chars: characters per text (each side of a pair); more is 422. Texts longer
             than the model's token limit are truncated, not rejected.
         max_body_bytes: request body size; more is 413.
@@ -33,7 +38,22 @@ class ServeSettings:
         max_run_tokens: padded tokens (rows × longest sequence) of one ONNX Runtime run; a
             larger request is split into several runs (its results are joined in order). This
             bounds the memory the session's arena grows to; the warm-up runs this shape once.
-        graceful_timeout: seconds in-flight requests get to finish after SIGTERM.
+        max_batch_tokens: real tokens (after truncation) one request may carry, all its texts
+            together (TEI's ``max_batch_tokens``, default 16384 as TEI's); more is 413
+            ``PayloadTooLarge``. 0 = no limit. Checked by the engine after tokenization.
+        graceful_timeout: seconds queued and running requests get to finish after SIGTERM
+            (drain); readiness answers 503 from the signal on, and whatever is unfinished
+            at the end gets 503 with ``Retry-After``. uvicorn's own timeout is set
+            ``GRACE_MARGIN`` seconds longer, so it never cancels a request (which would be a 500).
+        header_timeout: seconds a client has, from connecting (or from the end of the previous
+            response plus ``keep_alive_timeout``), to send a complete request head; else the
+            connection is closed. Stops connections that send nothing or trickle headers.
+        body_timeout: seconds a client has to send the whole request body once its head is in;
+            else 408 ``RequestTimeout`` and the connection is closed.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open between requests
+            (uvicorn's ``timeout_keep_alive``).
+        max_connections: open HTTP connections; a connection beyond it gets 503 with
+            ``Retry-After`` at once and is closed.
         warmup: run a few inferences (short, batched and longest) before reporting ready.
         model_name: name reported by ``/info`` and ``/v1/embeddings`` (default: the bundle's source).
         log_level: uvicorn log level.
@@ -50,7 +70,12 @@ class ServeSettings:
     max_queue: int = 128
     batch_tokens: int = 0
     max_run_tokens: int = 4096
+    max_batch_tokens: int = 16384
     graceful_timeout: float = 30.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 30.0
+    max_connections: int = 512
     warmup: bool = True
     model_name: str | None = None
     log_level: str = "info"
@@ -65,7 +90,12 @@ class ServeSettings:
             (self.max_queue >= 1, f"--max-queue {self.max_queue} must be ≥ 1."),
             (self.batch_tokens >= 0, f"--batch-tokens {self.batch_tokens} must be ≥ 0 (0 disables batching)."),
             (self.max_run_tokens >= 1, f"--max-run-tokens {self.max_run_tokens} must be ≥ 1."),
-            (self.graceful_timeout > 0, f"graceful timeout {self.graceful_timeout} must be > 0 seconds."),
+            (self.max_batch_tokens >= 0, f"--max-batch-tokens {self.max_batch_tokens} must be ≥ 0 (0: no limit)."),
+            (self.graceful_timeout > 0, f"--graceful-timeout {self.graceful_timeout} must be > 0 seconds."),
+            (self.header_timeout > 0, f"--header-timeout {self.header_timeout} must be > 0 seconds."),
+            (self.body_timeout > 0, f"--body-timeout {self.body_timeout} must be > 0 seconds."),
+            (self.keep_alive_timeout > 0, f"--keep-alive-timeout {self.keep_alive_timeout} must be > 0 seconds."),
+            (self.max_connections >= 1, f"--max-connections {self.max_connections} must be ≥ 1."),
             (self.api_key is None or len(self.api_key) > 0, "--api-key must not be empty."),
         ]
         for ok, message in checks:

@@ -1,0 +1,141 @@
+"""Real client packages against the server on 127.0.0.1 (uvicorn in a thread, the ``multiverse serve`` server
+path, tiny bundles): the official ``openai`` SDK, ``huggingface_hub.InferenceClient`` and ``infinity_client``
+use their own fixed paths (``/v1/embeddings`` with base64, ``/v1/models``, ``POST /`` by task, ``/embeddings``,
+``/models``), and their answers equal ``Predictor.predict`` on the same inputs. About 10 s (plus the shared
+tiny-bundle fixture)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_fixtures import ThreadServer
+
+from multiverse.inference import Predictor
+from multiverse.serve.app import create_app
+from multiverse.serve.settings import ServeSettings
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Serving encoders on CPUs", "naïve café in Tokyo 東京"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundles):
+    """task → (url, Predictor) for the feature-extraction, text- and token-classification tiny bundles."""
+    out, stack = {}, []
+    try:
+        for task in ("feature-extraction", "text-classification", "token-classification"):
+            path = Path(tiny_bundles[task])
+            settings = ServeSettings(model_name=f"tiny-{task}")
+            srv = ThreadServer(create_app(path, settings), settings).__enter__()
+            stack.append(srv)
+            srv.wait_ready(60)
+            out[task] = (srv.url, Predictor.from_bundle(path))
+        yield out
+    finally:
+        for srv in stack:
+            srv.__exit__(None, None, None)
+
+
+@contextmanager
+def _hub_client_on_loopback():
+    """huggingface_hub refuses every HTTP request under HF_HUB_OFFLINE=1 (the suite's setting); let it reach
+    127.0.0.1 only, so the test still cannot touch the Hub."""
+    import requests
+    from huggingface_hub import configure_http_backend
+    from huggingface_hub.utils._http import OfflineAdapter
+
+    def factory() -> requests.Session:
+        session = requests.Session()
+        session.mount("http://", OfflineAdapter())
+        session.mount("https://", OfflineAdapter())
+        session.mount("http://127.0.0.1:", requests.adapters.HTTPAdapter())
+        return session
+
+    configure_http_backend(backend_factory=factory)
+    try:
+        yield
+    finally:
+        configure_http_backend()
+
+
+def _close(got, want, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
+                               rtol=tol, atol=1e-6)
+
+
+def test_openai_sdk_embeddings_default_base64_and_float_and_models_list(served):
+    from openai import OpenAI
+
+    url, predictor = served["feature-extraction"]
+    want = predictor.predict(TEXTS).results
+    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    got = client.embeddings.create(input=TEXTS, model="tiny")  # the SDK asks for base64 and decodes it
+    assert [d.index for d in got.data] == [0, 1, 2] and got.model == "tiny-feature-extraction"
+    _close([d.embedding for d in got.data], want)
+    assert got.usage.prompt_tokens > 0
+    floats = client.embeddings.create(input=TEXTS[0], model="tiny", encoding_format="float")
+    _close(floats.data[0].embedding, want[0])
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny-feature-extraction"] and models.data[0].owned_by == "multiverse"
+
+
+def test_huggingface_inference_client_on_post_root(served):
+    from huggingface_hub import InferenceClient
+
+    fe_url, fe = served["feature-extraction"]
+    tc_url, tc = served["text-classification"]
+    ner_url, ner = served["token-classification"]
+    with _hub_client_on_loopback():
+        vec = InferenceClient(model=fe_url, timeout=30).feature_extraction(TEXTS[0])
+        _close(np.asarray(vec).reshape(-1), fe.predict([TEXTS[0]]).results[0])
+
+        sims = InferenceClient(model=fe_url, timeout=30).sentence_similarity(TEXTS[0], TEXTS[1:])
+        vecs = np.asarray(fe.predict(TEXTS, {"normalize": True}).results)
+        _close(sims, [float(vecs[0] @ vecs[i]) for i in (1, 2)])
+
+        labels = InferenceClient(model=tc_url, timeout=30).text_classification(TEXTS[1])
+        want = tc.predict([TEXTS[1]]).results[0]
+        assert [x.label for x in labels] == [w["label"] for w in want]
+        _close([x.score for x in labels], [w["score"] for w in want])
+        two = InferenceClient(model=tc_url, timeout=30).text_classification(TEXTS[1], top_k=2)
+        assert len(two) == 2
+
+        entities = InferenceClient(model=ner_url, timeout=30).token_classification(TEXTS[2])
+        want = ner.predict([TEXTS[2]]).results[0]
+        assert [(e.entity_group, e.word, e.start, e.end) for e in entities] == \
+            [(w["entity_group"], w["word"], w["start"], w["end"]) for w in want]
+        for e in entities:
+            assert e.word == TEXTS[2][e.start:e.end]
+
+
+def test_infinity_client_embeddings_and_models(served):
+    from infinity_client import Client
+    from infinity_client.api.default import embeddings, models
+    from infinity_client.models import OpenAIEmbeddingInputText, OpenAIEmbeddingResult, OpenAIModelInfo
+
+    url, predictor = served["feature-extraction"]
+    with Client(base_url=url, timeout=30) as client:
+        result = embeddings.sync(client=client, body=OpenAIEmbeddingInputText(input_=TEXTS, model="tiny"))
+        assert isinstance(result, OpenAIEmbeddingResult), result
+        _close([d.embedding for d in result.data], predictor.predict(TEXTS).results)
+        info = models.sync(client=client)
+        assert isinstance(info, OpenAIModelInfo) and [m.id for m in info.data] == ["tiny-feature-extraction"]
+        assert info.data[0].capabilities == ["embed"]
+
+
+def test_tei_similarity_route_and_empty_sentences(served):
+    import httpx
+
+    url, predictor = served["feature-extraction"]
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS}}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/similarity", json=body)
+        assert r.status_code == 200 and len(r.json()) == 3
+        assert math.isclose(r.json()[0], 1.0, rel_tol=1e-5)
+        r = c.post("/similarity", json={"inputs": {"source_sentence": TEXTS[0], "sentences": []}})
+        assert r.status_code == 400 and "`sentences` is empty" in r.json()["error"]
+        r = c.post("/similarity", json={"inputs": {"source_sentence": "\u200b", "sentences": ["x"]}})
+        assert r.status_code == 400 and "source_sentence" in r.json()["error"]
