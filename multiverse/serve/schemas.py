@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import MultiverseError
+
 TIMING_UNIT = "milliseconds (float, 3 decimals; wall clock, time.perf_counter)"
 
 #: Response headers of the pipeline routes, for the OpenAPI documentation.
@@ -56,12 +58,14 @@ def is_blank(text: str) -> bool:
     return _NOT_BLANK.search(text) is None
 
 
-class ApiError(Exception):
-    """An HTTP error answer: ``status`` with JSON body ``{"error": message, "error_type": error_type}``."""
+class ApiError(MultiverseError):
+    """An HTTP error answer decided by the server: ``status`` with JSON body ``{"error": message, "error_type":
+    error_type}`` and optional headers (``Retry-After``). Like every :class:`~multiverse.errors.MultiverseError`
+    it carries ``http_status`` and ``error_type``, so the app's one handler answers both kinds the same way."""
 
     def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status = self.http_status = status
         self.error_type = error_type
         self.message = message
         self.headers = headers
