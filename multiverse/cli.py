@@ -52,6 +52,13 @@ def _progress():
         raise UsageError(str(exc)) from None
 
 
+def _columns(text: str | None, text_pair: str | None, label: str | None):
+    """``--text-column`` / ``--text-pair-column`` / ``--label-column`` as an ``evaldata.Columns``."""
+    from .evaldata import Columns
+
+    return Columns(text, text_pair, label)
+
+
 @app.command()
 def optimize(
     model: Optional[str] = typer.Argument(None, help="Hub id, local folder or short name (recipes/models). "
@@ -64,6 +71,9 @@ def optimize(
                                             "Default: a short name's recipe data set (recipes/models), else builtin."),
     eval_split: str = typer.Option("validation", "--eval-split", help="Split of a named set / DatasetDict to tune on."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Eval file column holding the text (default: text; ranking: query)."),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column", help="Eval file column holding the second text of a pair (default: text_pair; ranking: passage)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Eval file column holding the label (default: label)."),
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
@@ -85,7 +95,8 @@ def optimize(
                     tolerance=tolerance,
                     overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
                     max_trials=max_trials,
-                    threads=threads, progress=_progress())
+                    threads=threads, progress=_progress(),
+                    eval_columns=_columns(text_column, text_pair_column, label_column))
     except MultiverseError as exc:
         _fail(exc, as_json)
     except Interrupted as exc:
@@ -175,6 +186,9 @@ def validate(
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="builtin | bbc-news | wnut16 | JSONL/CSV file | saved datasets folder"),
     eval_split: str = typer.Option("test", "--eval-split", help="Split of a named set / DatasetDict (held out: test)."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only N evenly spaced eval examples (a quick check; the gate is noisier)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Eval file column holding the text (default: text; ranking: query)."),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column", help="Eval file column holding the second text of a pair (default: text_pair; ranking: passage)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Eval file column holding the label (default: label)."),
     tolerance: Optional[float] = typer.Option(None, help="Max relative loss (default: the bundle's)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: physical cores)."),
     allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch", help="Run although this CPU lacks the target's flags."),
@@ -186,7 +200,8 @@ def validate(
 
     try:
         report = revalidate(bundle, eval_data, tolerance, eval_split=eval_split, eval_limit=eval_limit, threads=threads,
-                            allow_isa_mismatch=allow_isa_mismatch)
+                            allow_isa_mismatch=allow_isa_mismatch,
+                            eval_columns=_columns(text_column, text_pair_column, label_column))
     except MultiverseError as exc:
         _fail(exc, as_json)
     if as_json:

@@ -279,7 +279,11 @@ def _csv_rows(path: Path) -> list[tuple[str, dict]]:
         rows = [(f"line {reader.line_num}", {k: v for k, v in row.items() if k is not None}) for row in reader]
     except csv.Error as e:
         raise EvalDataError(f"{path} is not valid CSV ({e}); check its quoting (unclosed quotes, stray delimiters).") from None
-    # CSV has no types: decode JSON-valued cells (span lists, token lists) and integer labels.
+    return rows
+
+
+def _decode_csv_cells(rows: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """CSV has no types: decode JSON-valued cells (span lists, token lists) and integer labels (after renaming)."""
     for _, row in rows:
         for key in ("label", "tokens", "ner_tags"):
             value = row.get(key)
@@ -303,23 +307,99 @@ def _dataset_rows(path: Path, split: str) -> list[tuple[str, dict]]:
         if name is None:
             raise EvalDataError(f"{path} has splits {', '.join(ds)} but none of {split}, test, validation; pick one with --split or save one of those.")
         ds = ds[name]
-    names = getattr(getattr(ds.features.get("ner_tags"), "feature", None), "names", None)
     rows = ds.to_list()
-    if names:  # ClassLabel ids -> BIO strings
-        for row in rows:
-            row["ner_tags"] = [names[t] for t in row["ner_tags"]]
+    for column, feature in ds.features.items():  # sequences of ClassLabel ids (ner_tags or a renamed tag column) -> BIO strings
+        names = getattr(getattr(feature, "feature", None), "names", None)
+        if names:
+            for row in rows:
+                row[column] = [names[t] for t in row[column]]
     return [(f"row {i}", row) for i, row in enumerate(rows, 1)]
 
 
-def _from_rows(name: str, task: str, rows: list[tuple[str, dict]]) -> EvalSet:
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of an eval file hold the input and the label (``datasets``' ``text_column`` /
+    ``label_column`` convention; the CLI's ``--text-column``, ``--text-pair-column``, ``--label-column``).
+
+    None keeps the task's default name. ``text`` is the input column: ``text`` (or ``tokens``, a word
+    list, for token-classification) and the query for ranking; ``text_pair`` the second text of a pair
+    (``text_pair`` for text-classification, ``passage`` for ranking); ``label`` the label column
+    (``label``, or ``ner_tags`` next to ``tokens``).
+    """
+
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+
+    def given(self) -> bool:
+        return any((self.text, self.text_pair, self.label))
+
+
+_OPTION = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
+
+
+def _found(rows: list[tuple[str, dict]]) -> str:
+    names = list(dict.fromkeys(k for _, r in rows for k in r))
+    return ", ".join(names) or "none"
+
+
+def _rename(name: str, task: str, rows: list[tuple[str, dict]], columns: Columns) -> list[tuple[str, dict]]:
+    """Rows with the user's column names mapped onto the names :func:`_from_rows` reads (see :class:`Columns`).
+
+    Raises EvalDataError naming the columns found when a given column is missing, or when a pair column
+    is given for a task without pairs.
+    """
+    if not columns.given() or not rows:
+        return rows
+    if columns.text_pair and task not in ("text-classification", "ranking"):
+        raise EvalDataError(f"--text-pair-column is for text-classification (sentence pairs) and ranking (passages), "
+                            f"not {task}; drop it.")
+    present = {k for _, r in rows for k in r}
+    for field_, col in (("text", columns.text), ("text_pair", columns.text_pair), ("label", columns.label)):
+        if col is not None and col not in present:
+            raise EvalDataError(f"{name} has no {col!r} column ({_OPTION[field_]}); found: {_found(rows)}. "
+                                f"Pass one of those to {_OPTION[field_]}.")
+    text_col = columns.text or ("tokens" if "tokens" in present else "text")
+    words = task == "token-classification" and _is_word_list(rows[0][1].get(text_col))
+    targets = {"text": "query" if task == "ranking" else "tokens" if words else "text",
+               "text_pair": "passage" if task == "ranking" else "text_pair",
+               "label": "ner_tags" if words else "label"}
+    mapping = {getattr(columns, f): targets[f] for f in ("text", "text_pair", "label") if getattr(columns, f)}
+    out = []
+    for n, row in rows:  # a column already named like a target is replaced by the one the user named
+        new = {k: v for k, v in row.items() if k not in mapping and k not in mapping.values()}
+        new.update({dst: row[src] for src, dst in mapping.items() if src in row})
+        out.append((n, new))
+    return out
+
+
+def _is_word_list(value) -> bool:
+    """A token-classification input given as words: a list, or (CSV) a JSON list in a string."""
+    if isinstance(value, str) and value[:1] == "[":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return False
+    return isinstance(value, list)
+
+
+def _from_rows(name: str, task: str, rows: list[tuple[str, dict]], found: str | None = None) -> EvalSet:
+    """The EvalSet of ``rows`` (already renamed by :func:`_rename`); ``found`` lists the file's own columns for errors."""
     if not rows:
         raise EvalDataError(f"{name} is empty; it needs at least one row.")
+    found = found or _found(rows)
     has_label = any(r.get("label") is not None for _, r in rows)
     text_key = "query" if task == "ranking" else "tokens" if task == "token-classification" and "tokens" in rows[0][1] else "text"
     if not any(text_key in r for _, r in rows):
-        raise EvalDataError(f"{name} has no {text_key!r} column (found: {', '.join(rows[0][1]) or 'none'}); name the input column {text_key!r}.")
+        raise EvalDataError(f"{name} has no {text_key!r} column (found: {found}); name the input column "
+                            f"{text_key!r} or pass its name with --text-column.")
+    if task == "ranking" and not any("passage" in r for _, r in rows):
+        raise EvalDataError(f"{name} has no 'passage' column (found: {found}); name the passage column "
+                            f"'passage' or pass its name with --text-pair-column.")
     if text_key != "tokens" and not has_label and task != "feature-extraction":
-        raise EvalDataError(f"{name} is an unlabelled eval file: it has no 'label' column, which {task} needs; add one (or use the built-in set).")
+        raise EvalDataError(f"{name} is an unlabelled eval file: it has no 'label' column (found: {found}), "
+                            f"which {task} needs; pass the label column's name with --label-column, add one, "
+                            "or use the built-in set.")
 
     def get(n: str, row: dict, key: str, kind: type):
         value = row.get(key)
@@ -438,7 +518,8 @@ def hub_dataset(repo_id: str, task: str, *, split: str = "validation", text: str
     return subset(result, limit)
 
 
-def load(spec: str | None, task: str, *, split: str = "test", limit: int | None = None) -> EvalSet:
+def load(spec: str | None, task: str, *, split: str = "test", limit: int | None = None,
+         columns: Columns | None = None) -> EvalSet:
     """Resolve ``--eval-data`` into an EvalSet for ``task``.
 
     Args:
@@ -453,13 +534,20 @@ def load(spec: str | None, task: str, *, split: str = "test", limit: int | None 
             ranking ``query``, ``passage``, ``label`` 1/0, grouped by query in first-seen order.
             In CSV, list cells are JSON strings.
         task: one of :data:`multiverse.tasks.TASKS`.
+        columns: other names for those columns in a file or folder (see :class:`Columns`); for named
+            sets it is an error.
         split: for named sets and DatasetDicts: train, validation or test.
         limit: keep ``limit`` evenly spaced texts (ranking: groups), see :func:`subset`.
     Raises:
         EvalDataError: unknown task/split/spec, missing or unreadable file, invalid JSON line,
-            missing column, unlabelled file for a labelled task, empty file, bad values.
+            missing column (the message lists the columns found), unlabelled file for a labelled task,
+            empty file, bad values.
     """
     _check_task(task)
+    columns = columns or Columns()
+    if columns.given() and spec in (None, *NAMED):
+        raise EvalDataError(f"--text-column, --text-pair-column and --label-column apply to eval files and folders, "
+                            f"not to the named set {spec or 'builtin'!r}; drop them or pass a file.")
     if spec in (None, "builtin"):
         result = builtin(task)
     elif spec == "bbc-news":
@@ -481,7 +569,11 @@ def load(spec: str | None, task: str, *, split: str = "test", limit: int | None 
             raise EvalDataError(f"Eval data file {path} does not exist; check the path.")
         else:
             raise EvalDataError(f"Unknown eval data {spec!r}: not one of {', '.join(NAMED)} and no such file or folder; pass one of those or a .jsonl/.csv file.")
-        result = _from_rows(str(path), task, rows)
+        found = _found(rows)
+        rows = _rename(str(path), task, rows, columns)
+        if suffix == ".csv" and not path.is_dir():
+            rows = _decode_csv_cells(rows)
+        result = _from_rows(str(path), task, rows, found)
     if limit is None:
         return result
     if limit < 1:

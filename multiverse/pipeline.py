@@ -44,7 +44,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
              revision: str | None = None, out: str | Path | None = None, eval_data: str | None = None,
              eval_split: str = "validation", eval_limit: int | None = None, tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
              quantize: bool = True, precision: str = "auto", max_trials: int | None = None,
-             threads: int | None = None, progress: Progress | None = None) -> bundle.Bundle:
+             threads: int | None = None, progress: Progress | None = None,
+             eval_columns: evaldata.Columns | None = None) -> bundle.Bundle:
     """Checkpoint → fused, int8 (when it pays), validated bundle.
 
     Args:
@@ -56,6 +57,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         eval_split: split of a named set or DatasetDict the tuner selects on (default ``validation``,
             so that ``multiverse validate --eval-split test`` reports on data the tuner never saw).
         eval_limit: keep only the first N examples (ranking: queries) of the eval data.
+        eval_columns: the eval file's column names when they are not ``text``/``label`` (``evaldata.Columns``).
         tolerance: maximum relative metric loss (0.01 = 1 %).
         keep_failed: write the bundle (marked failed) even when the gate fails.
         quantize: False ships the fused fp32 graph (still validated); same as ``precision="fp32"``.
@@ -94,7 +96,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     dest = bundle_path(ckpt, tgt.name, out)
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
-    data = _eval_data(model, ckpt, eval_data, eval_split, eval_limit)
+    data = _eval_data(model, ckpt, eval_data, eval_split, eval_limit, eval_columns)
     note = resolution_note(ckpt.task, len(data), tolerance)
     if note:
         progress.warn(note)
@@ -129,7 +131,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
 
 
 def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, eval_split: str,
-               eval_limit: int | None) -> evaldata.EvalSet:
+               eval_limit: int | None, columns: evaldata.Columns | None = None) -> evaldata.EvalSet:
     """``--eval-data`` if given; else, for a short name whose recipe (``recipes/models/<name>.yaml``) has an
     ``eval`` entry, that Hub dataset at the recipe's split (``evaldata.hub_dataset``); else the built-in set.
     The recipe's ``metric`` is not used: the gate picks the task's metric (accuracy when labelled).
@@ -143,7 +145,7 @@ def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, e
             e = recipe.eval
             return evaldata.hub_dataset(e.dataset, ckpt.task, split=e.split, text=e.text, text_pair=e.text_pair,
                                         label=e.label, limit=eval_limit, recipe=recipe.name)
-    return evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit)
+    return evaldata.load(eval_data, ckpt.task, split=eval_split, limit=eval_limit, columns=columns)
 
 
 def _check_tolerance(tolerance: float) -> None:
@@ -154,12 +156,12 @@ def _check_tolerance(tolerance: float) -> None:
 
 def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: float | None = None, *,
                eval_split: str = "test", eval_limit: int | None = None, threads: int | None = None,
-               allow_isa_mismatch: bool = False) -> "ValidationReport":
+               allow_isa_mismatch: bool = False, eval_columns: evaldata.Columns | None = None) -> "ValidationReport":
     """Re-run the accuracy gate on a written bundle against its original PyTorch checkpoint.
 
     The checkpoint is found from the manifest: the recorded local folder if it still has the
     same content hash, else the Hub id at the recorded revision (HF cache first).
-    ``tolerance`` defaults to the one the bundle was built with.
+    ``tolerance`` defaults to the one the bundle was built with; ``eval_columns`` as for :func:`optimize`.
 
     Raises BundleError (corrupt), HubError (original checkpoint not found), EvalDataError,
     IsaMismatchError; the returned report says whether the gate passed (the CLI exits 3 if not).
@@ -182,7 +184,7 @@ def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: 
             raise HubError(f"The original checkpoint of {b.path} ({local}) is gone or changed; "
                                "validation needs it as the reference. Restore the folder or rebuild the bundle.")
         ckpt = hub.resolve(src["repo_id"], src.get("revision"), b.task)
-    data = evaldata.load(eval_data, b.task, split=eval_split, limit=eval_limit)
+    data = evaldata.load(eval_data, b.task, split=eval_split, limit=eval_limit, columns=eval_columns)
     if tolerance is None:
         tolerance = float((b.manifest.get("validation") or {}).get("tolerance", 0.01))
     predictor = Predictor.from_bundle(b, threads=threads, allow_isa_mismatch=allow_isa_mismatch, verify=False)

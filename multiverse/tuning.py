@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -163,10 +163,13 @@ class TuningReport:
         return min(int8 or done, key=lambda t: t.validation.gate_loss) if done else None
 
     def summary(self) -> str:
+        """One line for the stage summary on stderr: the choice and why (including a skipped fp32 fallback)."""
         t = self.chosen_trial
         if t is None:
             b = self.best_trial()
-            return f"no candidate passed; best {b.label}: {b.validation.metric} {b.validation.optimised:.4f}" if b else "no candidate"
+            skipped = f"; {self.sensitivity['skipped']}" if self.sensitivity.get("skipped") else ""
+            return (f"no candidate passed; best {b.label}: {b.validation.metric} {b.validation.optimised:.4f}{skipped}"
+                    if b else "no candidate")
         v = t.validation
         return (f"chose {t.label}: {v.metric} {v.optimised:.4f} vs {v.reference:.4f} "
                 f"(loss {v.relative_loss:.4f}), p50 {t.p50_ms:.2f} ms; {self.reason}")
@@ -326,11 +329,15 @@ class _Tuner:
         return trial
 
     def inc_loop(self, configs: Sequence[QuantConfig], budget: int, phase: str, stop_at_first: bool = True,
-                 target_loss: float | None = None, max_p50_ms: float | None = None) -> None:
+                 target_loss: float | None = None, max_p50_ms: float | None = None,
+                 keep_last_for: Callable[[], bool] | None = None) -> None:
         """INC's tuning loop over ``configs``: stops at the first candidate whose gate loss is ≤ ``target_loss``
         (default τ; INC's ``need_stop`` with ``tolerable_loss``) when ``stop_at_first``, else runs them all;
         never more than ``budget`` trials (INC's ``max_trials``). Also stops after a candidate slower than
-        ``max_p50_ms`` (ms; for ``configs`` ordered slowest last, whose successors cannot be chosen either)."""
+        ``max_p50_ms`` (ms; for ``configs`` ordered slowest last, whose successors cannot be chosen either).
+        ``keep_last_for``: asked before the budget's last trial (when it is not the first); if it returns True
+        the loop stops and leaves that trial to the next phase (phase 1 keeps one for the fp32 fallback when
+        nothing has passed with margin by then)."""
         from neural_compressor.common.base_tuning import TuningConfig, init_tuning
 
         if budget <= 0 or not configs:
@@ -342,6 +349,10 @@ class _Tuner:
             tolerable_loss=self.tolerance if target_loss is None else target_loss, max_trials=budget))
         monitor.set_baseline(1.0)
         for index, inc_config in enumerate(loader):
+            if keep_last_for is not None and 0 < index == budget - 1 and keep_last_for():
+                self.progress.info(f"keeping the last of {budget} trials for the per-node fp32 fallback "
+                                   f"({len(configs) - index} configuration(s) not tried)")
+                break
             config = inc_config.to_quant_config()
             try:
                 model = self.build(config)
@@ -393,12 +404,15 @@ class _Tuner:
         Returns the manifest's ``sensitivity`` record (or why it was skipped)."""
         best = self.trials[base]
         narrow = best.passed
-        left = budget - (len(self.trials) - 1)
+        used = len(self.trials) - 1
+        left = budget - used
         if left <= 0:
-            skipped = (f"the trial budget ({budget}) was used up by the configuration phase, so no per-node fp32 "
-                       f"fallback was tried; raise --max-trials (default {DEFAULT_MAX_TRIALS}) to try it")
-            self.progress.warn(f"{why} and {skipped}.")
-            return {"skipped": skipped}
+            need = used + 1
+            skipped = (f"per-node fp32 fallback was skipped: the trial budget ({budget}) was used up by the "
+                       f"configuration phase; it needs at least {need} trials (--max-trials {need} or more, default "
+                       f"{DEFAULT_MAX_TRIALS}; each fallback trial keeps more nodes in fp32)")
+            self.progress.warn(f"{why}; {skipped}.")
+            return {"skipped": skipped, "why": why, "trials_needed": need}
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
         losses = self.sensitivity(config)
@@ -505,12 +519,17 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         head = head_nodes(fused, target.quantization)
         # All phase-1 candidates run: they cost the same to execute, so which one ships is decided by
         # accuracy (see choose), not by which passed first on a finite eval set.
-        tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False)
+        # Phase 1 leaves the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback
+        # of the best candidate is likelier to pass than one more smoothing strength.
+        tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
+                       keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision) if configs is None else None
         if plan:
             sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision)
+    if sensitivity.get("skipped"):
+        reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
     if chosen is None:
         model = tuner.models[min((i for i, t in enumerate(tuner.trials) if t.validation),
                                  key=lambda i: tuner.trials[i].validation.gate_loss)]

@@ -12,7 +12,12 @@ Gated checks per task (tolerance τ, default 0.01):
   two examples flipped in opposite directions cost no accuracy). The 2τ mirrors min cosine;
   at τ = 0.005 it is issue 3's bar (accuracy loss ≤ 0.5 %, agreement ≥ 99 %).
 - token-classification: relative loss of entity F1 (labelled) or token-label agreement ≤ τ.
-- ranking: relative loss of MRR (labelled, or against the reference's top passage) ≤ τ.
+- ranking: relative loss of MRR (labelled, or against the reference's top passage) ≤ τ; with labels
+  also top-1 agreement with the reference (the same passage ranked first) ≥ 1 − 2τ, for the
+  same reason as label agreement: MRR alone let a candidate that moved the top passage of half
+  the queries pass when the moves did not change the relevant passage's rank. Without labels
+  the MRR check already implies it (each query whose top passage changed costs at least 1/2 of
+  its reciprocal rank, so MRR ≥ 1 − τ needs top-1 agreement ≥ 1 − 2τ).
 """
 
 from __future__ import annotations
@@ -261,6 +266,9 @@ def score(data: EvalSet, ref: TaskOutputs, cand: TaskOutputs, config: dict, tole
         metric = "mrr"
         loss = metrics.relative_loss(r, o)
         checks = (_check("relative loss of mrr", loss, tolerance, loss, False),)
+        if data.labelled:
+            agree = details["top1_agreement"]
+            checks += (_check("top1_agreement", agree, 1 - 2 * tolerance, (1 - agree) / 2),)
     else:  # pragma: no cover - tasks are validated upstream
         raise EvalDataError(f"Unknown task {task!r}.")
     return ValidationReport(

@@ -58,6 +58,21 @@ def test_bad_eval_file(content, words, tiny_checkpoints, tmp_path):
     assert words in r.output and not (tmp_path / "o").exists()
 
 
+def test_eval_file_with_other_column_names(tiny_checkpoints, tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,score\ngreat film,positive\ndull,negative\nfine,neutral\n")
+    r = run("optimize", tiny_checkpoints["text-classification"], "--eval-data", path, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "found: review, score" in r.output and "--text-column" in r.output
+    r = run("optimize", tiny_checkpoints["text-classification"], "--eval-data", path, "--text-column", "review",
+            "--label-column", "score", "--precision", "fp32", "--out", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)["manifest"]["validation"]
+    assert (v["dataset"], v["n"], v["metric"]) == (str(path), 3, "accuracy")
+    r = run("validate", json.loads(r.stdout)["bundle"], "--eval-data", path, "--text-column", "review",
+            "--label-column", "stars", "--json")
+    assert r.exit_code == 2 and "no 'stars' column (--label-column); found: review, score" in r.output
+
+
 def test_missing_eval_file(tiny_checkpoints, tmp_path):
     r = run("optimize", tiny_checkpoints["text-classification"], "--eval-data", tmp_path / "nope.csv", "--out", tmp_path)
     assert r.exit_code == 2 and "nope.csv" in r.output

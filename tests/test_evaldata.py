@@ -248,6 +248,50 @@ def test_datasets_folder(tmp_path):
         load(str(tmp_path / "plain"), "text-classification")
 
 
+def test_column_options_read_files_with_other_column_names(tmp_path):
+    from multiverse.evaldata import Columns
+
+    reviews = _jsonl(tmp_path / "r.jsonl", [{"id": 1, "review": "great film", "score": "pos"},
+                                            {"id": 2, "review": "dull", "score": 0}])
+    with pytest.raises(EvalDataError, match=r"has no 'text' column \(found: id, review, score\).*--text-column"):
+        load(reviews, "text-classification")
+    es = load(reviews, "text-classification", columns=Columns(text="review", label="score"))
+    assert es == EvalSet(reviews, "text-classification", texts=("great film", "dull"), labels=("pos", 0))
+    with pytest.raises(EvalDataError, match=r"no 'label' column \(found: id, review, score\).*--label-column"):
+        load(reviews, "text-classification", columns=Columns(text="review"))
+    with pytest.raises(EvalDataError, match=r"has no 'stars' column \(--label-column\); found: id, review, score"):
+        load(reviews, "text-classification", columns=Columns(text="review", label="stars"))
+    # CSV: sentence pairs with integer labels, a ranking file, and NER word/tag lists, all under other names
+    nli = tmp_path / "nli.csv"
+    nli.write_text("premise,hypothesis,gold\nA man sleeps.,Nobody sleeps.,2\n", encoding="utf-8")
+    es = load(str(nli), "text-classification", columns=Columns("premise", "hypothesis", "gold"))
+    assert es.texts == (("A man sleeps.", "Nobody sleeps."),) and es.labels == (2,)
+    rank = tmp_path / "rank.csv"
+    rank.write_text("question,doc,relevant\nq,a,0\nq,b,1\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"no 'query' column \(found: question, doc, relevant\)"):
+        load(str(rank), "ranking")
+    es = load(str(rank), "ranking", columns=Columns("question", "doc", "relevant"))
+    assert es.groups == (RankingGroup("q", ("a", "b"), frozenset({1})),)
+    ner = tmp_path / "ner.csv"
+    ner.write_text('words,tags\n"[""Ana"", ""lives""]","[""B-PER"", ""O""]"\n', encoding="utf-8")
+    es = load(str(ner), "token-classification", columns=Columns(text="words", label="tags"))
+    assert es.texts == ("Ana lives",) and es.labels == ([(0, 3, "PER")],)
+    with pytest.raises(EvalDataError, match="--text-pair-column is for text-classification"):
+        load(str(ner), "token-classification", columns=Columns(text="words", text_pair="tags"))
+    with pytest.raises(EvalDataError, match="apply to eval files and folders, not to the named set 'bbc-news'"):
+        load("bbc-news", "text-classification", columns=Columns(text="review"))
+
+
+def test_column_options_on_a_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"words": datasets.Sequence(datasets.Value("string")),
+                                  "tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    datasets.Dataset.from_dict({"words": [["Ada", "Lovelace", "wrote"]], "tags": [[1, 2, 0]]},
+                               features=features).save_to_disk(str(tmp_path / "ner"))
+    es = load(str(tmp_path / "ner"), "token-classification", columns=evaldata.Columns(text="words", label="tags"))
+    assert es.texts == ("Ada Lovelace wrote",) and es.labels == ([(0, 12, "PER")],)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "task", "message"),
     [

@@ -59,6 +59,21 @@ def test_ranking_mrr():
     assert r.details["top1_agreement"] == 0.5
 
 
+def test_ranking_gate_checks_top1_agreement_with_the_reference():
+    # Both queries keep the relevant passage at the same rank (MRR unchanged), but in q2 the candidate puts another
+    # passage first: top-1 agreement 0.5. MRR alone passed it.
+    groups = (RankingGroup("q1", ("a", "b", "c"), frozenset({0})), RankingGroup("q2", ("a", "b", "c"), frozenset({2})))
+    ref = np.array([0.9, 0.1, 0.2, 0.9, 0.8, 0.1], dtype=np.float32)   # q2 ranks a, b, c: relevant 3rd
+    cand = np.array([0.9, 0.1, 0.2, 0.8, 0.9, 0.1], dtype=np.float32)  # q2 ranks b, a, c: relevant still 3rd
+    data = EvalSet("t", "ranking", groups=groups)
+    r = score(data, TaskOutputs(ref), TaskOutputs(cand), CONFIG, 0.01)
+    assert r.relative_loss == 0.0 and r.details["top1_agreement"] == 0.5
+    assert not r.passed and r.failure() == "top1_agreement 0.5000 vs required 0.9800 (gap 0.4800)"
+    assert r.gate_loss == pytest.approx(0.25)  # (1 − 0.5) / 2, as label agreement
+    assert score(data, TaskOutputs(ref), TaskOutputs(cand), CONFIG, 0.25).passed  # 0.5 ≥ 1 − 2 × 0.25
+    assert score(data, TaskOutputs(ref), TaskOutputs(ref), CONFIG, 0.01).passed
+
+
 def test_linear_probe_hand_case():
     ref = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
     cand = np.array([[1, 0], [0, 1], [0, 1], [1, 0]], dtype=np.float32)

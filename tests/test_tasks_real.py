@@ -16,14 +16,16 @@ def test_real_task_end_to_end(task, trained_checkpoints, tmp_path):
     data, metric = CASES[task]
     # One int8 configuration keeps the suite short; benchmarks/tasks.py runs the full search.
     limit = 60 if task == "ranking" else None  # 60 queries × 10 passages
-    # Ranking: the target's plain config and α=0.7; the cross-encoder's plain int8 has 3-4× the logit NMSE
-    # (measured held out: MRR −2.2 % on 425 queries), which choose() trades a few % of p50 against.
-    b = optimize(str(trained_checkpoints[task]), "native", eval_data=data, eval_limit=limit, out=tmp_path,
-                 max_trials=2 if task == "ranking" else 1)
+    # One int8 trial each. Ranking: since the ranking gate checks top-1 agreement (≥ 1 − 2τ) fp32 ships here
+    # (measured: plain int8 and its k=1 fallback moved the top passage of 4 of the 60 validation queries, 0.933 <
+    # 0.98, while MRR rose 1.3 %), so a second trial would only add a sensitivity sweep to the suite.
+    b = optimize(str(trained_checkpoints[task]), "native", eval_data=data, eval_limit=limit, out=tmp_path, max_trials=1)
     v = b.manifest["validation"]
     assert b.passed and v["metric"] == metric and v["dataset"] == data
     assert v["reference"] > {"accuracy": 0.9, "entity_f1": 0.2, "mrr": 0.6}[metric]
-    assert [t["phase"] for t in b.manifest["tuning"]["trials"]] == ["baseline"] + ["configurations"] * (2 if task == "ranking" else 1)
+    assert [t["phase"] for t in b.manifest["tuning"]["trials"]] == ["baseline", "configurations"]
+    if task == "ranking":
+        assert "top1_agreement" in [c["name"] for c in v["checks"]]
     held = revalidate(b.path, data, eval_split="test", eval_limit=limit)
     assert held.metric == metric and held.n >= 60
     assert held.relative_loss <= 0.02, held.failure()

@@ -73,3 +73,26 @@ def test_head_nodes_are_pooled_gemms_and_matmuls_feeding_an_output(tmp_path):
     tok = OnnxModel(path=tmp_path / "tok.onnx", model_dir=tmp_path, stage="fused", opset=17)
     assert quantizable_nodes(tok, QuantConfig(op_types=("MatMul",))) == ["enc/MatMul", "cls/MatMul"]
     assert head_nodes(tok, QuantConfig(op_types=("MatMul",))) == ["cls/MatMul"]
+
+
+def test_a_low_trial_budget_keeps_one_trial_for_the_fp32_fallback(tiny_checkpoints, tmp_path):
+    from multiverse import evaldata, hub
+    from multiverse.export import export
+    from multiverse.fuse import fuse
+    from multiverse.targets import get_target
+    from multiverse.tuning import tune
+
+    ckpt = hub.resolve(str(tiny_checkpoints["text-classification"]))
+    target = get_target("native")
+    fused = fuse(export(ckpt, tmp_path / "fp32"), tmp_path / "fused", ckpt, target)
+    data = evaldata.load(None, ckpt.task, limit=80)
+    # tolerance 0: fp32 passes on the tiny classifier, no int8 candidate does (label flips on the built-in texts)
+    _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "two", max_trials=2)
+    assert [t.phase for t in report.trials] == ["baseline", "configurations", "fp32 fallback"]
+    assert not report.trials[1].passed and report.sensitivity["node_output_nmse"]
+    # a budget of one cannot hold both phases: the summary (stderr) and the reason (manifest) say so and what is needed
+    _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "one", max_trials=1)
+    assert [t.phase for t in report.trials] == ["baseline", "configurations"]
+    assert report.chosen == 0 and report.sensitivity["trials_needed"] == 2
+    for text in (report.summary(), report.to_dict()["reason"]):
+        assert "fp32 fallback was skipped" in text and "--max-trials 2 or more" in text

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from . import (MODEL_TYPES, TASKS, bbc_classifier, bbc_ranker, hf_offline, tiny_checkpoint,
+from . import (MODEL_TYPES, TASKS, bbc_classifier, bbc_ranker, bbc_weak_classifier, hf_offline, tiny_checkpoint,
                           wnut_ner, write_hf_cache)
 
 
@@ -65,12 +65,15 @@ def trained_checkpoints(fixture_cache_dir) -> LazyCheckpoints:
     """``{task: folder}`` of the MiniLM-based trained checkpoints (cached across runs; 1–2 min each to build).
 
     Keys: ``text-classification`` (:func:`bbc_classifier`), ``token-classification``
-    (:func:`wnut_ner`), ``ranking`` (:func:`bbc_ranker`); each folder has ``training_report.json``.
+    (:func:`wnut_ner`), ``ranking`` (:func:`bbc_ranker`), ``weak-text-classification``
+    (:func:`bbc_weak_classifier`, with its ``eval-validation.jsonl`` / ``eval-test.jsonl``); each folder has
+    ``training_report.json``.
     """
     return LazyCheckpoints({
         "text-classification": lambda: bbc_classifier(fixture_cache_dir / "bbc-classifier"),
         "token-classification": lambda: wnut_ner(fixture_cache_dir / "wnut-ner"),
         "ranking": lambda: bbc_ranker(fixture_cache_dir / "bbc-ranker"),
+        "weak-text-classification": lambda: bbc_weak_classifier(fixture_cache_dir / "bbc-weak-classifier"),
     })
 
 
