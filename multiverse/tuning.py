@@ -32,44 +32,41 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .choice import (  # noqa: F401 (re-exported)
+    FIDELITY_TRADE,
+    LATENCY_TIE,
+    SAFETY_MARGIN,
+    Trial,
+    choose,
+    fallback_plan,
+)
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
+from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (re-exported)
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
+from .timing import Budget, median_ms
 from .validate import ValidationReport, model_inputs, reference_outputs, validate
 
 LATENCY_SEQ_LEN = 128
 LATENCY_BATCH = 1
-LATENCY_TIE = 0.05  # p50s within 5 % are one speed: run-to-run p50 noise on this 2-vCPU host is ±3-5 %
-# A passing candidate at most 10 % slower than the fastest ships instead when its divergence from the PyTorch model
-# is at most half. Why, measured (held-out test split): SmoothQuant's Mul nodes cost about 5-8 % p50, and the unsmoothed
-# candidates they beat on output error passed the validation split but then lost 1.08 % entity F1 (WNUT, logit
-# NMSE 0.0040 vs 0.0015 smoothed) and 1.2 % label agreement (BBC, 0.0069 vs 0.0024) on held-out data.
-FIDELITY_TRADE = (0.10, 0.5)  # (max extra p50, max divergence ratio)
 RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
 DEFAULT_MAX_TRIALS = 12
 SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 SENSITIVITY_ITEMS = 64
 FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes kept in fp32, tried in order
 CALIBRATION_ITEMS = 300
-# A pass with gate loss above SAFETY_MARGIN × τ is narrow: when the candidate choose() would ship after phase 1
-# passed narrowly, phase 2 still runs from it, aiming at the margin. Why, measured: on a few hundred examples a
-# discrete metric moves by ~τ between splits. A first build of the BBC cross-encoder shipped α=0.8, which lost
-# 0.63 % MRR on the validation split (τ 1 %) and 0.91 % on the test split; the same with its most sensitive node
-# in fp32 lost 0.21 % / 0.14 %, at the same p50 (logit NMSE 0.0063 vs 0.0175, so choose() prefers it).
-SAFETY_MARGIN = 0.5
 
 
 def _inc_config_class():
@@ -107,28 +104,6 @@ def _inc_config_class():
                                smooth_alpha=self.smooth_alpha)
 
     return OrtDynamicInt8Config
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One candidate: its quantization config (None = fp32), validation and p50 latency (ms)."""
-
-    label: str
-    config: dict | None
-    validation: ValidationReport | None
-    p50_ms: float | None
-    error: str | None = None
-    phase: str = ""
-    p50_rounds_ms: tuple[float, ...] = ()  # interleaved re-timing (see retime); p50_ms is their median
-
-    @property
-    def passed(self) -> bool:
-        return self.validation is not None and self.validation.passed
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["validation"] = self.validation.to_dict() if self.validation else None
-        return d
 
 
 @dataclass(frozen=True)
@@ -185,19 +160,9 @@ def measure_p50(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_L
     ``text`` cut to ``seq_len`` tokens, after 5 warm-up runs; runs until both ``min_runs`` and ``min_seconds``
     are met, or ``max_seconds``."""
     cut = predictor.text_of_length(text, min(seq_len, predictor.max_length))
-    inputs = [cut] * batch if predictor.task != "ranking" else [(cut[: len(cut) // 3], cut)] * batch
-    for _ in range(5):
-        predictor.predict(inputs)
-    times = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        predictor.predict(inputs)
-        times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        if (len(times) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
-            break
-    return float(np.median(times) * 1e3)
+    item = (cut[: len(cut) // 3], cut) if predictor.handler.requires_pairs else cut
+    budget = Budget(warmup_runs=5, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds, floor_runs=1)
+    return median_ms(lambda: predictor.predict([item] * batch), budget)
 
 
 def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
@@ -211,72 +176,6 @@ def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig
     if not target.has_vnni and target.isa.arch == "x86_64":
         configs.append(base.model_copy(update={"reduce_range": True, "weight_type": "int8"}))
     return configs
-
-
-def head_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
-    """The task head among :func:`quantizable_nodes`: Gemm-derived nodes (they act on the pooled
-    [batch, hidden] vector: pooler, sequence classifier) and MatMuls whose output reaches a graph
-    output through bias ``Add`` nodes only (token classifier). Empty for a bare encoder.
-
-    Why they stay fp32 by default: they hold well under 1 % of the FLOPs at any sequence length,
-    and their error reaches the logits unaveraged. Measured on the BBC cross-encoder fixture
-    (normalised output MSE with one node quantized alone): pooler 0.36, next node 0.008; the BBC
-    classifier's held-out label agreement went from 98.6 % to 100 % with its head in fp32.
-    """
-    import onnx
-
-    graph = onnx.load(str(model.path), load_external_data=False).graph
-    outputs = {o.name for o in graph.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def reaches_output(tensor: str) -> bool:
-        if tensor in outputs:
-            return True
-        nxt = consumers.get(tensor, [])
-        return len(nxt) == 1 and nxt[0].op_type == "Add" and reaches_output(nxt[0].output[0])
-
-    by_name = {n.name: n for n in graph.node if n.name}
-    head = []
-    for name in quantizable_nodes(model, config):
-        node = by_name.get(name)
-        if node is None and name.endswith("_MatMul"):  # Gemm, listed under its quantize_dynamic name
-            head.append(name)
-        elif node is not None and node.op_type == "MatMul" and reaches_output(node.output[0]):
-            head.append(name)
-    return head
-
-
-def quantizable_nodes(model: OnnxModel, config: QuantConfig) -> list[str]:
-    """Names, as ``nodes_to_exclude`` must spell them, of the nodes ``config`` would quantize: op types in
-    ``config.op_types``; MatMuls and Gemms only with a constant weight, Gathers only of a constant table.
-
-    ``quantize_dynamic`` first rewrites every Gemm with alpha = beta = 1 and transA = 0 into
-    ``MatMul`` (+ ``Add``) named ``<gemm>_MatMul`` and then quantizes it as a MatMul
-    (``onnxruntime.quantization.onnx_model.ONNXModel.replace_gemm_with_matmul``); classifier and
-    pooler heads exported from PyTorch ``nn.Linear`` on a 2-D input are such Gemms, so they are
-    listed under that name (else they are quantized and can never fall back to fp32).
-    """
-    import onnx
-
-    graph = onnx.load(str(model.path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    names = []
-    for n in graph.node:
-        if not n.name:
-            continue
-        const_b = len(n.input) > 1 and n.input[1] in inits
-        if n.op_type == "Gather" and n.input[0] not in inits:  # an activation gather (e.g. [CLS]) has no weight
-            continue
-        if n.op_type == "Gemm" and "MatMul" in config.op_types and const_b:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            if attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and attrs.get("transA", 0) == 0:
-                names.append(f"{n.name}_MatMul")
-        elif n.op_type in config.op_types and (n.op_type != "MatMul" or const_b):
-            names.append(n.name)
-    return names
 
 
 class _Tuner:
@@ -460,42 +359,6 @@ class _Tuner:
         return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
-def fallback_plan(trials: Sequence[Trial], precision: str = "auto") -> tuple[str, int] | None:
-    """Whether phase 2 (per-node fp32 fallback) should run after phase 1's ``trials``: ``(why, base)`` with
-    ``base`` the index of the trial whose configuration the fallbacks extend, or None.
-
-    It runs when no int8 candidate passed (base: the lowest gate loss), or when the candidate
-    :func:`choose` would ship is int8 and passed narrowly, with gate loss above ``SAFETY_MARGIN`` × the
-    tolerance it was validated at (base: that candidate; see the constant for the measurement behind it).
-    """
-    int8 = [i for i, t in enumerate(trials) if t.config is not None and t.validation is not None]
-    if not int8:
-        return None
-    if not any(trials[i].passed for i in int8):
-        return "no int8 candidate passed", min(int8, key=lambda i: trials[i].validation.gate_loss)
-    chosen, _ = choose(trials, precision)
-    if chosen is not None and trials[chosen].config is not None and not _robust(trials[chosen]):
-        return (f"{trials[chosen].label} passed narrowly (gate loss {trials[chosen].validation.gate_loss:.2g} > "
-                f"{SAFETY_MARGIN:g} × tolerance)"), chosen
-    return None
-
-
-def output_nmse(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], batches: Sequence) -> float:
-    """:func:`multiverse.metrics.nmse` over batches of raw outputs; rank-3 outputs [batch, seq, dim] count real
-    tokens only (``batches[i].attention_mask`` int64 [batch, seq]). 0 = identical."""
-    from .metrics import nmse
-
-    refs, cands = [], []
-    for r, c, enc in zip(reference, candidate, batches):
-        r, c = np.asarray(r), np.asarray(c)
-        if r.ndim == 3:
-            mask = enc.attention_mask.astype(bool)
-            r, c = r[mask], c[mask]
-        refs.append(r.reshape(-1))
-        cands.append(c.reshape(-1))
-    return nmse(np.concatenate(refs), np.concatenate(cands))
-
-
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
          quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
          configs: Sequence[QuantConfig] | None = None, progress: Progress | None = None) -> tuple[OnnxModel, TuningReport]:
@@ -539,67 +402,3 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)
 
 
-def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None, str]:
-    """Index of the trial to ship (fp32 is trial 0) and the reason, or (None, reason) when none passes.
-
-    ``precision``: ``auto`` = the fastest passing trial; ``int8`` = the fastest passing int8 trial
-    (for building on a host whose timings say nothing about the target CPU); ``fp32`` = trial 0.
-    "Fastest" allows for timing noise: passing trials whose p50 is within ``LATENCY_TIE`` (5 %) of
-    the fastest one count as equally fast, and the most faithful of them ships (lowest
-    ``ValidationReport.divergence`` from the PyTorch model, then gate loss, then p50); a trial at
-    most ``FIDELITY_TRADE`` 10 % slower with at most half that divergence ships instead, and a
-    narrow pass gives way to a pass with margin at most 10 % slower (see :func:`_most_accurate_of_fastest`). Without this,
-    a candidate that passed a finite eval set by one example, or gained a lucky 6 % of F1 on 200
-    tweets, would beat a clearly more faithful one over a timing difference the next run reverses.
-    """
-    passing = [i for i, t in enumerate(trials) if t.passed and t.p50_ms is not None]
-    if precision == "fp32":
-        passing = [i for i in passing if trials[i].config is None]
-    elif precision == "int8":
-        passing = [i for i in passing if trials[i].config is not None]
-        if passing:
-            return _most_accurate_of_fastest(trials, passing), "int8 requested: fastest passing int8 candidate"
-    if not passing:
-        return None, "no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
-    best = _most_accurate_of_fastest(trials, passing)
-    if trials[best].config is None:
-        if any(trials[i].config is not None for i in passing):
-            return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
-        if any(t.config is not None for t in trials):
-            return best, "fp32 shipped: no int8 candidate met the tolerance"
-        return best, "fp32 shipped: no int8 candidate was tried (--no-quantize, --precision fp32 or --max-trials 0)"
-    speedup = trials[0].p50_ms / trials[best].p50_ms if trials[0].p50_ms else float("nan")
-    return best, (f"fastest passing candidate (most accurate within {LATENCY_TIE:.0%} of the fastest, or "
-                  f"≤ {FIDELITY_TRADE[0]:.0%} slower at ≤ {FIDELITY_TRADE[1]:g}× the divergence or with margin "
-                  f"over a narrow pass), {speedup:.2f}× faster than fp32")
-
-
-def _robust(trial: Trial) -> bool:
-    """Passed with margin: gate loss ≤ ``SAFETY_MARGIN`` × the tolerance it was validated at."""
-    return trial.validation.gate_loss <= SAFETY_MARGIN * trial.validation.tolerance
-
-
-def _most_accurate_of_fastest(trials: Sequence[Trial], indices: Sequence[int]) -> int:
-    """Among ``indices``: the most faithful of those within ``LATENCY_TIE`` of the fastest p50, or, if one at
-    most ``FIDELITY_TRADE[0]`` slower has at most ``FIDELITY_TRADE[1]`` × its divergence, the most faithful such.
-    If that one passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ), the most faithful that passed with
-    margin, is at most ``FIDELITY_TRADE[0]`` slower than it and no less faithful ships instead (measured, BBC
-    cross-encoder: α=0.6 passed validation with 0.98 % MRR loss at τ 1 % and lost 1.17 % held out; the same with
-    its most sensitive node in fp32, 8 % slower, gained 0.13 % on validation and lost 0.54 % held out)."""
-    def key(i):  # divergences equal to 2 significant digits tie (BBC α=0.7 vs 0.8: 0.002364 vs 0.002357)
-        v = trials[i].validation
-        return float(f"{v.divergence:.2g}"), v.gate_loss, trials[i].p50_ms
-
-    fastest = min(trials[i].p50_ms for i in indices)
-    pick = min((i for i in indices if trials[i].p50_ms <= fastest * (1 + LATENCY_TIE)), key=key)
-    slower, ratio = FIDELITY_TRADE
-    better = [i for i in indices if trials[i].p50_ms <= fastest * (1 + slower)
-              and trials[i].validation.divergence <= ratio * trials[pick].validation.divergence]
-    if better:
-        pick = min(better, key=key)
-    if not _robust(trials[pick]):  # a narrow pass: one with margin, as faithful and ≤ 10 % slower, ships instead
-        safer = [i for i in indices if _robust(trials[i]) and trials[i].p50_ms <= trials[pick].p50_ms * (1 + slower)
-                 and trials[i].validation.divergence <= trials[pick].validation.divergence]
-        if safer:
-            pick = min(safer, key=key)
-    return pick
