@@ -23,6 +23,10 @@ class UsageError(MultiverseError):
     exit_code = 2
 
 
+class MissingExtraError(UsageError):
+    """A command needs an optional install (the ``optimize`` build stack) that is not installed."""
+
+
 class RecipeError(MultiverseError):
     """A recipe YAML is missing, malformed, or names an unknown target or key."""
 
@@ -77,6 +81,10 @@ class InputError(MultiverseError):
     """A request's inputs are invalid for the bundle's task (empty, wrong shape, too large)."""
 
     exit_code = 2
+
+
+class ImageError(MultiverseError):
+    """A container image could not be built: no working container engine, the build or save failed."""
 
 
 class BenchmarkError(MultiverseError):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__, bundle, evaldata, hub
+from . import __version__, bundle, evaldata, hub, image
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
@@ -120,8 +121,12 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
+            pins = image.runtime_pins()  # the runtime that just validated it (onnxruntime above all)
+            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": pins}
+            (work / image.REQUIREMENTS).write_text(image.requirements_txt(pins), encoding="utf-8")
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
-                                   readme=_readme(manifest, dest), dockerfile=_DOCKERFILE, overwrite=overwrite)
+                                   readme=_readme(manifest, dest), dockerfile=image.dockerfile(), overwrite=overwrite,
+                                   extra_files={image.REQUIREMENTS: work / image.REQUIREMENTS})
             s["summary"] = str(dest)
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
@@ -220,6 +225,7 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
 def _readme(m: dict, dest: Path) -> str:
     v = m.get("validation") or {}
     src = m["source"]
+    ort_version = ((m.get("runtime") or {}).get("requirements") or {}).get("onnxruntime", "?")
     rows = "\n".join(f"| {t['label']} | {t['validation']['optimised']:.4f} | {t['validation']['relative_loss']:.4f} | "
                      f"{'yes' if t['validation']['passed'] else 'no'} | {t['p50_ms'] if t['p50_ms'] is not None else '-'} |"
                      for t in m["tuning"]["trials"] if t.get("validation"))
@@ -244,17 +250,13 @@ relative loss {v.get('relative_loss', float('nan')):.4f}: **{'passed' if v.get('
 
 ## Serve
 
+`requirements.txt` pins the runtime that validated this bundle (onnxruntime {ort_version}).
+
 ```bash
-pip install "multiverse[serve]"
+pip install -r {dest.name}/requirements.txt && pip install --no-deps multiverse   # lean runtime, no torch
 multiverse serve {dest.name}
 curl -s localhost:8080/predict -H 'content-type: application/json' -d '{{"inputs": "Hello world"}}'
+multiverse image {dest.name} --tag {dest.name}:latest   # or a container image (see Dockerfile)
 ```
 """
 
-
-_DOCKERFILE = """FROM python:3.11-slim
-RUN pip install --no-cache-dir "multiverse[serve]"
-COPY . /bundle
-EXPOSE 8080
-CMD ["multiverse", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8080"]
-"""
