@@ -169,6 +169,7 @@ def test_image_contents_and_size(built_image):
     # --save wrote an OCI archive.
     with tarfile.open(built_image["archive"]) as tar:
         names = set(tar.getnames())
+    built_image["archive"].unlink()  # ~400 MB; pytest keeps its last three temp folders
     assert {"oci-layout", "index.json"} <= {n.lstrip("./") for n in names}
 
 
