@@ -181,8 +181,10 @@ def test_container_serves_like_the_host_and_stops_on_sigterm(built_image):
     name = f"multiverse-test-{port}"
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    subprocess.run([engine, *ENGINE_ARGS, "run", "-d", "--name", name, *CONTAINER_ARGS,
-                    "-e", f"MULTIVERSE_PORT={port}", TAG], check=True, capture_output=True, timeout=120)
+    # --cpus 1: ORT's threads must follow the container's CPU quota; --read-only: as in examples/kubernetes.
+    subprocess.run([engine, *ENGINE_ARGS, "run", "-d", "--name", name, *CONTAINER_ARGS, "--cpus", "1",
+                    "--read-only", "--tmpfs", "/tmp", "-e", f"MULTIVERSE_PORT={port}", TAG],
+                   check=True, capture_output=True, timeout=120)
     try:
         while True:
             try:
@@ -200,7 +202,12 @@ def test_container_serves_like_the_host_and_stops_on_sigterm(built_image):
         # The image's HEALTHCHECK (python one-liner on /v2/health/ready) passes.
         assert subprocess.run([engine, "healthcheck", "run", name], capture_output=True).returncode == 0
 
-        host = Predictor.from_bundle(bundle)
+        threads = subprocess.run([engine, "exec", name, "python3", "-c", "from multiverse.runtime import "
+                                  "cgroup_cpu_quota, physical_cores; print(cgroup_cpu_quota(), physical_cores())"],
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+        assert threads == ["1.0", "1"], threads
+
+        host = Predictor.from_bundle(bundle, threads=1)  # the container runs 1 thread (--cpus 1)
         want = np.asarray(host.predict(TEXTS).results, dtype=np.float64)
         embed = np.asarray(_post(f"{url}/embed", {"inputs": TEXTS}), dtype=np.float64)
         predict = np.asarray(_post(f"{url}/predict", {"inputs": TEXTS}), dtype=np.float64)
@@ -228,3 +235,41 @@ def test_base_image_without_python_names_base_image(built_image, tiny_bundles, t
                 "--builder", engine, "--base-image", nopy, env={"MULTIVERSE_BUILDER_ARGS": shlex.join(BUILDER_ARGS)})
     assert r.returncode == 1, r.stderr[-3000:]
     assert "build failed" in r.stderr and "python3" in r.stderr and "--base-image" in r.stderr
+
+
+# --------------------------------------------------------------------------- units (no engine)
+
+def test_builder_commands_take_extra_flags_from_env_and_options(monkeypatch, tmp_path):
+    from multiverse.image import build_command, save_command
+
+    monkeypatch.setenv("MULTIVERSE_BUILDER_ARGS", "--network host -v '/etc/a b:/x:ro'")
+    cmd = build_command("podman", tmp_path, "a/b:1", "python:3.11-slim", ["--ulimit", "nofile=1024:1024"])
+    assert cmd[:4] == ["podman", "build", "--format", "docker"]  # docker format keeps HEALTHCHECK
+    assert cmd[cmd.index("--build-arg") + 1] == "BASE_IMAGE=python:3.11-slim"
+    i = cmd.index("--network")
+    assert cmd[i:i + 6] == ["--network", "host", "-v", "/etc/a b:/x:ro", "--ulimit", "nofile=1024:1024"]
+    assert cmd[-3:] == ["-f", str(tmp_path / "Dockerfile"), str(tmp_path)]
+    monkeypatch.delenv("MULTIVERSE_BUILDER_ARGS")
+    assert "--format" not in build_command("docker", tmp_path, "a/b:1", "x", [])  # no default host quirks either
+    assert "--network" not in build_command("docker", tmp_path, "a/b:1", "x", [])
+    assert save_command("podman", "a/b:1", tmp_path / "i.tar")[:4] == ["podman", "save", "--format", "oci-archive"]
+    assert save_command("buildah", "a/b:1", tmp_path / "i.tar")[-1] == f"oci-archive:{tmp_path / 'i.tar'}:a/b:1"
+
+
+def test_old_bundle_without_requirements_gets_this_environments_pins(tiny_bundles, tmp_path):
+    from importlib.metadata import version
+
+    from multiverse.image import write_context
+
+    bundle = tmp_path / "old"
+    shutil.copytree(tiny_bundles["feature-extraction"], bundle)
+    manifest = json.loads((bundle / "multiverse.json").read_text())
+    del manifest["files"]["requirements.txt"], manifest["runtime"]
+    (bundle / "multiverse.json").write_text(json.dumps(manifest))
+    (bundle / "requirements.txt").unlink()
+    wheel = tmp_path / "multiverse-0.0.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    notes = []
+    ctx = write_context(bundle, wheel, tmp_path / "ctx", log=notes.append)
+    assert read_requirements(ctx / "bundle" / "requirements.txt")["onnxruntime"] == version("onnxruntime")
+    assert "before runtime pinning" in notes[0]
