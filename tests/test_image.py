@@ -140,6 +140,8 @@ def built_image(tiny_bundles, tmp_path_factory):
     engine = _engine()
     bundle = tiny_bundles["feature-extraction"]
     archive = tmp_path_factory.mktemp("image") / "image.tar"
+    previous = subprocess.run([engine, "image", "inspect", TAG, "--format", "{{.Id}}"], capture_output=True,
+                              text=True).stdout.strip()
     t0 = time.monotonic()
     r = run_cli("image", bundle, "--tag", TAG, "--builder", engine, "--base-image", BASE_IMAGE, "--save", archive,
                 env={"MULTIVERSE_BUILDER_ARGS": shlex.join(BUILDER_ARGS)})
@@ -147,6 +149,10 @@ def built_image(tiny_bundles, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-5000:]
     assert r.stdout.strip() == TAG
     print(f"\nimage build {build_s:.1f} s")
+    current = subprocess.run([engine, "image", "inspect", TAG, "--format", "{{.Id}}"], capture_output=True,
+                             text=True).stdout.strip()
+    if previous and previous != current:  # the last run's image, now untagged: drop it (shared layers stay cached)
+        subprocess.run([engine, "rmi", previous], capture_output=True)
     return {"engine": engine, "bundle": bundle, "archive": archive, "build_s": build_s}
 
 
