@@ -211,15 +211,16 @@ def build_wheel(wheel: str | Path | None = None, *, log: Callable[[str], None] =
 
 # --------------------------------------------------------------------------- the context
 
-def verify_bundle(bundle_dir: str | Path) -> None:
-    """Raises BundleError unless ``bundle_dir`` is a bundle whose files all pass their sha256 check."""
+def verify_bundle(bundle_dir: str | Path) -> dict:
+    """The manifest of ``bundle_dir``. Raises BundleError unless it is a bundle whose files all pass their sha256 check."""
     from .bundle import read_manifest, verify_files
 
-    read_manifest(bundle_dir)
+    manifest = read_manifest(bundle_dir)
     problems = verify_files(bundle_dir)
     if problems:
         raise BundleError(f"Bundle {bundle_dir} failed its sha256 check ({'; '.join(problems[:5])}); refusing to "
                           "build an image from it. Rebuild it with `multiverse optimize`.")
+    return manifest
 
 
 def write_context(bundle_dir: str | Path, wheel: Path, context: str | Path, *,
@@ -382,7 +383,9 @@ def build_image(bundle_dir: str | Path, tag: str | None = None, *, builder: str 
         if tag is None:
             raise UsageError("--tag NAME[:TAG] is required to build an image (or pass --dockerfile-only).")
         check_tag(tag)
-    verify_bundle(bundle_dir)
+    manifest = verify_bundle(bundle_dir)
+    if not (manifest.get("validation") or {}).get("passed"):
+        log(f"warning: {bundle_dir} FAILED its accuracy gate (kept with --keep-failed); the image serves it anyway")
     engine = None if dockerfile_only else find_builder(builder)
     whl = build_wheel(wheel, log=log)
     keep = dockerfile_only or context is not None
