@@ -227,23 +227,21 @@ def write_context(bundle_dir: str | Path, wheel: Path, context: str | Path, *,
                   base_image: str = DEFAULT_BASE_IMAGE, log: Callable[[str], None] = lambda s: None) -> Path:
     """Verify the bundle and lay out a build context: ``Dockerfile``, ``bundle/``, ``wheels/``.
 
-    The bundle is checked first (schema and sha256 of every file) and a corrupted one is refused
-    before anything is written. A bundle from before runtime pinning (no ``requirements.txt``)
-    gets one pinned from this environment, and ``log`` says so.
+    The bundle is checked first (schema and sha256 of every file) and a corrupted one, or one
+    without the pinned ``requirements.txt``, is refused before anything is written.
 
-    Returns the context folder. Raises BundleError (corrupted or not a bundle), UsageError
+    Returns the context folder. Raises BundleError (corrupted, unpinned or not a bundle), UsageError
     (``context`` exists and is not empty).
     """
     bundle_dir, context = Path(bundle_dir), Path(context)
     verify_bundle(bundle_dir)
+    if not (bundle_dir / REQUIREMENTS).is_file():
+        raise BundleError(f"{bundle_dir} has no {REQUIREMENTS} (it was built before bundles pinned their runtime); "
+                          "rebuild it with this version of `multiverse optimize`.")
     if context.exists() and any(context.iterdir()):
         raise UsageError(f"Build context folder {context} exists and is not empty; remove it or choose another --context.")
     context.mkdir(parents=True, exist_ok=True)
     shutil.copytree(bundle_dir, context / "bundle", ignore=shutil.ignore_patterns(".*"))
-    req = context / "bundle" / REQUIREMENTS
-    if not req.is_file():
-        log(f"{bundle_dir} has no {REQUIREMENTS} (built before runtime pinning): pinning this environment's runtime")
-        req.write_text(requirements_txt(runtime_pins()), encoding="utf-8")
     (context / "wheels").mkdir()
     shutil.copy2(wheel, context / "wheels" / Path(wheel).name)
     (context / DOCKERFILE).write_text(dockerfile(base_image), encoding="utf-8")

@@ -260,22 +260,3 @@ def test_builder_commands_take_extra_flags_from_env_and_options(monkeypatch, tmp
     assert "--network" not in build_command("docker", tmp_path, "a/b:1", "x", [])
     assert save_command("podman", "a/b:1", tmp_path / "i.tar")[:4] == ["podman", "save", "--format", "oci-archive"]
     assert save_command("buildah", "a/b:1", tmp_path / "i.tar")[-1] == f"oci-archive:{tmp_path / 'i.tar'}:a/b:1"
-
-
-def test_old_bundle_without_requirements_gets_this_environments_pins(tiny_bundles, tmp_path):
-    from importlib.metadata import version
-
-    from multiverse.image import write_context
-
-    bundle = tmp_path / "old"
-    shutil.copytree(tiny_bundles["feature-extraction"], bundle)
-    manifest = json.loads((bundle / "multiverse.json").read_text())
-    del manifest["files"]["requirements.txt"], manifest["runtime"]
-    (bundle / "multiverse.json").write_text(json.dumps(manifest))
-    (bundle / "requirements.txt").unlink()
-    wheel = tmp_path / "multiverse-0.0.0-py3-none-any.whl"
-    wheel.write_bytes(b"")
-    notes = []
-    ctx = write_context(bundle, wheel, tmp_path / "ctx", log=notes.append)
-    assert read_requirements(ctx / "bundle" / "requirements.txt")["onnxruntime"] == version("onnxruntime")
-    assert "before runtime pinning" in notes[0]
