@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name):  # lazy: serving must not import torch/transformers through here
     if name == "optimize":
+        from .extras import require_optimize
+
+        require_optimize("multiverse.optimize")  # MissingExtraError: pip install "multiverse[optimize]"
         from .pipeline import optimize
 
         return optimize

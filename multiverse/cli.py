@@ -1,6 +1,7 @@
 """The ``multiverse`` command: parse, call the library, render. Results go to stdout, everything else to stderr.
 
-Exit codes: 0 ok, 1 error, 2 usage or recipe error, 3 accuracy gate failed.
+Exit codes: 0 ok, 1 error, 2 usage or recipe error (also: a command that needs the build stack run
+on the lean runtime install; the one line says `pip install "multiverse[optimize]"`), 3 accuracy gate failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AccuracyGateError, Interrupted, MultiverseError, UsageError
@@ -30,7 +32,7 @@ def _fail(exc: MultiverseError, as_json: bool = False) -> None:
         if report is not None and hasattr(report, "to_dict"):
             doc["report"] = report.to_dict()
         print(json.dumps(doc, indent=2))
-    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)  # `[optimize]` is not markup
     raise typer.Exit(exc.exit_code)
 
 
@@ -59,6 +61,16 @@ def _columns(text: str | None, text_pair: str | None, label: str | None):
     return Columns(text, text_pair, label)
 
 
+def _need_build_stack(what: str, as_json: bool = False) -> None:
+    """Exit 2 with one line (`pip install "multiverse[optimize]"`) when the optimize extra is missing."""
+    from .extras import require_optimize
+
+    try:
+        require_optimize(what)
+    except MultiverseError as exc:
+        _fail(exc, as_json)
+
+
 @app.command()
 def optimize(
     model: Optional[str] = typer.Argument(None, help="Hub id, local folder or short name (recipes/models). "
@@ -85,6 +97,7 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Export, fuse, quantize and validate MODEL for a CPU target; write a bundle. Prints the bundle path."""
+    _need_build_stack("`multiverse optimize`", as_json)
     from .pipeline import optimize as run
     from .workdir import unwind_on_signals
 
@@ -195,6 +208,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Re-run the accuracy gate on BUNDLE against its original PyTorch model. Exit 3 when it fails."""
+    _need_build_stack("`multiverse validate`", as_json)
     from .pipeline import revalidate
     from .validate import resolution_note
 
@@ -318,6 +332,8 @@ def benchmark(
     """Measure BUNDLE end to end over a grid of cores × sequence lengths × batch sizes, beside the baselines.
 
     Writes report.json, report.csv and PNG plots to --out, prints a table on stderr and the report path on stdout."""
+    if http is None and (not no_accuracy or any(b != "none" for b in baseline)):  # PyTorch reference / baselines
+        _need_build_stack("`multiverse benchmark`", as_json)
     from .benchmark import options, report
 
     try:
@@ -334,13 +350,47 @@ def benchmark(
     print(json.dumps(rep, indent=1) if as_json else paths["json"])
 
 
+@app.command()
+def image(
+    bundle: Path = typer.Argument(..., help="Bundle folder (from `multiverse optimize`)."),
+    tag: Optional[str] = typer.Option(None, "--tag", "-t", help="Image name NAME[:TAG]."),
+    builder: Optional[str] = typer.Option(None, "--builder", help="podman | docker | buildah (default: the first that works)."),
+    base_image: str = typer.Option("python:3.11-slim", "--base-image", help="Base with python3 and venv (a mirror of python:3.11-slim, or a Debian python3 image)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the image as an archive FILE.tar (OCI; docker: docker-archive)."),
+    dockerfile_only: bool = typer.Option(False, "--dockerfile-only", help="Only write the build context (Dockerfile, bundle/, wheels/) and print its path."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Folder for the build context (default: temporary; with --dockerfile-only ./<bundle>-image)."),
+    wheel: Optional[Path] = typer.Option(None, "--wheel", help="Multiverse wheel to install (default: built from this checkout, cached)."),
+    builder_arg: list[str] = typer.Option([], "--builder-arg", help="Extra flag for `<builder> build` (repeatable; also $MULTIVERSE_BUILDER_ARGS), e.g. --builder-arg=--network=host."),
+) -> None:
+    """Build a container image that serves BUNDLE on port 8080. Prints the tag (or the context path)."""
+    from .image import build_image
+
+    try:
+        result = build_image(bundle, tag, builder=builder, base_image=base_image, save=save,
+                             dockerfile_only=dockerfile_only, context=context, wheel=wheel,
+                             extra_builder_args=builder_arg, log=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
+    except MultiverseError as exc:
+        _fail(exc)
+    if result.saved is not None:
+        err.print(f"saved {result.tag} to {result.saved}", highlight=False)
+    print(result.context if dockerfile_only else result.tag)
+
+
 def main() -> None:
     """Console-script entry point."""
+    from .extras import HINT, OPTIMIZE_MODULES
+
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         err.print("interrupted")
         sys.exit(130)
+    except ModuleNotFoundError as exc:  # a build-stack import reached from the lean runtime install
+        if (exc.name or "").split(".")[0] not in OPTIMIZE_MODULES:
+            raise
+        err.print(f"[red]error:[/red] this command needs {exc.name}, which is not installed: {escape(HINT)}",
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

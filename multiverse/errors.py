@@ -28,6 +28,10 @@ class UsageError(MultiverseError):
     exit_code = 2
 
 
+class MissingExtraError(UsageError):
+    """A command needs an optional install (the ``optimize`` build stack) that is not installed."""
+
+
 class RecipeError(MultiverseError):
     """A recipe YAML is missing, malformed, or names an unknown target or key."""
 
@@ -94,6 +98,10 @@ class RequestTooLarge(InputError):
 
     http_status = 413
     error_type = "PayloadTooLarge"
+
+
+class ImageError(MultiverseError):
+    """A container image could not be built: no working container engine, the build or save failed."""
 
 
 class BenchmarkError(MultiverseError):

@@ -7,9 +7,10 @@ Each stage takes a value and returns a new one; the gate is a policy here, repor
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from pathlib import Path
 
-from . import __version__, bundle, evaldata, hub, workdir
+from . import __version__, bundle, evaldata, hub, image, workdir
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
@@ -122,8 +123,12 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
+            pins = image.runtime_pins()  # the runtime that just validated it (onnxruntime above all)
+            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": pins}
+            (work / image.REQUIREMENTS).write_text(image.requirements_txt(pins), encoding="utf-8")
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
-                                   readme=_readme(manifest, dest), dockerfile=_DOCKERFILE, overwrite=overwrite)
+                                   readme=_readme(manifest, dest), dockerfile=image.dockerfile(), overwrite=overwrite,
+                                   extra_files={image.REQUIREMENTS: work / image.REQUIREMENTS})
             s["summary"] = f"{dest} (manifest sha256 {written.manifest_sha256})"
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
@@ -238,6 +243,7 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
 def _readme(m: dict, dest: Path) -> str:
     v = m.get("validation") or {}
     src = m["source"]
+    ort_version = ((m.get("runtime") or {}).get("requirements") or {}).get("onnxruntime", "?")
     rows = "\n".join(f"| {t['label']} | {t['validation']['optimised']:.4f} | {t['validation']['relative_loss']:.4f} | "
                      f"{'yes' if t['validation']['passed'] else 'no'} | {t['p50_ms'] if t['p50_ms'] is not None else '-'} |"
                      for t in m["tuning"]["trials"] if t.get("validation"))
@@ -262,17 +268,13 @@ relative loss {v.get('relative_loss', float('nan')):.4f}: **{'passed' if v.get('
 
 ## Serve
 
+`requirements.txt` pins the runtime that validated this bundle (onnxruntime {ort_version}).
+
 ```bash
-pip install "multiverse[serve]"
+pip install -r {dest.name}/requirements.txt && pip install --no-deps multiverse   # lean runtime, no torch
 multiverse serve {dest.name}
 curl -s localhost:8080/predict -H 'content-type: application/json' -d '{{"inputs": "Hello world"}}'
+multiverse image {dest.name} --tag {dest.name}:latest   # or a container image (see Dockerfile)
 ```
 """
 
-
-_DOCKERFILE = """FROM python:3.11-slim
-RUN pip install --no-cache-dir "multiverse[serve]"
-COPY . /bundle
-EXPOSE 8080
-CMD ["multiverse", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8080"]
-"""

@@ -29,28 +29,91 @@ _U8S8_PROBE = ("eNrj4BDiyi3NKcksSy0qTrW6zcElwcXoyMXoJMQYqcTrm1jiW5rjmVeSmp5aJMRV
                "AjxcHFxMAmxcTFwMXE4JAGFIsFCbFAhAScWLgYBXgC3kBHS")
 
 
-def cgroup_cpu_quota() -> float | None:
-    """CPUs allowed by the cgroup CPU quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), or None if unlimited."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _own_cgroup_dirs(root: Path, proc_self_cgroup: Path, controller: str | None) -> list[Path]:
+    """This process's cgroup folder under ``root`` and every ancestor up to ``root``, innermost first.
+
+    ``controller`` None reads the cgroup v2 line (``0::/path``); otherwise the v1 line whose
+    controller list contains it (``4:cpu,cpuacct:/path``). Inside a container with its own cgroup
+    namespace the path is ``/`` and the list is just ``[root]``.
+    """
+    rel = "/"
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
+        for line in proc_self_cgroup.read_text().splitlines():
+            hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if (controller is None and hid == "0" and controllers == "") or (
+                    controller is not None and controller in controllers.split(",")):
+                rel = path or "/"
+                break
+    except OSError:
         pass
-    try:
-        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return q / p if q > 0 and p > 0 else None
-    except (OSError, ValueError):
-        return None
+    dirs, cur = [], root / rel.strip("/")
+    while True:
+        dirs.append(cur)
+        if cur == root or root not in cur.parents:
+            return dirs
+        cur = cur.parent
 
 
-def physical_cores() -> int:
+def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT,
+                     proc_self_cgroup: str | os.PathLike = PROC_SELF_CGROUP) -> float | None:
+    """CPUs this process may use by its cgroup CPU quota, or None when no quota applies.
+
+    cgroup v2: ``<root>/<own path>/cpu.max`` (``"200000 100000"`` → 2.0; ``"max 100000"`` → no
+    quota). cgroup v1: ``<root>/cpu/<own path>/cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
+    (``-1`` → no quota; the ``cpu,cpuacct`` mount name is tried too). Ancestors are read as well
+    and the smallest quota wins, as the kernel enforces every level. This is what
+    ``docker run --cpus 2`` / a Kubernetes CPU limit sets, and what ONNX Runtime's thread pool
+    should be sized from instead of the host's core count.
+
+    Args:
+        root: the cgroup mount (default ``/sys/fs/cgroup``); tests pass a fake tree.
+        proc_self_cgroup: the ``/proc/self/cgroup`` file naming this process's cgroup.
+
+    Returns: a float number of CPUs (may be fractional, e.g. 1.5), or None. Never raises:
+    unreadable or malformed files count as "no quota".
+    """
+    root, proc = Path(root), Path(proc_self_cgroup)
+    quotas: list[float] = []
+    if (root / "cgroup.controllers").exists() or any(d.joinpath("cpu.max").is_file()
+                                                     for d in _own_cgroup_dirs(root, proc, None)):
+        for d in _own_cgroup_dirs(root, proc, None):
+            try:
+                quota, period = d.joinpath("cpu.max").read_text().split()[:2]
+                if quota != "max" and int(period) > 0 and int(quota) > 0:
+                    quotas.append(int(quota) / int(period))
+            except (OSError, ValueError):
+                continue
+    else:
+        for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            base = root / mount
+            if not base.is_dir():
+                continue
+            for d in _own_cgroup_dirs(base, proc, "cpu"):
+                try:
+                    q = int(d.joinpath("cpu.cfs_quota_us").read_text())
+                    p = int(d.joinpath("cpu.cfs_period_us").read_text())
+                except (OSError, ValueError):
+                    continue
+                if q > 0 and p > 0:
+                    quotas.append(q / p)
+            break
+    return min(quotas) if quotas else None
+
+
+def physical_cores(cgroup_root: str | os.PathLike = CGROUP_ROOT,
+                   proc_self_cgroup: str | os.PathLike = PROC_SELF_CGROUP) -> int:
     """Physical cores this process may use: the affinity mask, minus SMT siblings, capped by the cgroup quota.
 
     Never the host's logical CPU count: ORT with one thread per hyper-thread, or more
     threads than the container's quota, loses most of the int8 speed-up (PITFALLS.md).
+    A fractional quota rounds down (1.5 CPUs → 1 thread), never below 1.
+
+    Args:
+        cgroup_root, proc_self_cgroup: passed to :func:`cgroup_cpu_quota` (tests use fake trees).
     """
     try:
         cpus = sorted(os.sched_getaffinity(0))
@@ -64,7 +127,7 @@ def physical_cores() -> int:
         except OSError:
             cores.add(("0", str(cpu)))
     n = max(1, len(cores))
-    quota = cgroup_cpu_quota()
+    quota = cgroup_cpu_quota(cgroup_root, proc_self_cgroup)
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
     return n

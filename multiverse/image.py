@@ -1,0 +1,422 @@
+"""From a bundle to an OCI image: the pinned runtime, the Dockerfile, the build context and the builder.
+
+Everything container-related lives here: ``optimize`` calls :func:`runtime_pins`,
+:func:`requirements_txt` and :func:`dockerfile` to write ``requirements.txt`` and ``Dockerfile``
+into the bundle; ``multiverse image`` calls :func:`build_image`. Standard library plus
+``packaging`` (requirement markers); it runs with the lean runtime install.
+
+The image holds a venv (``python3 -m venv /opt/venv``, so Debian's ``python3``, which refuses
+system-wide pip installs under PEP 668, works as a base as well as ``python:3.11-slim``) with the
+bundle's pinned ``requirements.txt`` and the Multiverse wheel installed ``--no-deps``; no torch,
+transformers, optimum, onnx or neural-compressor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import BundleError, ImageError, UsageError
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+REQUIREMENTS = "requirements.txt"
+DOCKERFILE = "Dockerfile"
+CONTAINER_PORT = 8080
+CONTAINER_UID = 10001
+BUILDERS = ("podman", "docker", "buildah")
+BUILDER_ARGS_ENV = "MULTIVERSE_BUILDER_ARGS"
+#: Distributions that must never be in the image (the build stack); the image test checks it.
+BUILD_STACK = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "neural-compressor",
+               "sentence-transformers", "datasets")
+
+
+def _norm(name: str) -> str:
+    """PEP 503 normalised distribution name (``Neural_Compressor`` → ``neural-compressor``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_pins(dist: str = "multiverse") -> dict[str, str]:
+    """Exact installed versions of everything the runtime install of ``dist`` pulls in.
+
+    Walks the base ``Requires-Dist`` of ``dist`` (no extras; markers evaluated for this
+    interpreter and platform) and of each dependency in turn, and reads each one's installed
+    version: the environment that just validated the bundle. ``dist`` itself is not pinned
+    (the image installs its wheel).
+
+    Returns: ``{normalised name: version}``, sorted by name, e.g. ``{"onnxruntime": "1.23.2", ...}``.
+
+    Raises:
+        ImageError: ``dist`` or one of its runtime dependencies is not installed (the
+            environment is incomplete; reinstall Multiverse).
+    """
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    queue: deque[tuple[str, frozenset[str]]] = deque([(dist, frozenset())])
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while queue:
+        name, extras = queue.popleft()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            d = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise ImageError(f"{name} is not installed, so the runtime cannot be pinned. "
+                             f'Reinstall with `pip install -e ".[optimize]"`.') from None
+        if name != dist:
+            pins[_norm(d.metadata["Name"])] = d.version
+        for line in d.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                    req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                continue
+            queue.append((_norm(req.name), frozenset(req.extras)))
+    return dict(sorted(pins.items()))
+
+
+def requirements_txt(pins: dict[str, str]) -> str:
+    """``requirements.txt`` text: a header and one ``name==version`` line per pin."""
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    lines = [f"# Runtime that validated this bundle (Python {py}, {sys.platform}); written by `multiverse optimize`.",
+             "# Install with the Multiverse wheel: pip install -r requirements.txt && pip install --no-deps multiverse-*.whl",
+             *(f"{name}=={version}" for name, version in pins.items())]
+    return "\n".join(lines) + "\n"
+
+
+def read_requirements(path: str | Path) -> dict[str, str]:
+    """Parse a ``requirements.txt`` of ``name==version`` lines (comments skipped) into pins."""
+    pins = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[_norm(name.strip())] = version.strip()
+    return pins
+
+
+def dockerfile(base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """The Dockerfile of a build context laid out by :func:`write_context`.
+
+    Context layout: ``Dockerfile``, ``bundle/`` (the bundle, with its pinned
+    ``requirements.txt``), ``wheels/multiverse-*.whl``. Layers: pinned runtime (cached across
+    bundles with the same pins), the wheel, the bundle. The server runs as uid 10001, listens on
+    ``$MULTIVERSE_PORT`` (8080), exits cleanly on SIGTERM; the health check calls
+    ``/v2/health/ready`` with Python's urllib (the base needs no curl).
+    """
+    health = ("import os,sys,urllib.request; "
+              "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' "
+              "% os.environ.get('MULTIVERSE_PORT', '8080'), timeout=3).status == 200 else 1)")
+    return f"""# Multiverse serving image. Build context: `multiverse image BUNDLE --dockerfile-only` writes it
+# (this Dockerfile, bundle/, wheels/multiverse-*.whl); `multiverse image BUNDLE --tag NAME` builds it.
+ARG BASE_IMAGE={base_image}
+FROM ${{BASE_IMAGE}}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \\
+    PATH=/opt/venv/bin:$PATH HOME=/tmp MULTIVERSE_PORT={CONTAINER_PORT}
+COPY bundle/{REQUIREMENTS} /opt/multiverse/{REQUIREMENTS}
+RUN python3 -m venv /opt/venv \\
+ && /opt/venv/bin/python -m pip install --no-cache-dir -r /opt/multiverse/{REQUIREMENTS} \\
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {{}} +
+COPY wheels/ /opt/multiverse/wheels/
+RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps /opt/multiverse/wheels/*.whl \\
+ && rm -rf /opt/multiverse/wheels
+COPY bundle/ /bundle/
+USER {CONTAINER_UID}:{CONTAINER_UID}
+EXPOSE {CONTAINER_PORT}
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \\
+    CMD ["python3", "-c", "{health}"]
+CMD ["/bin/sh", "-c", "exec multiverse serve /bundle --host 0.0.0.0 --port \\"${{MULTIVERSE_PORT:-{CONTAINER_PORT}}}\\""]
+"""
+
+
+# --------------------------------------------------------------------------- the wheel
+
+def project_root() -> Path | None:
+    """The source checkout this Multiverse runs from (``pyproject.toml`` beside the package), or None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "multiverse").is_dir() else None
+
+
+def _source_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "README.md"]
+    for folder in ("multiverse", "recipes"):
+        files += sorted(p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in files:
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def wheel_cache_dir() -> Path:
+    """``$MULTIVERSE_CACHE/wheels`` (default ``~/.cache/multiverse/wheels``)."""
+    base = os.environ.get("MULTIVERSE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "multiverse"
+    return Path(base).expanduser() / "wheels"
+
+
+def build_wheel(wheel: str | Path | None = None, *, log: Callable[[str], None] = lambda s: None) -> Path:
+    """The Multiverse wheel to install in the image.
+
+    ``wheel`` given: that file is checked and returned. Otherwise the wheel of the source checkout
+    is built with ``pip wheel --no-deps --no-build-isolation`` (about 10-30 s) and cached under
+    :func:`wheel_cache_dir` by a hash of the sources, so an unchanged checkout reuses it.
+
+    Raises:
+        UsageError: ``wheel`` is not a ``multiverse-*.whl`` file.
+        ImageError: no source checkout to build from (pass ``--wheel``), or pip failed.
+    """
+    if wheel is not None:
+        wheel = Path(wheel)
+        if not wheel.is_file() or not wheel.name.startswith("multiverse-") or wheel.suffix != ".whl":
+            raise UsageError(f"--wheel {wheel}: not a multiverse-*.whl file. Build one with "
+                             "`pip wheel --no-deps -w dist .` in the Multiverse checkout.")
+        return wheel
+    root = project_root()
+    if root is None:
+        raise ImageError("Multiverse is installed from a wheel, not a source checkout, so its wheel cannot be "
+                         "rebuilt here: pass --wheel multiverse-*.whl (the file you installed).")
+    dest = wheel_cache_dir() / _source_digest(root)
+    found = sorted(dest.glob("multiverse-*.whl"))
+    if found:
+        log(f"reusing wheel {found[-1]}")
+        return found[-1]
+    tmp = Path(tempfile.mkdtemp(prefix="wheel-"))
+    try:
+        log(f"building the Multiverse wheel from {root}")
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                               "-w", str(tmp), str(root)], capture_output=True, text=True)
+        built = sorted(tmp.glob("multiverse-*.whl"))
+        if done.returncode != 0 or not built:
+            raise ImageError(f"Building the Multiverse wheel failed:\n{(done.stderr or done.stdout)[-2000:]}\n"
+                             "Fix the error above, or pass --wheel multiverse-*.whl.")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(built[-1]), dest / built[-1].name)
+        return dest / built[-1].name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the context
+
+def verify_bundle(bundle_dir: str | Path) -> dict:
+    """The manifest of ``bundle_dir``. Raises BundleError unless it is a bundle whose files all pass their sha256 check."""
+    from .bundle import read_manifest, verify_files
+
+    manifest = read_manifest(bundle_dir)
+    problems = verify_files(bundle_dir)
+    if problems:
+        raise BundleError(f"Bundle {bundle_dir} failed its sha256 check ({'; '.join(problems[:5])}); refusing to "
+                          "build an image from it. Rebuild it with `multiverse optimize`.")
+    return manifest
+
+
+def write_context(bundle_dir: str | Path, wheel: Path, context: str | Path, *,
+                  base_image: str = DEFAULT_BASE_IMAGE, log: Callable[[str], None] = lambda s: None) -> Path:
+    """Verify the bundle and lay out a build context: ``Dockerfile``, ``bundle/``, ``wheels/``.
+
+    The bundle is checked first (schema and sha256 of every file) and a corrupted one, or one
+    without the pinned ``requirements.txt``, is refused before anything is written.
+
+    Returns the context folder. Raises BundleError (corrupted, unpinned or not a bundle), UsageError
+    (``context`` exists and is not empty).
+    """
+    bundle_dir, context = Path(bundle_dir), Path(context)
+    verify_bundle(bundle_dir)
+    if not (bundle_dir / REQUIREMENTS).is_file():
+        raise BundleError(f"{bundle_dir} has no {REQUIREMENTS} (it was built before bundles pinned their runtime); "
+                          "rebuild it with this version of `multiverse optimize`.")
+    if context.exists() and any(context.iterdir()):
+        raise UsageError(f"Build context folder {context} exists and is not empty; remove it or choose another --context.")
+    context.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(bundle_dir, context / "bundle", ignore=shutil.ignore_patterns(".*"))
+    (context / "wheels").mkdir()
+    shutil.copy2(wheel, context / "wheels" / Path(wheel).name)
+    (context / DOCKERFILE).write_text(dockerfile(base_image), encoding="utf-8")
+    return context
+
+
+# --------------------------------------------------------------------------- the builder
+
+def _engine_works(name: str) -> bool:
+    probe = {"docker": ["docker", "info", "--format", "{{.ServerVersion}}"],
+             "podman": ["podman", "version", "--format", "{{.Client.Version}}"],
+             "buildah": ["buildah", "version"]}[name]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def find_builder(preferred: str | None = None) -> str:
+    """The container builder to use: ``preferred`` if given, else the first working of podman, docker, buildah.
+
+    A ``docker`` client without a reachable daemon does not count as working.
+
+    Raises:
+        UsageError: ``preferred`` is not one of podman, docker, buildah.
+        ImageError: the builder is missing or not working; the message names what to install.
+    """
+    if preferred is not None:
+        if preferred not in BUILDERS:
+            raise UsageError(f"--builder {preferred!r}: choose podman, docker or buildah.")
+        if shutil.which(preferred) is None:
+            raise ImageError(f"{preferred} is not installed: install it (Debian/Ubuntu: `apt-get install {preferred}`) "
+                             "or choose another --builder.")
+        if not _engine_works(preferred):
+            raise ImageError(f"{preferred} is installed but not working (`{preferred} info` fails; is its daemon "
+                             "running?). Start it or choose another --builder.")
+        return preferred
+    for name in BUILDERS:
+        if shutil.which(name) and _engine_works(name):
+            return name
+    raise ImageError("No working container engine found: install podman (Debian/Ubuntu: `apt-get install podman`), "
+                     "or docker with a running daemon, or buildah.")
+
+
+def builder_args(extra: Sequence[str] = ()) -> list[str]:
+    """Extra builder flags: ``$MULTIVERSE_BUILDER_ARGS`` (shell-split) then ``extra`` (``--builder-arg``)."""
+    return shlex.split(os.environ.get(BUILDER_ARGS_ENV, "")) + list(extra)
+
+
+def build_command(builder: str, context: Path, tag: str, base_image: str, extra: Sequence[str] = ()) -> list[str]:
+    """The argv that builds ``context`` into ``tag`` with ``builder``.
+
+    podman and buildah build in Docker format so ``HEALTHCHECK`` is kept (the OCI image
+    format has no health check; they drop it with a warning).
+    """
+    sub = ["build"]
+    if builder in ("podman", "buildah"):
+        sub += ["--format", "docker"]
+    return [builder, *sub, "-t", tag, "--build-arg", f"BASE_IMAGE={base_image}", *builder_args(extra),
+            "-f", str(context / DOCKERFILE), str(context)]
+
+
+def save_command(builder: str, tag: str, path: Path) -> list[str]:
+    """The argv that writes ``tag`` as an OCI archive to ``path`` (``docker save`` writes Docker's archive format)."""
+    if builder == "podman":
+        return ["podman", "save", "--format", "oci-archive", "-o", str(path), tag]
+    if builder == "buildah":
+        return ["buildah", "push", tag, f"oci-archive:{path}:{tag}"]
+    return ["docker", "save", "-o", str(path), tag]
+
+
+_TAG = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$")
+
+
+def check_tag(tag: str) -> str:
+    """Raises UsageError unless ``tag`` is a valid image reference (``name[:tag]``, lower-case repository)."""
+    if not tag or not _TAG.match(tag):
+        raise UsageError(f"--tag {tag!r} is not a valid image name: use lower-case NAME[:TAG], "
+                         "e.g. `multiverse/minilm:1` or `registry.example.com/team/minilm:2026-01`.")
+    return tag
+
+
+def _run_streaming(cmd: list[str], log: Callable[[str], None], tail: int = 60) -> tuple[int, str]:
+    """Run ``cmd``, pass each output line to ``log``, return (exit code, last ``tail`` lines)."""
+    last: deque[str] = deque(maxlen=tail)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            last.append(line)
+            log(line)
+    return proc.returncode, "\n".join(last)
+
+
+_NO_PYTHON = re.compile(r"python3?: (?:command )?not found|python3?: No such file|executable file `?python3`? not found|"
+                        r"No module named venv|ensurepip is not available|exec: \"?python3\"?: executable", re.I)
+
+
+@dataclass
+class ImageResult:
+    """What :func:`build_image` did: the tag (None with ``dockerfile_only``), the context, the archive."""
+
+    tag: str | None
+    context: Path
+    builder: str | None = None
+    saved: Path | None = None
+    wheel: Path | None = None
+    commands: list[list[str]] = field(default_factory=list)
+
+
+def build_image(bundle_dir: str | Path, tag: str | None = None, *, builder: str | None = None,
+                base_image: str = DEFAULT_BASE_IMAGE, save: str | Path | None = None, dockerfile_only: bool = False,
+                context: str | Path | None = None, wheel: str | Path | None = None,
+                extra_builder_args: Sequence[str] = (), log: Callable[[str], None] = lambda s: None) -> ImageResult:
+    """Build an OCI image that serves ``bundle_dir`` on port 8080 (``multiverse image``).
+
+    Order: check the arguments, verify the bundle (sha256), find the builder, build or reuse the
+    wheel, write the context, run ``<builder> build`` (its output goes to ``log``), then
+    ``save`` (an OCI archive file) if asked. With ``dockerfile_only`` no builder is needed and
+    the context is kept (default folder ``./<bundle name>-image``); otherwise a temporary context
+    is removed after the build unless ``context`` is given.
+
+    Args:
+        tag: image reference ``NAME[:TAG]`` (required unless ``dockerfile_only``).
+        builder: podman, docker or buildah (default: the first that works).
+        base_image: any image with ``python3`` and its ``venv`` module (default ``python:3.11-slim``).
+        extra_builder_args: flags added to ``<builder> build`` (after ``$MULTIVERSE_BUILDER_ARGS``),
+            e.g. ``--network host`` where the build needs the host's network.
+
+    Raises:
+        UsageError: bad tag, builder name, wheel or context folder.
+        BundleError: the bundle is missing or fails its sha256 check (nothing is built).
+        ImageError: no working builder; the build failed (the builder's last lines, and a hint
+            about ``--base-image`` when the base has no Python); saving failed.
+    """
+    if not dockerfile_only:
+        if tag is None:
+            raise UsageError("--tag NAME[:TAG] is required to build an image (or pass --dockerfile-only).")
+        check_tag(tag)
+    manifest = verify_bundle(bundle_dir)
+    if not (manifest.get("validation") or {}).get("passed"):
+        log(f"warning: {bundle_dir} FAILED its accuracy gate (kept with --keep-failed); the image serves it anyway")
+    engine = None if dockerfile_only else find_builder(builder)
+    whl = build_wheel(wheel, log=log)
+    keep = dockerfile_only or context is not None
+    ctx = Path(context) if context is not None else (
+        Path(f"{Path(bundle_dir).resolve().name}-image") if dockerfile_only
+        else Path(tempfile.mkdtemp(prefix="multiverse-image-")))
+    write_context(bundle_dir, whl, ctx, base_image=base_image, log=log)
+    result = ImageResult(tag=None if dockerfile_only else tag, context=ctx.resolve(), builder=engine, wheel=whl)
+    if dockerfile_only:
+        return result
+    try:
+        cmd = build_command(engine, ctx, tag, base_image, extra_builder_args)
+        result.commands.append(cmd)
+        log("$ " + shlex.join(cmd))
+        code, tail = _run_streaming(cmd, log)
+        if code != 0:
+            hint = (f"The base image {base_image!r} has no python3 with the venv module: pass --base-image with "
+                    "an image that has them (python:3.11-slim, or a Debian/Ubuntu image with python3 and python3-venv)."
+                    if _NO_PYTHON.search(tail) else
+                    f"Check --base-image ({base_image!r} must exist or be pullable and have python3 with venv) and "
+                    "any --builder-arg the build needs (network, certificates, pip configuration).")
+            raise ImageError(f"{engine} build failed (exit {code}):\n{tail}\n{hint}")
+        if save is not None:
+            save = Path(save)
+            save.parent.mkdir(parents=True, exist_ok=True)
+            cmd = save_command(engine, tag, save)
+            result.commands.append(cmd)
+            log("$ " + shlex.join(cmd))
+            code, tail = _run_streaming(cmd, log)
+            if code != 0:
+                raise ImageError(f"Saving {tag} to {save} failed (exit {code}):\n{tail}\nCheck the path and free disk space.")
+            result.saved = save.resolve()
+    finally:
+        if not keep:
+            shutil.rmtree(ctx, ignore_errors=True)
+    return result
