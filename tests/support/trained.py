@@ -260,10 +260,7 @@ def _build_bbc_classifier(out_dir: Path) -> None:
     names = sorted({label for *_, label in articles})
     train, test = (split_indices(len(articles), s) for s in ("train", "test"))
     with torch_threads():
-        encoder, tok = _minilm()
-        bf16 = _use_bf16()
-        enc = tok([_bbc_text(h, b) for h, b, _ in articles], truncation=True, max_length=p["max_length"])
-        cls = torch.stack([h[0] for h in _hidden_states(encoder, enc, bf16=bf16)])  # [n, 384]
+        encoder, tok, bf16, cls = _bbc_cls_states(articles, p["max_length"])
         t_feat = time.perf_counter() - t0
         y = torch.tensor([names.index(label) for *_, label in articles])
         mean, std = _standardizer(cls[train])
@@ -282,6 +279,17 @@ def _build_bbc_classifier(out_dir: Path) -> None:
                             "max_length": p["max_length"], "params": p, "feature_dtype": "bfloat16" if bf16 else "float32",
                             **check, "feature_seconds": round(t_feat, 1),
                             "total_seconds": round(time.perf_counter() - t0, 1)})
+
+
+def _bbc_cls_states(articles, max_length: int):
+    """MiniLM (encoder, tokenizer), whether bf16 was used, and the [CLS] state of every BBC article
+    (headline + body, truncated at ``max_length``): float32 [n, 384]. Call inside :func:`torch_threads`."""
+    import torch
+
+    encoder, tok = _minilm()
+    bf16 = _use_bf16()
+    enc = tok([_bbc_text(h, b) for h, b, _ in articles], truncation=True, max_length=max_length)
+    return encoder, tok, bf16, torch.stack([h[0] for h in _hidden_states(encoder, enc, bf16=bf16)])
 
 
 def _check_saved(out_dir: Path, auto_cls, tok, inputs, head, feats, max_length: int) -> dict:

@@ -9,9 +9,7 @@ import random
 import time
 from pathlib import Path
 
-from .trained import (_bbc_text, _cached_build, _check_saved, _fold_standardization, _hidden_states, _minilm,
-                      _pooler_head, _pooler_head_state, _save_minilm_head, _standardizer, _train_head, _use_bf16,
-                      _write_report, torch_threads)
+from .trained import (_bbc_text, _cached_build, _check_saved, _fold_standardization, _pooler_head, _pooler_head_state, _save_minilm_head, _bbc_cls_states, _standardizer, _train_head, _write_report, torch_threads)
 
 
 _BBC_WEAK = {"max_length": 128, "positive": ["business", "politics"], "epochs": 3, "lr": 1e-3,
@@ -52,10 +50,7 @@ def _build_bbc_weak_classifier(out_dir: Path) -> None:
     flip = torch.tensor([rng.random() < p["label_noise"] for _ in picked])
     y_train[flip] = 1 - y_train[flip]
     with torch_threads():
-        encoder, tok = _minilm()
-        bf16 = _use_bf16()
-        enc = tok([_bbc_text(h, b) for h, b, _ in articles], truncation=True, max_length=p["max_length"])
-        cls = torch.stack([h[0] for h in _hidden_states(encoder, enc, bf16=bf16)])  # [n, 384]
+        encoder, tok, bf16, cls = _bbc_cls_states(articles, p["max_length"])
         t_feat = time.perf_counter() - t0
         mean, std = _standardizer(cls[train])
         head = _pooler_head(encoder, mean, std, 2)
