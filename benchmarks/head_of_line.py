@@ -85,18 +85,22 @@ def main(argv: list[str] | None = None) -> int:
                 r = c.post("/predict", json=big)
                 result["status"] = r.status_code
                 result["ms"] = (time.perf_counter() - t0) * 1e3
+                for h in ("x-compute-time", "x-queue-time", "x-inference-time", "x-tokenization-time"):
+                    if h in r.headers:
+                        result[h] = float(r.headers[h])
                 result["body"] = r.text[:300] if r.status_code != 200 else ""
 
         thread = threading.Thread(target=send_big)
         thread.start()
         time.sleep(0.5)
-        small = []
+        small, small_queue = [], []
         with httpx.Client(base_url=url, timeout=args.timeout) as c:
             while thread.is_alive() and len(small) < args.max_small:
                 t0 = time.perf_counter()
                 r = c.post("/predict", json={"inputs": "hello"})
                 small.append((time.perf_counter() - t0) * 1e3)
                 assert r.status_code == 200, r.text
+                small_queue.append(float(r.headers.get("x-queue-time", "nan")))
         thread.join(args.timeout)
     finally:
         proc.terminate()
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"label": args.label, "bundle": args.bundle, "serve_args": extra, "texts": args.texts, "chars": args.chars,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "large_request": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()},
-              "one_word_alone_ms": pct(alone), "one_word_during_large_ms": pct(small)}
+              "one_word_alone_ms": pct(alone), "one_word_during_large_ms": pct(small),
+              "one_word_during_large_x_queue_time_ms": pct(small_queue)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else []
