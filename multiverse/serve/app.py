@@ -103,7 +103,8 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.loop = asyncio.get_running_loop()
-        threading.Thread(target=state.load, name="multiverse-load", daemon=True).start()
+        state.loader = threading.Thread(target=state.load, name="multiverse-load", daemon=True)
+        state.loader.start()
         try:
             yield
         finally:

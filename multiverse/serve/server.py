@@ -75,8 +75,10 @@ def run_app(app, settings: ServeSettings) -> None:
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits when it cannot bind
-        raise MultiverseError(f"Could not start the server on {settings.host}:{settings.port} (see the log above); "
-                              "is the port in use? Choose another --port.") from exc
+        _settle(app.state.multiverse)
+        raise MultiverseError(f"Could not start the server on {settings.host}:{settings.port} (see the log above): "
+                              "the port is in use or the address cannot be bound on this host. Choose another "
+                              "--port or --host.") from exc
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
@@ -85,6 +87,15 @@ def run_app(app, settings: ServeSettings) -> None:
         if isinstance(exc, MultiverseError):
             raise exc
         raise MultiverseError(f"The model failed to load: {exc}. Check the bundle with `multiverse inspect`.") from exc
+
+
+def _settle(state, timeout: float = 300.0) -> None:
+    """After a failed start: wait for the background model load and stop the engine it may have started, so the
+    process never exits while a thread is inside ONNX Runtime (which aborts it with SIGABRT, exit 134)."""
+    loader = getattr(state, "loader", None)
+    if loader is not None and loader.is_alive():
+        loader.join(timeout)
+    state.shutdown()
 
 
 def build_server(app, settings: ServeSettings):

@@ -45,6 +45,7 @@ class ServerState:
         self.metrics = Metrics()
         self.predictor = None
         self.engine: Engine | None = None
+        self.loader: threading.Thread | None = None  # the background model load (see load)
         self.ready = False
         self.failed: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
