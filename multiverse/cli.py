@@ -25,6 +25,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 err = Console(stderr=True)
 
 
+def _out() -> Console:
+    """Console for tables on stdout: on a terminal its width; in a pipe or CI log wide enough that no cell
+    (a sha256, a target name) is cut with "…" or folded mid-value (rich assumes 80 columns there)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 240))
+
+
 def _fail(exc: MultiverseError, as_json: bool = False) -> None:
     if as_json:
         doc = {"error": str(exc), "error_type": type(exc).__name__, "exit_code": exc.exit_code}
@@ -183,7 +190,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
         ]
         for k, val in rows:
             t.add_row(f"[bold]{k}[/bold]", str(val))
-        Console().print(t)
+        _out().print(t)
     if problems:
         err.print(f"[red]error:[/red] bundle {bundle} is corrupted: {'; '.join(problems)}. Rebuild it.",
                   highlight=False, soft_wrap=True)
@@ -233,7 +240,7 @@ def validate(
             if k in shown:
                 continue
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v), "", "")
-        Console().print(t)
+        _out().print(t)
     note = resolution_note(report.task, report.n, report.tolerance)
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
@@ -265,7 +272,7 @@ def targets(as_json: bool = typer.Option(False, "--json", help="Print one JSON d
         t.add_row(name + (" (native)" if name == native else ""), ", ".join(tgt.isa.required_flags),
                   f"{q.weight_type}{' per-channel' if q.per_channel else ''}", ", ".join(f"{k}={v}" for k, v in tgt.session.items()) or "-",
                   "ok" if not miss else "lacks " + ", ".join(miss))
-    Console().print(t)
+    _out().print(t)
 
 
 @app.command()

@@ -358,6 +358,8 @@ class RichBenchProgress:
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
+        if console is None and not self.console.is_terminal:  # CI logs: never cut a number with "…" (rich
+            self.console = Console(stderr=True, width=max(self.console.width, 240))  # assumes 80 columns there)
         self._progress = None
         self._task = None
 
