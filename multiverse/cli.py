@@ -324,7 +324,7 @@ def benchmark(
     seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Sequence lengths in tokens. Default: 8,16,32,64,128,256,384,512."),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes. Default: 1,2,4,8,16,32."),
     quick: bool = typer.Option(False, "--quick", help="Small grid (cores 1,2 × seq 8,128 × batch 1,8) and short cells."),
-    baseline: list[str] = typer.Option(["transformers"], "--baseline", help="transformers | optimum | none (repeatable)."),
+    baseline: list[str] = typer.Option(["transformers"], "--baseline", help="transformers | optimum | openvino | none (repeatable; openvino needs the peers extra)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Original checkpoint for the baselines (default: the bundle's source)."),
     out: Path = typer.Option(Path("multiverse-benchmark"), "--out", "-o", help="Folder for report.json, report.csv and PNGs."),
     http: Optional[str] = typer.Option(None, "--http", help="Measure a running `multiverse serve` at this URL instead."),

@@ -1,4 +1,5 @@
-"""The systems a cell times: Multiverse (the bundle), vanilla transformers, optimum-onnx's ORTModel.
+"""The systems a cell times: Multiverse (the bundle), vanilla transformers, optimum-onnx's ORTModel, and
+OpenVINO + NNCF int8 (``openvino_system``; the ``peers`` extra).
 
 Every system is a callable ``system(inputs)`` that runs the *whole* pipeline on one batch
 (pre-processing, prediction, post-processing) and returns the task results. Construct systems
@@ -18,8 +19,8 @@ from typing import Any, Callable, Sequence
 from ..errors import BenchmarkError  # re-exported: callers import it from here too
 from ..tasks import get_task
 
-SYSTEMS = ("multiverse", "transformers", "optimum")
-BASELINES = ("transformers", "optimum")
+SYSTEMS = ("multiverse", "transformers", "optimum", "openvino")
+BASELINES = ("transformers", "optimum", "openvino")
 
 OPTIMUM_FILE = "model_optimized_quantized.onnx"
 
@@ -141,10 +142,13 @@ class OptimumSystem(_HFPipelineSystem):
 
 
 def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str | Path | None, task: str,
-                optimum_dir: str | Path | None = None) -> Callable:
+                optimum_dir: str | Path | None = None, openvino_dir: str | Path | None = None) -> Callable:
     """Build system ``name`` (one of :data:`SYSTEMS`) with ``threads`` intra-op threads.
 
-    Raises BenchmarkError when a baseline lacks what it needs (the original checkpoint, the optimum model).
+    ``openvino`` converts and quantizes the checkpoint on first use (cached in ``openvino_dir``, default
+    ``openvino_system.default_dir``; see ``openvino_system.build_openvino``).
+    Raises BenchmarkError when a baseline lacks what it needs (the original checkpoint, the optimum model),
+    MissingExtraError for ``openvino`` without the ``peers`` extra.
     """
     if name == "multiverse":
         return MultiverseSystem(bundle, threads)
@@ -157,6 +161,11 @@ def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str 
         if optimum_dir is None:
             raise BenchmarkError("The optimum baseline was not built; see build_optimum().")
         return OptimumSystem(optimum_dir, checkpoint, task, threads)
+    if name == "openvino":
+        from .openvino_system import OpenVinoSystem, build_openvino, default_dir
+
+        built = build_openvino(checkpoint, task, openvino_dir or default_dir(checkpoint, optimum_dir), threads=threads)
+        return OpenVinoSystem(Path(built["path"]).parent, checkpoint, task, threads)
     raise BenchmarkError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
 
 

@@ -15,7 +15,7 @@ from ..timing import DEFAULT_BUDGET, QUICK_BUDGET
 
 
 def parse_baselines(values: Sequence[str] | None) -> list[str]:
-    """``["transformers", "optimum"]``, ``["transformers,optimum"]`` or ``["none"]`` → baseline names.
+    """``["transformers", "optimum", "openvino"]``, ``["transformers,optimum"]`` or ``["none"]`` → baseline names.
 
     Raises UsageError for an unknown name."""
     names: list[str] = []
@@ -36,7 +36,13 @@ def plan(*, cores=None, seq_lens=None, batch_sizes=None, quick: bool = False, ba
          min_runs: int | None = None, min_seconds: float | None = None, max_seconds: float | None = None,
          accuracy: bool = True) -> GridSpec:
     """The :class:`runner.GridSpec` for the options: seed grid by default, the quick grid and budget with ``quick``;
-    explicit axes and budget values override either. Raises UsageError for bad values."""
+    explicit axes and budget values override either. Raises UsageError for bad values, MissingExtraError for the
+    ``openvino`` baseline without the ``peers`` extra (before anything runs)."""
+    names = parse_baselines(baselines)
+    if "openvino" in names:
+        from .openvino_system import require_openvino
+
+        require_openvino("`multiverse benchmark --baseline openvino`")
     budget = QUICK_BUDGET if quick else DEFAULT_BUDGET
     if min_runs is not None:
         if min_runs < 1:
@@ -54,7 +60,7 @@ def plan(*, cores=None, seq_lens=None, batch_sizes=None, quick: bool = False, ba
         cores=parse_int_list(cores, "--cores", QUICK_CORES if quick else SEED_CORES),
         seq_lens=parse_int_list(seq_lens, "--seq-lens", QUICK_SEQ_LENS if quick else SEED_SEQ_LENS),
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes", QUICK_BATCH_SIZES if quick else SEED_BATCH_SIZES),
-        systems=("multiverse", *parse_baselines(baselines)),
+        systems=("multiverse", *names),
         budget=budget,
         accuracy=accuracy,
     )
