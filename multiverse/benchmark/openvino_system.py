@@ -172,7 +172,8 @@ class OpenVinoSystem:
         self.handler = make_handler(task, checkpoint, config)
         outputs = [o for o in self.compiled.outputs if self.handler.output in o.get_names()]
         self.output = outputs[0] if outputs else self.compiled.outputs[0]
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # bf16 where the CPU has it, else f32
+        self.inference_precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
         self.steps: list[tuple[float, float, float]] = []
 
     def encode(self, inputs: Sequence):
