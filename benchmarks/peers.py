@@ -13,7 +13,7 @@ Writes ``benchmarks/results/peers.json``, ``RESULTS.md`` (goal table, per-model 
 ``results/<model>/report.{json,csv}`` (``--quick``: under ``results/quick/``), and prints the goal table.
 
     python benchmarks/peers.py            # full: fresh builds, 7 lengths (≈ 45-60 min on a quiet 2-core host)
-    python benchmarks/peers.py --quick    # 8 and 128 tokens, short cells, cached builds (≈ 4 min once built)
+    python benchmarks/peers.py --quick    # 8, 64 and 128 tokens, short cells, cached builds (≈ 4 min once built)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ RESULTS = ROOT / "results"
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 SYSTEMS = ["multiverse", "transformers", "optimum", "openvino"]
 SEQ_LENS = [8, 16, 32, 64, 128, 256, 512]
-QUICK_SEQ_LENS = [8, 128]
+QUICK_SEQ_LENS = [8, 64, 128]
 THROUGHPUT_SEQ = 128
 
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "multiverse" / "benchmarks")
     ap.add_argument("--results", type=Path, default=None, help="default benchmarks/results (--quick: results/quick)")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="8 and 128 tokens, short cells, 64 fidelity texts, cached builds")
+    ap.add_argument("--quick", action="store_true", help="8, 64 and 128 tokens, short cells, 64 fidelity texts, builds cached (optimize: 4 trials)")
     ap.add_argument("--models", default="distilbert,minilm")
     ap.add_argument("--reuse", action="store_true", help="full run without fresh builds (build times then not measured)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the Multiverse bundles even with --quick/--reuse")
