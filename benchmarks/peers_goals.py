@@ -53,6 +53,11 @@ def _status(ok: bool | None) -> str:
     return "not measured" if ok is None else "met" if ok else "not met"
 
 
+def _span(lo: float, hi: float, fmt: str = "{:.2f}") -> str:
+    """``lo–hi``, or one value when they are equal."""
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
 def _ratio_text(r: float) -> str:
     return f"{r:.2f}× (faster)" if r >= 1 else f"{r:.2f}× (slower)"
 
@@ -109,8 +114,8 @@ def goals(models: dict[str, dict]) -> list[dict]:
         ran = [r for r in sp if "met" in r]
         slow = [f"{r['seq_len']}: {r['vs_best']:.2f}×" for r in ran if not r["met"]]
         rows.append({"goal": f"{lbl}: Multiverse p50 ≤ {SPEED_RATIO} × best of optimum / OpenVINO at every length",
-                     "measured": (f"best peer / Multiverse {min(r['vs_best'] for r in ran):.2f}–"
-                                  f"{max(r['vs_best'] for r in ran):.2f}× over {len(ran)} lengths"
+                     "measured": (f"best peer / Multiverse {_span(min(r['vs_best'] for r in ran), max(r['vs_best'] for r in ran))}× "
+                                  f"over {len(ran)} length{'s' if len(ran) > 1 else ''}"
                                   + (f"; short at {', '.join(slow)}" if slow else "")) if ran else "-",
                      "status": _status(not slow if ran else None)})
         fid = m.get("fidelity") or {}
@@ -128,7 +133,7 @@ def goals(models: dict[str, dict]) -> list[dict]:
         tails = {s: v["p99_ms"] / v["p50_ms"] for (sys_, s), v in st.items() if sys_ == "multiverse"}
         over = [f"{s}: {r:.2f}" for s, r in sorted(tails.items()) if r > P99_OVER_P50]
         rows.append({"goal": f"{lbl}: p99 ≤ {P99_OVER_P50} × p50 at every length",
-                     "measured": (f"{min(tails.values()):.2f}–{max(tails.values()):.2f}"
+                     "measured": (_span(min(tails.values()), max(tails.values()))
                                   + (f"; over at {', '.join(over)}" if over else "")) if tails else "-",
                      "status": _status(not over if tails else None)})
         tp = m.get("throughput")
@@ -157,7 +162,8 @@ def goals(models: dict[str, dict]) -> list[dict]:
                      "status": "not measured" if trials else _status(r <= BUILD_RATIO)})
     else:
         rows.append({"goal": f"Build time, DistilBERT shape: optimize ≤ {BUILD_RATIO:g} × optimum export + O2 + quantize",
-                     "measured": "builds were cached, not timed in this run", "status": "not measured"})
+                     "measured": "builds were cached, not timed in this run" if d else "DistilBERT not in this run",
+                     "status": "not measured"})
     return rows
 
 

@@ -1,8 +1,9 @@
 """``multiverse benchmark``: the seed's 192-cell grid (cores × sequence lengths × batch sizes), end to end,
-side by side with vanilla transformers and optimum-onnx (DESIGN.md §8).
+side by side with vanilla transformers, optimum-onnx and OpenVINO + NNCF (DESIGN.md §8).
 
 Modules: ``grid`` (expansion, skipping, CPU picking), ``stats`` (timing loop, percentiles; injectable clock),
-``texts`` (real text cut to exact token counts), ``baselines`` (the systems), ``runner`` (pinned
+``texts`` (real text cut to exact token counts), ``baselines`` (the systems; ``openvino_system`` the OpenVINO one),
+``runner`` (pinned
 per-core-count processes), ``profile`` (ORT profile of one cell), ``http`` (a running server),
 ``report`` (JSON/CSV/PNG/rich table). Importing this package imports no numerical library.
 """
