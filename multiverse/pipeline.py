@@ -123,12 +123,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
-            pins = image.runtime_pins()  # the runtime that just validated it (onnxruntime above all)
-            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": pins}
-            (work / image.REQUIREMENTS).write_text(image.requirements_txt(pins), encoding="utf-8")
+            # the runtime that just validated it (onnxruntime above all), written as requirements.txt
+            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": image.runtime_pins()}
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
-                                   readme=_readme(manifest, dest), dockerfile=image.dockerfile(), overwrite=overwrite,
-                                   extra_files={image.REQUIREMENTS: work / image.REQUIREMENTS})
+                                   overwrite=overwrite)  # with README.md, Dockerfile and requirements.txt
             s["summary"] = f"{dest} (manifest sha256 {written.manifest_sha256})"
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
@@ -238,43 +236,3 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
     if ckpt.task == "feature-extraction":
         manifest["pooling"] = load_pooling(chosen.model_dir).describe()
     return manifest
-
-
-def _readme(m: dict, dest: Path) -> str:
-    v = m.get("validation") or {}
-    src = m["source"]
-    ort_version = ((m.get("runtime") or {}).get("requirements") or {}).get("onnxruntime", "?")
-    rows = "\n".join(f"| {t['label']} | {t['validation']['optimised']:.4f} | {t['validation']['relative_loss']:.4f} | "
-                     f"{'yes' if t['validation']['passed'] else 'no'} | {t['p50_ms'] if t['p50_ms'] is not None else '-'} |"
-                     for t in m["tuning"]["trials"] if t.get("validation"))
-    return f"""# {dest.name}
-
-Optimised by [Multiverse](https://github.com/) {m['versions']['multiverse']} for **{m['target']['name']}**
-({m['target']['description']}).
-
-- Source: `{src['repo_id'] or src['local_path']}` revision `{src['revision'] or 'local'}`
-- Task: `{m['task']}`; precision: **{m['precision']}**; max sequence length {m['max_sequence_length']} tokens
-- Required CPU flags: {', '.join(m['target']['required_flags']) or 'none'}
-- Fused ops: {', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
-
-## Accuracy ({v.get('dataset')}, {v.get('n')} examples, tolerance {v.get('tolerance')})
-
-{v.get('metric')}: reference {v.get('reference', float('nan')):.4f}, optimised {v.get('optimised', float('nan')):.4f},
-relative loss {v.get('relative_loss', float('nan')):.4f}: **{'passed' if v.get('passed') else 'FAILED'}**.
-
-| candidate | {v.get('metric')} | relative loss | passed | p50 ms |
-|---|---|---|---|---|
-{rows}
-
-## Serve
-
-`requirements.txt` pins the runtime that validated this bundle (onnxruntime {ort_version}).
-
-```bash
-pip install -r {dest.name}/requirements.txt && pip install --no-deps multiverse   # lean runtime, no torch
-multiverse serve {dest.name}
-curl -s localhost:8080/predict -H 'content-type: application/json' -d '{{"inputs": "Hello world"}}'
-multiverse image {dest.name} --tag {dest.name}:latest   # or a container image (see Dockerfile)
-```
-"""
-
