@@ -85,9 +85,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     tgt = get_target(target)
     lacking = missing_flags(tgt)
     if lacking:
-        progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built "
-                      "for that CPU; latencies measured here say nothing about it, so an accurate int8 candidate "
-                      "is preferred (--precision auto).")
+        progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built for "
+                      f"that CPU and latencies measured here say nothing about it; {_cross_target_choice(precision)}")
         if precision == "auto":
             precision = "int8"
     with progress.stage("resolve", "Resolving the model") as s:
@@ -131,6 +130,14 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written
+
+
+def _cross_target_choice(precision: str) -> str:
+    """What a build for a target this host cannot run ships, for the requested ``precision`` (auto, int8, fp32)."""
+    if precision == "fp32":
+        return "precision fp32 ships the fused fp32 graph."
+    return (f"precision {precision} ships an int8 candidate that meets the tolerance (the fastest of them on this "
+            "host)" + (", as int8 does: fp32 timed here may only look faster." if precision == "auto" else "."))
 
 
 def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, eval_split: str,
@@ -206,10 +213,11 @@ def _gate_message(report: TuningReport, tolerance: float) -> str:
 
 def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
     from .quantize import int8_weight_fraction
-    from .tasks import TextTokenizer
+    from .tasks import TextTokenizer, get_task
     from .tasks.feature_extraction import load_pooling
 
     config = ckpt.config
+    pooled = get_task(ckpt.task).output == "last_hidden_state"  # no head: sentence embeddings pooled from it
     manifest = {
         "task": ckpt.task,
         "source": {"repo_id": ckpt.repo_id, "revision": ckpt.revision, "local_path": str(ckpt.path),
@@ -217,7 +225,7 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
         "target": {"name": tgt.name, "description": tgt.description, "arch": tgt.isa.arch,
                    "required_flags": list(tgt.isa.required_flags), "session": dict(tgt.session)},
         "model": {"model_type": ckpt.model_type, "num_layers": ckpt.num_layers, "num_heads": ckpt.num_heads,
-                  "hidden_size": ckpt.hidden_size, "labels": config.get("id2label") if ckpt.task != "feature-extraction" else None},
+                  "hidden_size": ckpt.hidden_size, "labels": None if pooled else config.get("id2label")},
         "precision": chosen.stage if chosen.stage == "int8" else "fp32",
         "export": {"exporter": "optimum-onnx", "opset": fp32.opset, "max_abs_diff": fp32.max_abs_diff,
                    "dynamic_axes": {"batch": 0, "sequence": 1}},
@@ -233,6 +241,6 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
         "versions": versions(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if ckpt.task == "feature-extraction":
+    if pooled:
         manifest["pooling"] = load_pooling(chosen.model_dir).describe()
     return manifest
