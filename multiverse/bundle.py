@@ -65,12 +65,9 @@ class Bundle:
 
     def missing_flags(self) -> list[str]:
         """CPU flags (and ``arch:<name>``) the target needs and this host lacks."""
-        from .targets import host_arch, host_flags
+        from .targets import missing_isa
 
-        target = self.manifest.get("target") or {}
-        missing = [] if target.get("arch") in (None, host_arch()) else [f"arch:{target.get('arch')}"]
-        flags = host_flags()
-        return missing + [f for f in self.required_flags if f not in flags]
+        return missing_isa((self.manifest.get("target") or {}).get("arch"), self.required_flags)
 
     def session_config(self, allow_isa_mismatch: bool = False) -> dict[str, str]:
         """ORT session entries for this host.
