@@ -5,7 +5,8 @@ mixed lengths (including one at the model's full length) and fails when the max 
 difference over real (non-pad) positions exceeds the tolerance (DESIGN.md §5: 1e-4).
 For feature-extraction it also compares whole embeddings with ``SentenceTransformer.encode``
 on raw text, which sees what a graph check on Multiverse's own token ids cannot
-(lower-casing, prompts, truncation, pooling and Dense/Normalize modules; PITFALLS.md, Inputs).
+(lower-casing, prompts, truncation, pooling and Dense/Normalize modules from
+``sentence_bert_config.json`` and ``modules.json``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """CPU targets and model recipes: CPU knowledge is data (``recipes/``), not ``if`` chains.
 
 A *target* names a CPU micro-architecture and says which dynamic-int8 configuration and
-ONNX Runtime session options are correct on it. The key fact (PITFALLS.md): u8s8 GEMM
+ONNX Runtime session options are correct on it. The key fact (ONNX Runtime's
+quantization docs, "Data type selection"; measured here too): u8s8 GEMM
 (uint8 activations × int8 weights) saturates in the ``VPMADDUBSW`` path on x86 CPUs
 without VNNI, so targets without ``avx512_vnni`` ship uint8 weights (u8u8) and set
 ``session.x64quantprecision=1``.
