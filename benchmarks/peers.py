@@ -12,7 +12,7 @@ fidelity of every system against PyTorch on the built-in texts, throughput at 12
 Writes ``benchmarks/results/peers.json``, ``RESULTS.md`` (goal table, per-model tables) and the grid reports
 ``results/<model>/report.{json,csv}`` (``--quick``: under ``results/quick/``), and prints the goal table.
 
-    python benchmarks/peers.py            # full: fresh builds, 7 lengths (≈ 45-60 min on a quiet 2-core host)
+    python benchmarks/peers.py            # full: fresh builds, 7 lengths (≈ 45 min on a quiet 2-core host, estimated)
     python benchmarks/peers.py --quick    # 8, 64 and 128 tokens, short cells, cached builds (≈ 4 min once built)
 """
 
