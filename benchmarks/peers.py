@@ -199,6 +199,11 @@ def results_markdown(models: dict, goal_rows: list[dict], quick: bool) -> str:
             f"{k} {b['seconds']:.0f} s ({'this run, load ' + '→'.join(map(str, b['loadavg_1m'])) if b.get('fresh') else 'cached'})"
             if b.get("seconds") is not None else f"{k} cached" for k, b in m["builds"].items()) + ".")
         lines.append("")
+        for seq, p in (m.get("profiles") or {}).items():
+            top = ", ".join(f"{o['op_type']} {o['ms']:.2f} ms ({o['share']:.0%})" for o in p["ops"][:5])
+            lines += [f"Multiverse ORT profile at {seq} tokens ({p['runs']} runs): end to end {p['end_to_end_ms']:.2f} ms = "
+                      f"tokenize {p['tokenization_ms']:.2f} + ORT run {p['inference_ms']:.2f} + post-process "
+                      f"{p['postprocess_ms']:.2f}; in ORT, kernels {p['kernel_ms']:.2f} ms: {top}.", ""]
         for n in m["notes"]:
             lines += [f"Note: {n}.", ""]
     return "\n".join(lines)
