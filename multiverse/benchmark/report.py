@@ -31,9 +31,10 @@ STAT_KEYS = ("n", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "
              "samples_per_s")
 CSV_COLUMNS = ("system", "cores", "seq_len", "batch_size", "status", *STAT_KEYS, "capped", "tokenization_ms",
                "inference_ms", "postprocess_ms", "http_compute_p50_ms", "speedup_p50_vs_transformers", "reason")
-_COLORS = {"multiverse": "#1f77b4", "transformers": "#d62728", "optimum": "#2ca02c", "multiverse-http": "#9467bd"}
+_COLORS = {"multiverse": "#1f77b4", "transformers": "#d62728", "optimum": "#2ca02c", "multiverse-http": "#9467bd",
+           "openvino": "#ff7f0e"}
 _STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
-_SYSTEM_ORDER = ("multiverse", "multiverse-http", "transformers", "optimum")
+_SYSTEM_ORDER = ("multiverse", "multiverse-http", "transformers", "optimum", "openvino")
 
 
 def host_info(available_cores: int | None = None) -> HostInfo:
@@ -168,7 +169,7 @@ def plot(report: Report | dict, out_dir: str | Path, dpi: int = 80) -> list[Path
     written = []
     cores = sorted({r.cores for r in ok if r.cores is not None}) or [None]
     batches = sorted({r.batch_size for r in ok})
-    systems = [s for s in ("multiverse", "multiverse-http", "optimum", "transformers") if any(r.system == s for r in ok)]
+    systems = [s for s in ("multiverse", "multiverse-http", "optimum", "openvino", "transformers") if any(r.system == s for r in ok)]
     title = (f"{Path(str(rep.bundle.source)).name} ({rep.bundle.model_type}, {rep.bundle.precision}) "
              f"on {rep.host.cpu}")
     seq_ticks = sorted({r.seq_len for r in ok})
