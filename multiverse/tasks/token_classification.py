@@ -18,11 +18,13 @@ pieces of one character) is cut to start after it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 import numpy as np
+from pydantic import Field, StringConstraints
 
 from ..errors import InputError
-from .base import Encoded
+from .base import Encoded, TaskParams
 from .text_classification import id2label, softmax
 
 OUTPUT = "logits"
@@ -139,3 +141,21 @@ class Handler:
             special = [max(s, 1 - a) for s, a in zip(e.special_tokens_mask, e.attention_mask)]
             out.append(aggregate(text, e.offsets, special, probs[b], labels, ignore, tokens=e.tokens))
         return out
+
+    class Params(TaskParams):
+        """``ignore_labels`` and ``aggregation_strategy``, plus the truncation options."""
+
+        field_help: ClassVar[dict[str, str]] = {
+            **TaskParams.field_help, "ignore_labels": "`ignore_labels` must be a list of label strings.",
+            "aggregation_strategy": "`aggregation_strategy` must be \"simple\" (the only one supported: B-/I- tags "
+                                    "grouped, scores averaged)."}
+        ignore_labels: list[str] = Field(None, description="Entity groups to drop (default [\"O\"]; [] keeps all).")
+        aggregation_strategy: Annotated[str, StringConstraints(pattern="^[Ss][Ii][Mm][Pp][Ll][Ee]$")] = Field(
+            None, description="\"simple\" (any case), the only one supported: B-/I- tags grouped, scores averaged.")
+
+    capability = "classify"
+    root_wraps_single = False
+
+    def info(self, dim: int | None = None) -> dict:
+        """``{"token_classifier": {"id2label": {"0": label, ...}}}``."""
+        return {"token_classifier": {"id2label": {str(k): v for k, v in (self.config.get("id2label") or {}).items()}}}
