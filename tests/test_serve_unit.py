@@ -135,6 +135,31 @@ def test_parse_accepts_the_three_input_shapes():
     assert parse(PredictRequest, b'{"inputs": [["q", "p"]], "parameters": {"raw_scores": true}}').inputs == [("q", "p")]
 
 
+def test_each_task_params_model_validates_and_is_the_openapi_parameters_schema():
+    from multiverse.serve.schemas import request_schemas
+    from multiverse.tasks import TASKS
+
+    tc = TASKS["text-classification"].Params
+    assert tc.read({"top_k": 2.0, "raw_scores": True}, "tc") == {"top_k": 2, "raw_scores": True}
+    assert tc.read(None, "tc") == {} and tc.read({"top_k": None}, "tc") == {"top_k": None}
+    for bad, key in (({"top_k": "2"}, "top_k"), ({"top_k": True}, "top_k"), ({"top_k": 0}, "top_k"),
+                     ({"truncate": "no"}, "truncate"), ({"function_to_apply": "tanh"}, "function_to_apply"),
+                     ({"truncation_direction": "left"}, "truncation_direction")):
+        with pytest.raises(InputError, match=f"`{key}` must be"):
+            tc.read(bad, "text-classification")
+    with pytest.raises(InputError, match="Unknown parameter `normalize` for a text-classification model; accepted: "
+                                         "truncate, truncation, truncation_direction, top_k, raw_scores"):
+        tc.read({"normalize": True}, "text-classification")
+    assert TASKS["token-classification"].Params.read({"aggregation_strategy": "SIMPLE", "ignore_labels": []}, "t") \
+        == {"aggregation_strategy": "SIMPLE", "ignore_labels": []}
+    for task in TASKS.values():
+        schema = request_schemas(task, 8, 200, 32)["/predict"]
+        params = schema["properties"]["parameters"]["anyOf"][0]
+        assert set(params["properties"]) == set(task.Params.model_fields) and params["additionalProperties"] is False
+        assert "additionalProperties" not in schema  # unknown top-level fields are ignored
+        assert task.capability in ("embed", "classify", "rerank")
+
+
 # ---- engine ------------------------------------------------------------------------------------------
 
 
