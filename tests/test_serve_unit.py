@@ -424,3 +424,18 @@ def test_precut_makes_long_pairs_cheap(text_tokenizers):
     t0 = time.perf_counter()
     enc = tok.encode([("cat " * 8000, "dog " * 7999)])
     assert time.perf_counter() - t0 < 3.0 and enc.arrays["input_ids"].shape[1] == tok.max_length
+
+
+def test_top_level_tei_fields_are_checked_apart_from_parameters():
+    """A valid top-level ``truncation_direction`` must not hide a bad one in ``parameters`` (found by schemathesis);
+    TEI's default ``raw_scores: false`` is accepted by every task, unknown top-level fields are ignored."""
+    with ThreadServer(create_app(FakePredictor(), ServeSettings(warmup=False))) as srv, srv.client() as c:
+        srv.wait_ready()
+        for body in ({"inputs": "a", "parameters": {"truncation_direction": "AAA"}, "truncation_direction": "RIGHT"},
+                     {"inputs": "a", "parameters": {"truncation_direction": "right"}, "truncation_direction": "up"},
+                     {"inputs": "a", "parameters": {"top_k": 1}, "truncate": "no"}):
+            r = c.post("/predict", json=body)
+            assert r.status_code == 422 and r.json()["error_type"] == "InvalidInput", (body, r.text)
+        r = c.post("/predict", json={"inputs": "a b", "parameters": {"top_k": 2, "truncation_direction": "Right"},
+                                     "raw_scores": False, "truncate": True, "surprise": [1]})
+        assert r.status_code == 200 and r.json() == [{"label": "LEN", "score": 4.0}]
