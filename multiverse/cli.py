@@ -134,29 +134,17 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Show a bundle's manifest summary and digest, verify every file, prove the graph loads, and say whether
     this CPU can run it. Exit 1 when the bundle is corrupted or does not load."""
-    from .bundle import load, verify_files
-    from .errors import BundleError
+    from .bundle import inspect as check
 
     try:
-        b = load(bundle, verify=False, expect_manifest_sha256=expect_sha256)  # manifest: schema, digests
-        problems = verify_files(bundle, manifest=b.manifest)
-        external = b.external_data() if not problems else []
+        found = check(bundle, expect_manifest_sha256=expect_sha256)
     except MultiverseError as exc:
         _fail(exc, as_json)
-    load_error = None
-    if not problems:
-        try:
-            b.open_session()
-        except BundleError as exc:
-            load_error = str(exc)
+    b, problems, load_error, missing = found.bundle, found.problems, found.load_error, found.missing_flags
     manifest = b.manifest
-    missing = b.missing_flags()
     v = manifest.get("validation") or {}
     if as_json:
-        print(json.dumps({"bundle": str(bundle), "manifest_sha256": b.manifest_sha256, "intact": not problems,
-                          "problems": problems, "loads": not problems and load_error is None, "load_error": load_error,
-                          "external_data": external, "host_can_run": not missing, "missing_flags": missing,
-                          "manifest": manifest}, indent=2))
+        print(json.dumps(found.to_dict(), indent=2))
     else:
         t = Table(show_header=False, box=None)
         t.add_column(no_wrap=True)
@@ -168,8 +156,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
         elif load_error:
             loads = f"NO: {load_error}"
         else:
-            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in external)
-            loads = "yes (ONNX Runtime session opened" + (f"; external data: {sizes})" if external else ")")
+            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in found.external_data)
+            loads = "yes (ONNX Runtime session opened" + (f"; external data: {sizes})" if found.external_data else ")")
         rows = [
             ("task", manifest["task"]),
             ("source", f"{manifest['source'].get('repo_id') or manifest['source'].get('local_path')} "

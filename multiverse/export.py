@@ -5,7 +5,8 @@ mixed lengths (including one at the model's full length) and fails when the max 
 difference over real (non-pad) positions exceeds the tolerance (DESIGN.md §5: 1e-4).
 For feature-extraction it also compares whole embeddings with ``SentenceTransformer.encode``
 on raw text, which sees what a graph check on Multiverse's own token ids cannot
-(lower-casing, prompts, truncation, pooling and Dense/Normalize modules; PITFALLS.md, Inputs).
+(lower-casing, prompts, truncation, pooling and Dense/Normalize modules from
+``sentence_bert_config.json`` and ``modules.json``).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def export(ckpt: Checkpoint, out: str | Path, *, check: bool = True, tolerance: 
     model = OnnxModel(path=out / "model.onnx", model_dir=out, stage="fp32", opset=opset)
     if check:
         model = replace(model, max_abs_diff=check_against_reference(ckpt, model, tolerance))
-        if ckpt.task == "feature-extraction":
+        if get_task(ckpt.task).sentence_embeddings:
             check_sentence_transformers_parity(ckpt, model)
     return model
 
@@ -157,13 +158,13 @@ def probe_batches(task: str, max_length: int) -> list[list]:
     from .evaldata import builtin
 
     data = builtin(task)
-    if task == "ranking":
+    if data.groups:  # (query, passage) pairs
         items: list = [(g.query, p) for g in data.groups[:6] for p in g.passages[:2]]
     else:
         items = list(data.texts[:16])
     long_text = " ".join(str(t) for t in (data.texts or [g.passages[0] for g in data.groups]))
     batches = [items[i:i + 4] for i in range(0, len(items), 4)] + [items[:1]]
-    batches.append([(items[0][0], long_text)] if task == "ranking" else [long_text])
+    batches.append([(items[0][0], long_text)] if data.groups else [long_text])
     return batches
 
 
@@ -218,9 +219,9 @@ ST_MIN_COSINE = 0.9999  # fp32 graph vs PyTorch: differences are rounding only
 
 
 def _st_parity_texts() -> list[str]:
-    from .evaldata import builtin
+    from .evaldata import builtin_texts
 
-    long_text = " ".join(str(t) for t in builtin("feature-extraction").texts[:60])
+    long_text = " ".join(str(t) for t in builtin_texts()[:60])
     return [*ST_PARITY_TEXTS, long_text]
 
 

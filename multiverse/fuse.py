@@ -1,8 +1,8 @@
 """Stage 3: fuse the fp32 graph with the ONNX Runtime transformer optimizer.
 
 Attention, SkipLayerNormalization, BiasGelu and EmbedLayerNormalization fusions are what
-make the int8 graph fast. A fusion that silently matches nothing costs speed with no error
-(PITFALLS.md), so every fusion kind is counted against the layer count: no Attention at all
+make the int8 graph fast. ONNX Runtime's optimizer reports no error when a pattern matches
+nothing (an unsupported model type or opset leaves plain MatMul/Softmax), so every fusion kind is counted against the layer count: no Attention at all
 is a FusionError; other shortfalls are recorded as warnings in the manifest.
 """
 

@@ -3,8 +3,8 @@
 Graphs over 2 GB keep their tensors in separate files named by each tensor's
 ``external_data`` entries (``location``, ``offset``, ``length``): optimum writes
 ``model.onnx_data``, ONNX Runtime's optimizer and quantizer ``model.onnx.data``, other tools one
-file per tensor. A bundle must ship exactly the files the graph names (PITFALLS.md: a bundle that
-guessed the name shipped a 6 KB graph without its weights and still verified), so the names are
+file per tensor. A bundle must ship exactly the files the graph names (a bundle writer that guessed
+the name once shipped a 6 KB graph without its weights, and the bundle still verified), so the names are
 read from the graph itself.
 
 This module walks the ONNX protobuf wire format directly (standard library only) because it runs

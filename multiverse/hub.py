@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HubError, UsageError
-from .tasks import TASKS
+from .tasks import TASKS, feature_extraction, ranking, text_classification, token_classification
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -73,11 +73,11 @@ def infer_task(config: dict, folder: Path) -> str:
     for arch in archs:
         if arch.endswith("ForSequenceClassification"):
             if "sentence_transformers" in config or int(config.get("num_labels", len(config.get("id2label") or {0: 0, 1: 1}))) == 1:
-                return "ranking"
-            return "text-classification"
+                return ranking.Handler.name
+            return text_classification.Handler.name
         if arch.endswith("ForTokenClassification"):
-            return "token-classification"
-    return "feature-extraction"
+            return token_classification.Handler.name
+    return feature_extraction.Handler.name
 
 
 def _dims(config: dict) -> tuple[int, int, int]:

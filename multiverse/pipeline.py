@@ -85,9 +85,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     tgt = get_target(target)
     lacking = missing_flags(tgt)
     if lacking:
-        progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built "
-                      "for that CPU; latencies measured here say nothing about it, so an accurate int8 candidate "
-                      "is preferred (--precision auto).")
+        progress.warn(f"this host lacks {', '.join(lacking)} needed by target {tgt.name}: the bundle is built for "
+                      f"that CPU and latencies measured here say nothing about it; {_cross_target_choice(precision)}")
         if precision == "auto":
             precision = "int8"
     with progress.stage("resolve", "Resolving the model") as s:
@@ -123,16 +122,22 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
-            pins = image.runtime_pins()  # the runtime that just validated it (onnxruntime above all)
-            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": pins}
-            (work / image.REQUIREMENTS).write_text(image.requirements_txt(pins), encoding="utf-8")
+            # the runtime that just validated it (onnxruntime above all), written as requirements.txt
+            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": image.runtime_pins()}
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
-                                   readme=_readme(manifest, dest), dockerfile=image.dockerfile(), overwrite=overwrite,
-                                   extra_files={image.REQUIREMENTS: work / image.REQUIREMENTS})
+                                   overwrite=overwrite)  # with README.md, Dockerfile and requirements.txt
             s["summary"] = f"{dest} (manifest sha256 {written.manifest_sha256})"
         if not passed:
             raise AccuracyGateError(_gate_message(report, tolerance) + f" The failed bundle was kept at {dest}.", report)
         return written
+
+
+def _cross_target_choice(precision: str) -> str:
+    """What a build for a target this host cannot run ships, for the requested ``precision`` (auto, int8, fp32)."""
+    if precision == "fp32":
+        return "precision fp32 ships the fused fp32 graph."
+    return (f"precision {precision} ships an int8 candidate that meets the tolerance (the fastest of them on this "
+            "host)" + (", as int8 does: fp32 timed here may only look faster." if precision == "auto" else "."))
 
 
 def _eval_data(model: str | None, ckpt: hub.Checkpoint, eval_data: str | None, eval_split: str,
@@ -208,10 +213,11 @@ def _gate_message(report: TuningReport, tolerance: float) -> str:
 
 def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
     from .quantize import int8_weight_fraction
-    from .tasks import TextTokenizer
+    from .tasks import TextTokenizer, get_task
     from .tasks.feature_extraction import load_pooling
 
     config = ckpt.config
+    pooled = get_task(ckpt.task).output == "last_hidden_state"  # no head: sentence embeddings pooled from it
     manifest = {
         "task": ckpt.task,
         "source": {"repo_id": ckpt.repo_id, "revision": ckpt.revision, "local_path": str(ckpt.path),
@@ -219,7 +225,7 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
         "target": {"name": tgt.name, "description": tgt.description, "arch": tgt.isa.arch,
                    "required_flags": list(tgt.isa.required_flags), "session": dict(tgt.session)},
         "model": {"model_type": ckpt.model_type, "num_layers": ckpt.num_layers, "num_heads": ckpt.num_heads,
-                  "hidden_size": ckpt.hidden_size, "labels": config.get("id2label") if ckpt.task != "feature-extraction" else None},
+                  "hidden_size": ckpt.hidden_size, "labels": None if pooled else config.get("id2label")},
         "precision": chosen.stage if chosen.stage == "int8" else "fp32",
         "export": {"exporter": "optimum-onnx", "opset": fp32.opset, "max_abs_diff": fp32.max_abs_diff,
                    "dynamic_axes": {"batch": 0, "sequence": 1}},
@@ -235,46 +241,6 @@ def _manifest(ckpt, tgt, fp32, fused, chosen, report: TuningReport) -> dict:
         "versions": versions(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if ckpt.task == "feature-extraction":
+    if pooled:
         manifest["pooling"] = load_pooling(chosen.model_dir).describe()
     return manifest
-
-
-def _readme(m: dict, dest: Path) -> str:
-    v = m.get("validation") or {}
-    src = m["source"]
-    ort_version = ((m.get("runtime") or {}).get("requirements") or {}).get("onnxruntime", "?")
-    rows = "\n".join(f"| {t['label']} | {t['validation']['optimised']:.4f} | {t['validation']['relative_loss']:.4f} | "
-                     f"{'yes' if t['validation']['passed'] else 'no'} | {t['p50_ms'] if t['p50_ms'] is not None else '-'} |"
-                     for t in m["tuning"]["trials"] if t.get("validation"))
-    return f"""# {dest.name}
-
-Optimised by [Multiverse](https://github.com/) {m['versions']['multiverse']} for **{m['target']['name']}**
-({m['target']['description']}).
-
-- Source: `{src['repo_id'] or src['local_path']}` revision `{src['revision'] or 'local'}`
-- Task: `{m['task']}`; precision: **{m['precision']}**; max sequence length {m['max_sequence_length']} tokens
-- Required CPU flags: {', '.join(m['target']['required_flags']) or 'none'}
-- Fused ops: {', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
-
-## Accuracy ({v.get('dataset')}, {v.get('n')} examples, tolerance {v.get('tolerance')})
-
-{v.get('metric')}: reference {v.get('reference', float('nan')):.4f}, optimised {v.get('optimised', float('nan')):.4f},
-relative loss {v.get('relative_loss', float('nan')):.4f}: **{'passed' if v.get('passed') else 'FAILED'}**.
-
-| candidate | {v.get('metric')} | relative loss | passed | p50 ms |
-|---|---|---|---|---|
-{rows}
-
-## Serve
-
-`requirements.txt` pins the runtime that validated this bundle (onnxruntime {ort_version}).
-
-```bash
-pip install -r {dest.name}/requirements.txt && pip install --no-deps multiverse   # lean runtime, no torch
-multiverse serve {dest.name}
-curl -s localhost:8080/predict -H 'content-type: application/json' -d '{{"inputs": "Hello world"}}'
-multiverse image {dest.name} --tag {dest.name}:latest   # or a container image (see Dockerfile)
-```
-"""
-

@@ -1,7 +1,8 @@
 """CPU targets and model recipes: CPU knowledge is data (``recipes/``), not ``if`` chains.
 
 A *target* names a CPU micro-architecture and says which dynamic-int8 configuration and
-ONNX Runtime session options are correct on it. The key fact (PITFALLS.md): u8s8 GEMM
+ONNX Runtime session options are correct on it. The key fact (ONNX Runtime's
+quantization docs, "Data type selection"; measured here too): u8s8 GEMM
 (uint8 activations × int8 weights) saturates in the ``VPMADDUBSW`` path on x86 CPUs
 without VNNI, so targets without ``avx512_vnni`` ship uint8 weights (u8u8) and set
 ``session.x64quantprecision=1``.
@@ -197,12 +198,22 @@ def host_cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def missing_isa(arch: str | None, required_flags, flags: frozenset[str] | None = None,
+                host: str | None = None) -> list[str]:
+    """Flags (and the architecture, as ``arch:<name>``) that an ISA needs and the host lacks; ``[]`` if it can run.
+
+    ``arch`` None matches any host (a manifest written before the architecture was recorded).
+    ``flags``/``host`` default to this host's ``/proc/cpuinfo`` flags and ``platform.machine()``.
+    """
+    flags = host_flags() if flags is None else flags
+    host = host_arch() if host is None else host
+    missing = [] if arch in (None, host) else [f"arch:{arch}"]
+    return missing + [f for f in required_flags if f not in flags]
+
+
 def missing_flags(target: Target, flags: frozenset[str] | None = None, arch: str | None = None) -> list[str]:
     """Flags (and arch, as ``arch:<name>``) that ``target`` requires and the host lacks; ``[]`` if it can run."""
-    flags = host_flags() if flags is None else flags
-    arch = host_arch() if arch is None else arch
-    missing = [] if target.isa.arch == arch else [f"arch:{target.isa.arch}"]
-    return missing + [f for f in target.isa.required_flags if f not in flags]
+    return missing_isa(target.isa.arch, target.isa.required_flags, flags, arch)
 
 
 def detect_native(flags: frozenset[str] | None = None, arch: str | None = None) -> Target:

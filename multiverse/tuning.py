@@ -337,7 +337,7 @@ class _Tuner:
         Returns ``{node name: normalised MSE}``, most sensitive first.
         """
         n = SENSITIVITY_ITEMS
-        if self.data.task == "ranking":  # count (query, passage) pairs, not queries
+        if self.data.groups:  # query groups (ranking): count (query, passage) pairs, not queries
             n = max(4, n // max(1, len(self.data.groups[0].passages)))
         items = model_inputs(subset(self.data, n))
         fp32 = self.predictor(self.fused)

@@ -78,3 +78,18 @@ def test_cli_benchmark_rejects_bad_grids(tiny_bundle):
     assert res.exit_code == 2 and "--cores" in res.output
     res = CliRunner().invoke(app, ["benchmark", str(tiny_bundle), "--baseline", "tensorflow"])
     assert res.exit_code == 2
+
+
+def test_a_system_that_cannot_be_built_fails_its_cells_not_the_run(tiny_bundle):
+    spec = GridSpec(cores=[1], seq_lens=[8], batch_sizes=[1, 2], systems=["multiverse", "no-such-system"],
+                    budget=TINY_BUDGET, accuracy=True)
+    rep = run_grid(tiny_bundle, spec)
+    report.validate_report(rep)
+    rows = [(r["system"], r["batch_size"], r["status"]) for r in rep["results"]]
+    assert rows == [("multiverse", 1, "ok"), ("no-such-system", 1, "error"),
+                    ("multiverse", 2, "ok"), ("no-such-system", 2, "error")]
+    bad = [r for r in rep["results"] if r["status"] == "error"]
+    assert all(r["reason"].startswith("BenchmarkError: Unknown system 'no-such-system'") for r in bad)
+    assert rep["accuracy"] == {} and any(n.startswith("accuracy comparison failed: BenchmarkError: Unknown system")
+                                         for n in rep["notes"])
+    assert rep["speedups"] == []

@@ -159,7 +159,7 @@ def _fake_report(available_cores=2):
             rows.append(row)
     return report.build_report(bundle=bundle, systems=["multiverse", "transformers"], cells=cells, rows=rows,
                                budget=stats.DEFAULT_BUDGET, accuracy={"optimum": {"n": 3, "label_agreement": 1.0}},
-                               checkpoint="/ckpt", available_cores=available_cores)
+                               checkpoint="/ckpt", available_cores=available_cores).to_dict()
 
 
 def test_report_schema_host_versions_results_and_speedups():
@@ -193,7 +193,7 @@ def test_report_notes_a_loaded_host():
     rep["results"][0]["loadavg_1m"] = 9.0
     again = report.build_report(bundle=SimpleNamespace(path=Path("/b"), manifest={"task": "x"}), systems=["multiverse"],
                                 cells=[], rows=rep["results"], budget=stats.DEFAULT_BUDGET, available_cores=2)
-    assert any("load average reached 9.0" in n for n in again["notes"])
+    assert any("load average reached 9.0" in n for n in again.notes)
 
 
 def test_csv_table_markdown_and_plots(tmp_path):
@@ -268,9 +268,29 @@ def test_interleaved_slices_split_the_budget_and_pool_durations():
                "breakdown": {"tokenization_ms": 0.1, "inference_ms": 0.8, "postprocess_ms": 0.1}},
               {"durations": [0.003] * 10, "capped": True, "loadavg_1m": 1.5,
                "breakdown": {"tokenization_ms": 0.3, "inference_ms": 2.4, "postprocess_ms": 0.3}}]
-    row = merge_slices("multiverse", 2, 8, 1, slices, [])
-    assert row["status"] == "ok" and row["stats"]["n"] == 20 and row["capped"] and row["rounds"] == 2
-    assert row["stats"]["p50_ms"] == pytest.approx(2.0) and row["loadavg_1m"] == 1.5
-    assert row["breakdown"]["inference_ms"] == pytest.approx(1.6)
+    row = merge_slices("multiverse", 2, 8, 1, slices, [], cpus=[0, 1])
+    assert row.status == "ok" and row.stats.n == 20 and row.capped and row.rounds == 2 and row.cpus == [0, 1]
+    assert row.stats.p50_ms == pytest.approx(2.0) and row.loadavg_1m == 1.5
+    assert row.breakdown["inference_ms"] == pytest.approx(1.6)
     bad = merge_slices("optimum", 2, 8, 1, slices[:1], ["RuntimeError: boom"])
-    assert bad["status"] == "error" and "boom" in bad["reason"]
+    assert bad.status == "error" and "boom" in bad.reason
+    assert list(bad.model_dump()) == ["system", "cores", "seq_len", "batch_size", "status", "reason"]
+
+
+def test_http_report_keeps_server_and_compute_time():
+    bundle = SimpleNamespace(path=Path("/b"), manifest={"task": "text-classification"})
+    cells = grid.expand([1], [8], [2], available_cores=1)
+    st = stats.summarize([0.002, 0.003], 2).to_dict()
+    rows = [{"system": "multiverse-http", "cores": None, "seq_len": 8, "batch_size": 2, "status": "ok", "capped": False,
+             "stats": st, "http": {"compute_time": stats.summarize([0.001, 0.001], 2).to_dict()}}]
+    rep = report.build_report(bundle=bundle, systems=["multiverse-http"], cells=cells, rows=rows,
+                              budget=stats.QUICK_BUDGET, server={"url": "http://x", "info": {}}).to_dict()
+    report.validate_report(rep)
+    assert list(rep)[-1] == "server" and rep["results"][0]["cores"] is None
+    assert list(rep["results"][0]) == ["system", "cores", "seq_len", "batch_size", "status", "capped", "stats", "http"]
+    assert rep["results"][0]["http"]["compute_time"]["p50_ms"] == pytest.approx(1.0) and rep["speedups"] == []
+    without = report.build_report(bundle=bundle, systems=["multiverse-http"], cells=cells, rows=rows,
+                                  budget=stats.QUICK_BUDGET).to_dict()
+    assert "server" not in without and "available_cores" not in without["host"]
+    row = next(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    assert row["cores"] == "" and float(row["http_compute_p50_ms"]) == pytest.approx(1.0)

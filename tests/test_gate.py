@@ -7,7 +7,8 @@ import pytest
 
 from multiverse.evaldata import EvalSet, RankingGroup
 from multiverse.tuning import Trial, choose, fallback_plan
-from multiverse.validate import Check, TaskOutputs, ValidationReport, linear_probe, score
+from multiverse.tasks.feature_extraction import linear_probe
+from multiverse.validate import Check, TaskOutputs, ValidationReport, score
 
 CONFIG = {"id2label": {"0": "neg", "1": "pos"}}
 

@@ -81,7 +81,8 @@ class HttpSystem:
 
 def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_sizes: Sequence[int], *,
              budget: Budget = DEFAULT_BUDGET, api_key: str | None = None, progress=None) -> dict:
-    """Measure every (seq_len, batch_size) cell against a running server and return the report dict.
+    """Measure every (seq_len, batch_size) cell against a running server and return the report document
+    (``schema.Report.to_dict()``, with ``server``).
 
     The inputs are cut with ``bundle_path``'s tokenizer (the bundle the server runs). Rows carry
     ``stats`` (client latency) and ``http.compute_time`` (stats of ``x-compute-time``, ms).
@@ -130,6 +131,5 @@ def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_s
         progress.stop()
     notes = [f"measured over HTTP at {url} (server threads: {info.get('threads', 'unknown')}); "
              "client latency includes HTTP and JSON; x-compute-time is the server's pipeline time"]
-    rep = report_mod.build_report(bundle=b, systems=[system.name], cells=cells, rows=rows, budget=budget, notes=notes)
-    rep["server"] = {"url": url, "info": info}
-    return rep
+    return report_mod.build_report(bundle=b, systems=[system.name], cells=cells, rows=rows, budget=budget, notes=notes,
+                                   server={"url": url, "info": info}).to_dict()

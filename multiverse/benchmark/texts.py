@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Sequence
 
 from ..errors import UsageError
+from ..tasks import get_task
 
 
 def corpus(limit: int = 256) -> list[tuple[str, str]]:
@@ -26,7 +27,7 @@ def corpus(limit: int = 256) -> list[tuple[str, str]]:
     try:
         pairs = [(h, b) for h, b, _ in evaldata.bbc_articles()]
     except EvalDataError:
-        texts = list(evaldata.builtin("text-classification").texts)
+        texts = list(evaldata.builtin_texts())
         pairs = [(t.split(".")[0][:80], t) for t in texts]
     pairs.sort(key=lambda p: (-len(p[1]), p[1]))
     return pairs[:limit]
@@ -75,7 +76,7 @@ class TextCutter:
 
     def inputs(self, task: str, seq_len: int, batch_size: int, pairs: Sequence[tuple[str, str]]) -> list:
         """``batch_size`` distinct real inputs of exactly ``seq_len`` tokens each for ``task``
-        (texts, or (query, passage) tuples for ranking).
+        (texts, or (query, passage) tuples for a task that requires pairs: ranking).
 
         Short articles are joined with the next ones until long enough. Raises UsageError when
         ``seq_len`` exceeds ``max_length`` or the corpus cannot produce texts that long.
@@ -84,6 +85,7 @@ class TextCutter:
             raise UsageError(f"sequence length {seq_len} exceeds the model's limit of {self.max_length} tokens.")
         if seq_len < 3:
             raise UsageError(f"sequence length {seq_len} is too short: at least 3 tokens (2 are special tokens).")
+        requires_pairs = get_task(task).requires_pairs
         out: list = []
         i = 0
         n = len(pairs)
@@ -94,7 +96,7 @@ class TextCutter:
                 body = body + "\n\n" + pairs[j % n][1]
                 j += 1
             i += 1
-            item = self.pair(head, body, seq_len) if task == "ranking" else self.cut(body, seq_len)
+            item = self.pair(head, body, seq_len) if requires_pairs else self.cut(body, seq_len)
             if self.count(item) == seq_len:
                 out.append(item)
         if len(out) < batch_size:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Protocol, Sequence
+from typing import Annotated, Any, ClassVar, Iterable, Protocol, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import InputError, InputTooLong
+from .evaluation import EvalSet, TaskOutputs, TaskScore
 from .precut import PreCutter
 
 # Architectures whose position ids start at padding_idx + 1 (=2): 514 positions, 512 usable.
@@ -214,6 +215,19 @@ class Task(Protocol):
         pipeline_task: the ``transformers.pipeline`` task of the vanilla baseline;
             ``pipeline_kwargs`` its construction options.
         ort_model_class: optimum's ``ORTModelFor…`` class of the optimum baseline.
+        sentence_embeddings: results are sentence embeddings, which an export checks against
+            ``SentenceTransformer.encode`` (pooling and modules are outside the graph).
+        continuous_metric: the gated metrics are continuous (cosines); else one changed prediction
+            moves them by about 1/n, and the gate warns when 1/n exceeds the tolerance.
+        fidelity_metric: the ``details`` key of agreement with the reference model (1 = identical);
+            ``ValidationReport.divergence`` is 1 minus it when there is no ``logit_nmse``.
+        eval_labels: the kind of gold labels of the task's eval data: ``classes`` (a class name or id per
+            text, optional for embeddings), ``spans`` (``(start, end, type)`` per entity) or ``relevance``
+            (query groups with relevant passages); named eval sets offer the kinds they hold.
+        eval_columns: the eval-file column names the task reads, by role: ``text`` (input), ``text_pair``
+            (second text; absent when the task takes no pairs) and ``label``.
+        word_columns: the alternative names when the input is a list of words (``tokens``/``ner_tags``),
+            or None when the task has no such form.
         Params: the pydantic model of the request ``parameters`` the task accepts (a :class:`TaskParams`).
         capability: what the task does, in infinity's words (``/models``): ``embed``, ``classify`` or
             ``rerank``; the server also opens the routes of that capability (TEI ``/embed``, ``/similarity``,
@@ -231,6 +245,12 @@ class Task(Protocol):
     pipeline_task: ClassVar[str]
     pipeline_kwargs: ClassVar[dict]
     ort_model_class: ClassVar[str]
+    sentence_embeddings: ClassVar[bool]
+    continuous_metric: ClassVar[bool]
+    fidelity_metric: ClassVar[str]
+    eval_labels: ClassVar[str]
+    eval_columns: ClassVar[dict[str, str]]
+    word_columns: ClassVar[dict[str, str] | None]
     Params: ClassVar[type[TaskParams]]
     capability: ClassVar[str]
     root_wraps_single: ClassVar[bool]
@@ -248,6 +268,21 @@ class Task(Protocol):
     def agreement(reference: list, candidate: list) -> dict:
         """How close ``candidate`` results (a list, one per input, as ``postprocess`` or the HF pipeline returns
         them) are to ``reference`` results on the same inputs (the benchmark's fidelity columns)."""
+
+    def collect(self, batches: Iterable[tuple[np.ndarray, Encoded]]) -> TaskOutputs:
+        """The gate's comparable outputs of one model from its ``(graph output, Encoded)`` batches, in order."""
+
+    @staticmethod
+    def gate(data: EvalSet, reference: TaskOutputs, candidate: TaskOutputs, config: dict,
+             tolerance: float) -> TaskScore:
+        """The task's metric and gated checks of ``candidate`` against ``reference`` outputs on ``data``
+        (``config``: the model's ``config.json``). Raises EvalDataError when labels do not fit the model."""
+
+    @classmethod
+    def eval_set(cls, name: str, rows: list[tuple[str, dict]], found: str) -> EvalSet:
+        """The eval set of a file's non-empty ``rows`` (``(row name, row)``, columns renamed to
+        ``eval_columns``/``word_columns``); ``found`` lists the file's own columns for messages.
+        Raises EvalDataError naming the row and column of the first bad value."""
 
 
 def top_result(result):

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 from pydantic import Field
 
+from .. import metrics
 from ..errors import InputError
 from .base import Encoded, TaskParams
+from .evaluation import EvalSet, TaskOutputs, TaskScore, bound
+from .text_classification import class_label_set
 
 OUTPUT = "last_hidden_state"
 ACCEPTS_PAIRS = False
@@ -212,6 +215,25 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, normalize: bool
     return out.astype(np.float32)
 
 
+def linear_probe(ref: np.ndarray, cand: np.ndarray, labels: Sequence) -> dict:
+    """Downstream check for embeddings: a nearest-centroid probe (a linear classifier on unit vectors) fitted
+    on the reference embeddings of the even-indexed examples, scored on the odd-indexed ones with the
+    reference and with the candidate embeddings.
+
+    Args: ref, cand float32 [n, dim]; labels length n. Returns ``probe_reference_accuracy``,
+    ``probe_optimised_accuracy`` and ``probe_accuracy_loss`` (absolute, reference − optimised).
+    """
+    y = np.asarray([str(label) for label in labels])
+    classes = sorted(set(y[0::2]))
+    unit = lambda x: x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)  # noqa: E731
+    centroids = unit(np.stack([unit(ref[0::2][y[0::2] == c]).mean(0) for c in classes]))
+    predict = lambda x: np.asarray(classes)[(unit(x) @ centroids.T).argmax(1)]  # noqa: E731
+    gold = y[1::2]
+    r = float((predict(ref[1::2]) == gold).mean()) if len(gold) else 0.0
+    o = float((predict(cand[1::2]) == gold).mean()) if len(gold) else 0.0
+    return {"probe_reference_accuracy": r, "probe_optimised_accuracy": o, "probe_accuracy_loss": r - o}
+
+
 class Handler:
     """Turns ``last_hidden_state`` into embeddings (lists of floats)."""
 
@@ -233,6 +255,38 @@ class Handler:
             x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
             cos.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)))
         return {"n": len(reference), "mean_cosine": sum(cos) / len(cos), "min_cosine": min(cos)}
+
+    sentence_embeddings = True
+    continuous_metric = True
+    fidelity_metric = "mean_cosine"
+    eval_labels = "classes"
+    eval_columns: dict = {"text": "text", "label": "label"}
+    word_columns = None
+
+    def collect(self, batches: Iterable[tuple[np.ndarray, Encoded]]) -> TaskOutputs:
+        """``values``: the embeddings, float32 [n, dim]."""
+        return TaskOutputs(np.concatenate([self.vectors(raw, enc) for raw, enc in batches], axis=0))
+
+    @staticmethod
+    def gate(data: EvalSet, reference: TaskOutputs, candidate: TaskOutputs, config: dict,
+             tolerance: float) -> TaskScore:
+        """Mean cosine to the reference embedding ≥ 1 − τ and min cosine ≥ 1 − 2τ. Details: both cosines,
+        ``retrieval_agreement@1`` and with labels a nearest-centroid probe (:func:`linear_probe`)."""
+        cos = metrics.cosine_rows(reference.values, candidate.values)
+        details = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                   "retrieval_agreement@1": metrics.retrieval_agreement(reference.values, candidate.values, k=1)
+                   if len(cos) > 1 else 1.0}
+        if data.labels is not None:
+            details.update(linear_probe(reference.values, candidate.values, data.labels))
+        o = float(cos.mean())
+        checks = (bound("mean_cosine", o, 1 - tolerance, 1 - o),
+                  bound("min_cosine", float(cos.min()), 1 - 2 * tolerance, (1 - float(cos.min())) / 2))
+        return TaskScore("mean_cosine", 1.0, o, checks, details)
+
+    @classmethod
+    def eval_set(cls, name: str, rows: list[tuple[str, dict]], found: str) -> EvalSet:
+        """Column ``text`` and an optional ``label`` (class names for the probe); no pairs."""
+        return class_label_set(name, cls.name, rows, found, pairs=False, labels_required=False)
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.pooling = load_pooling(model_dir)

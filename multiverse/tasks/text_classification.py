@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 from pydantic import BeforeValidator, Field
 
+from .. import metrics
+from ..errors import EvalDataError
 from .base import Encoded, TaskParams, result_scores, top_result
+from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 
 OUTPUT = "logits"
 
@@ -38,6 +41,50 @@ def id2label(config: dict, n: int) -> list[str]:
     return [mapping.get(i, f"LABEL_{i}") for i in range(n)]
 
 
+def gold_ids(labels: Sequence, config: dict, num_labels: int) -> np.ndarray:
+    """int [n] class ids of eval ``labels`` (class ids, or label names from ``config.json`` ``id2label``).
+
+    Raises EvalDataError for a label that is neither, naming the model's labels.
+    """
+    names = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
+    out = []
+    for label in labels:
+        if isinstance(label, (int, np.integer)) and 0 <= int(label) < num_labels:
+            out.append(int(label))
+        elif str(label) in names:
+            out.append(names[str(label)])
+        else:
+            raise EvalDataError(
+                f"Eval label {label!r} is not one of the model's labels ({', '.join(sorted(names)) or num_labels}); "
+                "use the label names from config.json id2label or class ids."
+            )
+    return np.asarray(out)
+
+
+def class_label_set(name: str, task: str, rows: list[tuple[str, dict]], found: str, *, pairs: bool,
+                    labels_required: bool) -> EvalSet:
+    """The eval set of rows with ``text`` (+ ``text_pair`` when ``pairs``: the input is then a
+    ``(text, text_pair)`` tuple) and a ``label`` (name or class id; optional unless ``labels_required``).
+    Raises EvalDataError for a missing column or value."""
+    need_column(name, rows, "text", found, "input", "--text-column")
+    if labels_required:
+        need_labels(name, task, rows, found)
+    has_label = any(r.get("label") is not None for _, r in rows)
+    texts, labels = [], []
+    for n, row in rows:
+        text = row_value(name, n, row, "text", str)
+        pair = row.get("text_pair") if pairs else None
+        pair = row_value(name, n, row, "text_pair", str) if pair not in (None, "") else None
+        texts.append((text, pair) if pair else text)
+        if has_label:
+            label = row.get("label")
+            if not isinstance(label, (str, int)) or isinstance(label, bool) or label == "":
+                raise EvalDataError(f"{name} {n}: 'label' must be a label name or class id; "
+                                    "fill it in or drop the row.")
+            labels.append(label)
+    return EvalSet(name, task, texts=tuple(texts), labels=tuple(labels) if has_label else None)
+
+
 class Handler:
     """Logits [batch, num_labels] → ``[{"label", "score"}, ...]`` per input, best first."""
 
@@ -58,6 +105,48 @@ class Handler:
         sa, sb = result_scores(reference), result_scores(candidate)
         return {"n": len(reference), "label_agreement": sum(x == y for x, y in zip(a, b)) / len(reference),
                 "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
+
+    sentence_embeddings = False
+    continuous_metric = False
+    fidelity_metric = "label_agreement"
+    eval_labels = "classes"
+    eval_columns: dict = {"text": "text", "text_pair": "text_pair", "label": "label"}
+    word_columns = None
+
+    def collect(self, batches: Iterable[tuple[np.ndarray, Encoded]]) -> TaskOutputs:
+        """``values``: the logits, float32 [n, num_labels]."""
+        return TaskOutputs(np.concatenate([raw.astype(np.float32) for raw, _ in batches], axis=0))
+
+    @staticmethod
+    def gate(data: EvalSet, reference: TaskOutputs, candidate: TaskOutputs, config: dict,
+             tolerance: float) -> TaskScore:
+        """Relative loss of accuracy (labelled) or of label agreement with the reference ≤ τ; with labels
+        also label agreement with the reference ≥ 1 − 2τ (accuracy alone lets flips cancel out: two
+        examples flipped in opposite directions cost no accuracy). The 2τ mirrors min cosine; at
+        τ = 0.005 the bar is accuracy loss ≤ 0.5 % and agreement ≥ 99 %. Details: ``label_agreement``,
+        ``logit_nmse`` and with labels the macro-F1 of both models."""
+        ref_ids, cand_ids = reference.values.argmax(-1), candidate.values.argmax(-1)
+        details = {"label_agreement": float((ref_ids == cand_ids).mean()),
+                   "logit_nmse": metrics.nmse(reference.values, candidate.values)}
+        if data.labels is not None:
+            gold = gold_ids(data.labels, config, reference.values.shape[-1])
+            r, o = metrics.accuracy(ref_ids, gold), metrics.accuracy(cand_ids, gold)
+            details.update(reference_macro_f1=metrics.macro_f1(ref_ids, gold),
+                           optimised_macro_f1=metrics.macro_f1(cand_ids, gold))
+            metric = "accuracy"
+        else:
+            metric, r, o = "label_agreement", 1.0, details["label_agreement"]
+        loss = metrics.relative_loss(r, o)
+        checks = (bound(f"relative loss of {metric}", loss, tolerance, loss, False),)
+        if data.labels is not None:
+            agree = details["label_agreement"]
+            checks += (bound("label_agreement", agree, 1 - 2 * tolerance, (1 - agree) / 2),)
+        return TaskScore(metric, r, o, checks, details)
+
+    @classmethod
+    def eval_set(cls, name: str, rows: list[tuple[str, dict]], found: str) -> EvalSet:
+        """Columns ``text`` (+ optional ``text_pair``) and ``label`` (required)."""
+        return class_label_set(name, cls.name, rows, found, pairs=True, labels_required=True)
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.config = config

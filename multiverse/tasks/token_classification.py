@@ -18,13 +18,15 @@ pieces of one character) is cut to start after it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Iterable
 
 import numpy as np
 from pydantic import Field, StringConstraints
 
-from ..errors import InputError
+from .. import metrics
+from ..errors import EvalDataError, InputError
 from .base import Encoded, TaskParams
+from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 from .text_classification import id2label, softmax
 
 OUTPUT = "logits"
@@ -106,6 +108,46 @@ def ignore_labels(params: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
+def bio_to_spans(words: list[str], tags: list[str]) -> list[tuple[int, int, str]]:
+    """Character spans ``(start, end, type)`` in ``" ".join(words)`` of the entities in BIO ``tags``.
+
+    Chunking follows conlleval/seqeval (IOB2, default mode): an entity starts at ``B-X``, or at
+    ``I-X`` not continuing an entity of type X; it ends before ``O``, ``B-*`` or an ``I-`` of
+    another type. ``end`` is exclusive. Raises EvalDataError when lengths differ or a tag is
+    not ``O``, ``B-TYPE`` or ``I-TYPE``.
+    """
+    if len(words) != len(tags):
+        raise EvalDataError(f"{len(words)} tokens but {len(tags)} tags; give one BIO tag per token.")
+    spans, current, offset = [], None, 0
+    for word, tag in zip(words, tags):
+        if not isinstance(tag, str) or (tag != "O" and tag[:2] not in ("B-", "I-")):
+            raise EvalDataError(f"Tag {tag!r} is not a BIO tag; use the strings O, B-TYPE or I-TYPE.")
+        if current and (tag == "O" or tag.startswith("B-") or tag[2:] != current[2]):
+            spans.append(tuple(current))
+            current = None
+        if tag != "O":
+            if current is None:
+                current = [offset, offset + len(word), tag[2:]]
+            current[1] = offset + len(word)
+        offset += len(word) + 1
+    if current:
+        spans.append(tuple(current))
+    return spans
+
+
+def _char_spans(name: str, n: str, text: str, label: list) -> list[tuple[int, int, str]]:
+    spans = []
+    for span in label:
+        ok = isinstance(span, (list, tuple)) and len(span) == 3 and isinstance(span[2], str)
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in span[:2])
+        ok = ok and 0 <= span[0] < span[1] <= len(text)
+        if not ok:
+            raise EvalDataError(f"{name} {n}: span {span!r} is not [start, end, type] within the text; "
+                                "use character offsets with end exclusive.")
+        spans.append((span[0], span[1], span[2]))
+    return spans
+
+
 class Handler:
     """Logits [batch, seq_len, num_labels] → entities per text."""
 
@@ -127,6 +169,72 @@ class Handler:
 
         return {"n": len(reference),
                 "entity_agreement": sum(key(x) == key(y) for x, y in zip(reference, candidate)) / len(reference)}
+
+    sentence_embeddings = False
+    continuous_metric = False
+    fidelity_metric = "token_agreement"
+    eval_labels = "spans"
+    eval_columns: dict = {"text": "text", "label": "label"}
+    word_columns: dict = {"text": "tokens", "label": "ner_tags"}
+
+    def collect(self, batches: Iterable[tuple[np.ndarray, Encoded]]) -> TaskOutputs:
+        """``values``: per text int [n_tokens_i] argmax label ids over real tokens; ``logits`` per text float32
+        [n_tokens_i, num_labels]; ``entities``: :meth:`postprocess` per text (default parameters)."""
+        logits, entities = [], []
+        for raw, enc in batches:
+            mask = enc.attention_mask.astype(bool)
+            logits.extend(raw[b][mask[b]].astype(np.float32) for b in range(raw.shape[0]))
+            entities.extend(self.postprocess(raw, enc))
+        return TaskOutputs([p.argmax(-1) for p in logits], entities, logits)
+
+    @staticmethod
+    def gate(data: EvalSet, reference: TaskOutputs, candidate: TaskOutputs, config: dict,
+             tolerance: float) -> TaskScore:
+        """Relative loss of entity F1 (labelled, exact spans and types) or of token-label agreement with the
+        reference ≤ τ. Details: ``token_agreement``, ``logit_nmse`` and ``entity_agreement_f1`` (the
+        candidate's entities scored against the reference's)."""
+        agree = np.concatenate([a == b for a, b in zip(reference.values, candidate.values)])
+        details = {"token_agreement": float(agree.mean()) if agree.size else 1.0}
+        if reference.logits is not None and candidate.logits is not None:
+            details["logit_nmse"] = metrics.nmse(np.concatenate(reference.logits), np.concatenate(candidate.logits))
+
+        def spans(entities: list) -> list[set]:
+            return [{(e["start"], e["end"], e["entity_group"]) for e in row} for row in entities]
+
+        details["entity_agreement_f1"] = metrics.entity_f1(spans(candidate.entities), spans(reference.entities))["f1"]
+        if data.labels is not None:
+            gold = [{(int(s), int(e), str(t)) for s, e, t in row} for row in data.labels]
+            r = metrics.entity_f1(spans(reference.entities), gold)["f1"]
+            o = metrics.entity_f1(spans(candidate.entities), gold)["f1"]
+            metric = "entity_f1"
+        else:
+            metric, r, o = "token_agreement", 1.0, details["token_agreement"]
+        loss = metrics.relative_loss(r, o)
+        return TaskScore(metric, r, o, (bound(f"relative loss of {metric}", loss, tolerance, loss, False),), details)
+
+    @classmethod
+    def eval_set(cls, name: str, rows: list[tuple[str, dict]], found: str) -> EvalSet:
+        """``tokens`` (words) + ``ner_tags`` (BIO strings), or ``text`` + ``label`` (``[start, end, type]``
+        character spans, end exclusive). Labels are required."""
+        words = "tokens" in rows[0][1]
+        need_column(name, rows, "tokens" if words else "text", found, "input", "--text-column")
+        texts, labels = [], []
+        if not words:
+            need_labels(name, cls.name, rows, found)
+        for n, row in rows:
+            if words:
+                tokens = [str(w) for w in row_value(name, n, row, "tokens", list)]
+                tags = row_value(name, n, row, "ner_tags", list)
+                texts.append(" ".join(tokens))
+                try:
+                    labels.append(bio_to_spans(tokens, tags))
+                except EvalDataError as e:
+                    raise EvalDataError(f"{name} {n}: {e}") from None
+            else:
+                text = row_value(name, n, row, "text", str)
+                texts.append(text)
+                labels.append(_char_spans(name, n, text, row_value(name, n, row, "label", list)))
+        return EvalSet(name, cls.name, texts=tuple(texts), labels=tuple(labels))
 
     def __init__(self, model_dir: str | Path, config: dict):
         self.config = config
