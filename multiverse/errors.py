@@ -100,6 +100,14 @@ class RequestTooLarge(InputError):
     error_type = "PayloadTooLarge"
 
 
+class InputTooLong(InputError):
+    """A text (or pair) has more tokens than the model's limit and the request said not to truncate it
+    (``truncate: false``). TEI answers this 422 ("`inputs` must have less than N tokens"); so does Multiverse.
+    The client should shorten the text, or allow truncation."""
+
+    error_type = "InputTooLong"
+
+
 class ImageError(MultiverseError):
     """A container image could not be built: no working container engine, the build or save failed."""
 

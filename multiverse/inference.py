@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import InputError
 from .runtime import make_session
-from .tasks import Encoded, TextTokenizer, make_handler
+from .tasks import Encoded, TaskParams, TextTokenizer, make_handler
 
 Inputs = Sequence[str] | Sequence[tuple[str, str]]
 
@@ -251,11 +251,14 @@ class Predictor:
     def predict(self, inputs: Any, params: dict | None = None) -> Prediction:
         """Run the whole pipeline on one batch: ``encode`` → :meth:`run_batched` → :meth:`postprocess`.
 
-        Raises InputError for invalid inputs.
+        Raises InputError for invalid inputs, InputTooLong when ``params`` say ``truncate: false`` and a text
+        has more tokens than :attr:`max_length` (as the server answers).
         """
         t0 = time.perf_counter()
         items = self.normalize(inputs)
         enc = self.encode(items)
+        if not TaskParams.truncates(params or {}):
+            enc.check_fits(self.max_length)
         t1 = time.perf_counter()
         output = self.run_batched(enc)
         t2 = time.perf_counter()

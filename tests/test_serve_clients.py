@@ -111,6 +111,41 @@ def test_huggingface_inference_client_on_post_root(served):
             assert e.word == TEXTS[2][e.start:e.end]
 
 
+def test_clients_get_logits_truncation_errors_and_extra_fields_ignored(served):
+    """``InferenceClient.text_classification(function_to_apply="none")`` gets the logits (as TEI's ``raw_scores``);
+    ``feature_extraction(truncate=False)`` on a text over the token limit fails 422 ``InputTooLong`` (as TEI) and
+    succeeds with truncation; the OpenAI SDK's ``extra_body`` fields are ignored (as TEI and infinity ignore unknown
+    fields)."""
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+    from openai import OpenAI
+
+    fe_url, fe = served["feature-extraction"]
+    tc_url, tc = served["text-classification"]
+    long_text = "A long document. " * 1500
+    with _hub_client_on_loopback():
+        got = InferenceClient(model=tc_url, timeout=30).text_classification(TEXTS[1], function_to_apply="none",
+                                                                             top_k=100)
+        logits = tc.run_batched(tc.encode([TEXTS[1]]))[0]
+        labels = tc.config["id2label"]
+        order = np.argsort(-logits, kind="stable")
+        assert [x.label for x in got] == [labels[str(i)] for i in order]
+        _close([x.score for x in got], logits[order])
+
+        client = InferenceClient(model=fe_url, timeout=30)
+        with pytest.raises(HfHubHTTPError) as info:
+            client.feature_extraction(long_text, truncate=False)
+        assert info.value.response.status_code == 422
+        assert info.value.response.json()["error_type"] == "InputTooLong"
+        _close(np.asarray(client.feature_extraction(long_text, truncate=True)).reshape(-1),
+               fe.predict([long_text]).results[0])
+
+    openai = OpenAI(base_url=fe_url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    got = openai.embeddings.create(input=TEXTS, model="tiny", encoding_format="float",
+                                   extra_body={"surprise": 1, "input_type": "query"})
+    _close([d.embedding for d in got.data], fe.predict(TEXTS).results)
+
+
 def test_infinity_client_embeddings_and_models(served):
     from infinity_client import Client
     from infinity_client.api.default import embeddings, models

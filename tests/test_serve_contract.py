@@ -29,6 +29,9 @@ class _EmbedHandler:
     def postprocess(self, output, enc, params):
         return [[float(row[0]), 1.0] for row in output]  # a 2-d "embedding": [words, 1]
 
+    def info(self, dim=None):
+        return {"embedding": {"pooling": "mean", "dim": dim}}
+
 
 class FakeEmbedder(FakePredictor):
     task = "feature-extraction"
@@ -44,6 +47,9 @@ class _RankHandler:
 
     def postprocess(self, output, enc, params):
         return [float(row[0]) for row in output]
+
+    def info(self, dim=None):
+        return {"reranker": {"id2label": {"0": "LABEL_0"}}}
 
 
 class FakeRanker(FakePredictor):

@@ -167,6 +167,83 @@ def test_ranking_equals_pipeline_and_rerank_sorts(tiny):
         assert math.isclose(x["score"], scores[x["index"]], rel_tol=1e-5) and x["text"] == passages[x["index"]]
 
 
+def test_text_classification_raw_scores_are_the_logits(tiny):
+    """TEI's ``raw_scores`` (top level or in ``parameters``) and ``function_to_apply: "none"``: the graph's logits,
+    best first, instead of probabilities."""
+    servers, predictors = tiny
+    s, p = servers["text-classification"], predictors["text-classification"]
+    logits = p.run_batched(p.encode(TEXTS))  # [batch, num_labels]
+    labels = p.config["id2label"]
+    want = [sorted(({"label": labels[str(i)], "score": float(row[i])} for i in range(len(row))),
+                   key=lambda x: -x["score"]) for row in logits]
+    for body in ({"inputs": TEXTS, "raw_scores": True, "parameters": {"top_k": None}},
+                 {"inputs": TEXTS, "parameters": {"raw_scores": True, "top_k": None}},
+                 {"inputs": TEXTS, "parameters": {"function_to_apply": "none", "top_k": None}}):
+        r = post(s, "/predict", body)
+        assert r.status_code == 200, r.text
+        assert_close(r.json(), want)
+    probs = post(s, "/predict", {"inputs": TEXTS, "parameters": {"top_k": None}}).json()
+    assert probs != r.json() and all(0 <= x["score"] <= 1 for row in probs for x in row)
+    top1 = post(s, "/predict", {"inputs": TEXTS[0], "raw_scores": True}).json()
+    assert_close(top1, want[0][:1])
+
+
+LONG = "A long document. " * 1500  # far beyond every tiny model's token limit
+
+
+@pytest.mark.parametrize("task,path,body", [
+    ("text-classification", "/predict", {"inputs": [TEXTS[0], LONG], "parameters": {"truncate": False}}),
+    ("text-classification", "/predict", {"inputs": [TEXTS[0], LONG], "truncate": False}),
+    ("text-classification", "/predict", {"inputs": LONG, "parameters": {"truncation": False}}),
+    ("text-classification", "/", {"inputs": LONG, "parameters": {"truncate": False}}),
+    ("token-classification", "/predict", {"inputs": [LONG], "truncate": False}),
+    ("feature-extraction", "/embed", {"inputs": [TEXTS[0], LONG], "truncate": False}),
+    ("feature-extraction", "/", {"inputs": LONG, "truncate": False}),
+    ("feature-extraction", "/similarity", {"inputs": {"source_sentence": "a", "sentences": [LONG]},
+                                           "parameters": {"truncate": False}}),
+    ("ranking", "/rerank", {"query": "q", "texts": ["p", LONG], "truncate": False}),
+    ("ranking", "/predict", {"inputs": [["q", LONG]], "truncate": False}),
+])
+def test_truncate_false_refuses_a_text_over_the_token_limit(tiny, task, path, body):
+    """TEI answers a text over the token limit with ``truncate: false`` 422 (its default truncates nothing;
+    Multiverse's default truncates): the error names the input; with truncation allowed the same body is
+    answered, and short texts pass with ``truncate: false``."""
+    servers, _ = tiny
+    s = servers[task]
+    r = post(s, path, body)
+    assert r.status_code == 422 and r.json()["error_type"] == "InputTooLong", r.text
+    assert "tokens" in r.json()["error"] and "truncate" in r.json()["error"]
+    allowed = json.loads(json.dumps(body).replace("false", "true"))
+    assert post(s, path, allowed).status_code == 200
+    short = json.loads(json.dumps(body).replace(LONG, "short text"))
+    assert post(s, path, short).status_code == 200
+
+
+def test_predictor_refuses_the_same_over_long_text_in_process(tiny):
+    from multiverse.errors import InputTooLong
+
+    p = tiny[1]["text-classification"]
+    with pytest.raises(InputTooLong, match=f"more than {p.max_length} tokens"):
+        p.predict([TEXTS[0], LONG], {"truncation": False})
+    exact = p.text_of_length(LONG, p.max_length)  # at the limit: not truncated, so accepted
+    assert len(p.predict([exact, LONG], {}).results) == 2 and len(p.predict([exact], {"truncate": False}).results) == 1
+
+
+@pytest.mark.parametrize("task,path,body", [
+    ("text-classification", "/predict", {"inputs": TEXTS[:2], "parameters": {"top_k": 2}}),
+    ("text-classification", "/", {"inputs": TEXTS[0]}),
+    ("feature-extraction", "/embed", {"inputs": TEXTS[:2]}),
+    ("feature-extraction", "/v1/embeddings", {"input": TEXTS[:2], "encoding_format": "float"}),
+    ("ranking", "/rerank", {"query": "q", "texts": TEXTS[:2]}),
+])
+def test_unknown_top_level_fields_are_ignored_as_tei_and_infinity_do(tiny, task, path, body):
+    s = tiny[0][task]
+    want = post(s, path, body)
+    got = post(s, path, {**body, "surprise": 1, "model": "any", "extra": {"nested": [1]}})
+    assert want.status_code == got.status_code == 200, got.text
+    assert_close(got.json(), want.json())
+
+
 def test_two_very_long_passages_are_answered_quickly(tiny):
     servers, _ = tiny
     long_text = "A long passage about serving transformer encoders on CPUs. " * 800  # 48,000 characters
@@ -217,6 +294,10 @@ BAD = [
     ("token-classification", "POST", "/predict", {"inputs": "a", "parameters": {"aggregation_strategy": "max"}}, 422,
      "InvalidInput"),
     ("text-classification", "POST", "/predict", {"inputs": "a", "parameters": {"top_k": 0}}, 422, "InvalidInput"),
+    ("text-classification", "POST", "/predict", {"inputs": "a", "parameters": {"surprise": 1}}, 422, "InvalidInput"),
+    ("text-classification", "POST", "/predict", {"inputs": "a", "parameters": {"function_to_apply": "tanh"}}, 422,
+     "InvalidInput"),
+    ("feature-extraction", "POST", "/predict", {"inputs": "a", "raw_scores": True}, 422, "InvalidInput"),
     ("text-classification", "POST", "/embed", {"inputs": "a"}, 422, "WrongTask"),
     ("text-classification", "POST", "/predict", {"inputs": "a", "truncation_direction": "left"}, 422, "InvalidInput"),
     ("ranking", "POST", "/predict", {"inputs": ["just a text"]}, 422, "InvalidInput"),

@@ -31,6 +31,9 @@ class _Handler:
         scale = params.get("top_k") or 1
         return [[{"label": "LEN", "score": float(row[0]) * scale}] for row in output]
 
+    def info(self, dim=None):
+        return {"classifier": {"id2label": {"0": "LEN"}, "label2id": {"LEN": 0}}}
+
 
 class FakePredictor:
     """Text-classification-shaped: score = number of words; ``delay`` seconds per run; ``fail`` raises."""
@@ -114,7 +117,6 @@ def test_settings_defaults_and_validation():
     (b'{"inputs": ["a", 1]}', 422, "InvalidInput"),
     (b'{"inputs": [["a", "b", "c"]]}', 422, "InvalidInput"),
     (b'{"inputs": "a", "parameters": "x"}', 422, "InvalidInput"),
-    (b'{"inputs": "a", "surprise": 1}', 422, "InvalidInput"),
 ])
 def test_parse_rejects_bad_bodies_without_echoing_them(body, status, kind):
     with pytest.raises(ApiError) as info:
@@ -123,10 +125,39 @@ def test_parse_rejects_bad_bodies_without_echoing_them(body, status, kind):
     assert len(info.value.message) < 300 and "\\ud800" not in info.value.message
 
 
+def test_parse_ignores_unknown_top_level_fields_as_tei_and_infinity_do():
+    assert parse(PredictRequest, b'{"inputs": "a", "surprise": 1, "model": "x"}').inputs == "a"
+
+
 def test_parse_accepts_the_three_input_shapes():
     assert parse(PredictRequest, b'{"inputs": "a"}').inputs == "a"
     assert parse(PredictRequest, b'{"inputs": ["a", "b"]}').inputs == ["a", "b"]
     assert parse(PredictRequest, b'{"inputs": [["q", "p"]], "parameters": {"raw_scores": true}}').inputs == [("q", "p")]
+
+
+def test_each_task_params_model_validates_and_is_the_openapi_parameters_schema():
+    from multiverse.serve.schemas import request_schemas
+    from multiverse.tasks import TASKS
+
+    tc = TASKS["text-classification"].Params
+    assert tc.read({"top_k": 2.0, "raw_scores": True}, "tc") == {"top_k": 2, "raw_scores": True}
+    assert tc.read(None, "tc") == {} and tc.read({"top_k": None}, "tc") == {"top_k": None}
+    for bad, key in (({"top_k": "2"}, "top_k"), ({"top_k": True}, "top_k"), ({"top_k": 0}, "top_k"),
+                     ({"truncate": "no"}, "truncate"), ({"function_to_apply": "tanh"}, "function_to_apply"),
+                     ({"truncation_direction": "left"}, "truncation_direction")):
+        with pytest.raises(InputError, match=f"`{key}` must be"):
+            tc.read(bad, "text-classification")
+    with pytest.raises(InputError, match="Unknown parameter `normalize` for a text-classification model; accepted: "
+                                         "truncate, truncation, truncation_direction, top_k, raw_scores"):
+        tc.read({"normalize": True}, "text-classification")
+    assert TASKS["token-classification"].Params.read({"aggregation_strategy": "SIMPLE", "ignore_labels": []}, "t") \
+        == {"aggregation_strategy": "SIMPLE", "ignore_labels": []}
+    for task in TASKS.values():
+        schema = request_schemas(task, 8, 200, 32)["/predict"]
+        params = schema["properties"]["parameters"]["anyOf"][0]
+        assert set(params["properties"]) == set(task.Params.model_fields) and params["additionalProperties"] is False
+        assert "additionalProperties" not in schema  # unknown top-level fields are ignored
+        assert task.capability in ("embed", "classify", "rerank")
 
 
 # ---- engine ------------------------------------------------------------------------------------------
@@ -393,3 +424,18 @@ def test_precut_makes_long_pairs_cheap(text_tokenizers):
     t0 = time.perf_counter()
     enc = tok.encode([("cat " * 8000, "dog " * 7999)])
     assert time.perf_counter() - t0 < 3.0 and enc.arrays["input_ids"].shape[1] == tok.max_length
+
+
+def test_top_level_tei_fields_are_checked_apart_from_parameters():
+    """A valid top-level ``truncation_direction`` must not hide a bad one in ``parameters`` (found by schemathesis);
+    TEI's default ``raw_scores: false`` is accepted by every task, unknown top-level fields are ignored."""
+    with ThreadServer(create_app(FakePredictor(), ServeSettings(warmup=False))) as srv, srv.client() as c:
+        srv.wait_ready()
+        for body in ({"inputs": "a", "parameters": {"truncation_direction": "AAA"}, "truncation_direction": "RIGHT"},
+                     {"inputs": "a", "parameters": {"truncation_direction": "right"}, "truncation_direction": "up"},
+                     {"inputs": "a", "parameters": {"top_k": 1}, "truncate": "no"}):
+            r = c.post("/predict", json=body)
+            assert r.status_code == 422 and r.json()["error_type"] == "InvalidInput", (body, r.text)
+        r = c.post("/predict", json={"inputs": "a b", "parameters": {"top_k": 2, "truncation_direction": "Right"},
+                                     "raw_scores": False, "truncate": True, "surprise": [1]})
+        assert r.status_code == 200 and r.json() == [{"label": "LEN", "score": 4.0}]

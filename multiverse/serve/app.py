@@ -84,6 +84,12 @@ def _error(status: int, error_type: str, message: str, headers: dict[str, str] |
     return _json({"error": message, "error_type": error_type}, status, headers)
 
 
+def _truncation(*values: bool | None) -> dict:
+    """``{"truncate": False}`` when any of a request's ``truncate`` fields is false (the engine then refuses
+    texts over the token limit rather than truncating them), else ``{}``."""
+    return {"truncate": False} if any(v is False for v in values) else {}
+
+
 def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     """Build the HTTP application for one model.
 
@@ -144,10 +150,11 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         state.require_ready()
         req = parse(PredictRequest, body)
         items, n_chars = state.check_items(req.inputs)
+        tei = req.model_dump(include={"raw_scores", "truncate", "truncation_direction"}, exclude_none=True)
+        if tei.get("raw_scores") is False and "raw_scores" not in state.spec.Params.model_fields:
+            del tei["raw_scores"]  # TEI's default, accepted whatever the task
         params = state.check_params(req.parameters)
-        if req.raw_scores is not None:
-            params.update(state.check_params({"raw_scores": req.raw_scores}) if req.raw_scores else {})
-        check_direction(req.truncation_direction)
+        params.update(state.check_params(tei))  # checked apart: a valid top-level field must not hide a bad one
         res = await state.run(items, params)
         single = isinstance(req.inputs, str)
         payload = ([res.results[0]] if wrap_single else res.results[0]) if single else res.results
@@ -159,10 +166,12 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
             raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
         check_dimensions(req.dimensions, state.dim)
         items, n_chars = state.check_items(req.inputs)
-        res = await state.run(items, {"normalize": req.normalize})
+        truncate = req.parameters.truncate if isinstance(req, RootEmbedRequest) and req.parameters else None
+        res = await state.run(items, {"normalize": req.normalize, **_truncation(req.truncate, truncate)})
         return _json(res.results, headers=_timing_headers(res, n_chars))
 
-    async def similarity_body(inputs: SimilarityInputs, params: SimilarityParameters | None) -> Response:
+    async def similarity_body(inputs: SimilarityInputs, params: SimilarityParameters | None,
+                              truncate: bool | None = None) -> Response:
         if params is not None:
             check_direction(params.truncation_direction)
             if params.prompt_name is not None:
@@ -173,14 +182,14 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         if not inputs.sentences:
             raise ApiError(400, "EmptyInput", "`sentences` is empty: send at least one sentence to compare.")
         items, n_chars = state.check_items([inputs.source_sentence, *inputs.sentences], "sentences")
-        res = await state.run(items, {"normalize": True})
+        res = await state.run(items, {"normalize": True, **_truncation(truncate, params and params.truncate)})
         vectors = np.asarray(res.results, dtype=np.float32)
         scores = (vectors[1:] @ vectors[0]).tolist()  # unit vectors: dot product = cosine similarity
         return _json(scores, headers=_timing_headers(res, n_chars))
 
     async def openai_body(body: bytes, route: str) -> Response:
         state.require_ready()
-        state.require_task("feature-extraction", route)
+        state.require_capability("embed", route)
         req = parse(OpenAIEmbeddingRequest, body)
         check_dimensions(req.dimensions, state.dim)
         items, n_chars = state.check_items(req.input, "input")
@@ -204,15 +213,15 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def root(request: Request):
         body = await request.body()
         state.require_ready()
-        if state.task != "feature-extraction":
-            return await predict_body(body, wrap_single=state.task == "text-classification")
+        if state.spec.capability != "embed":
+            return await predict_body(body, wrap_single=state.spec.root_wraps_single)
         req = parse(RootEmbedRequest, body)
         if isinstance(req.inputs, SimilarityInputs):
             check_direction(req.truncation_direction)
             check_dimensions(req.dimensions, state.dim)
             if req.prompt_name is not None:
                 raise ApiError(422, "InvalidInput", "`prompt_name` is not supported; prepend the prompt to the text.")
-            return await similarity_body(req.inputs, req.parameters)
+            return await similarity_body(req.inputs, req.parameters, req.truncate)
         if req.parameters is not None:
             check_direction(req.parameters.truncation_direction)
             if req.parameters.prompt_name is not None:
@@ -232,7 +241,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def embed(request: Request):
         body = await request.body()
         state.require_ready()
-        state.require_task("feature-extraction", "/embed")
+        state.require_capability("embed", "/embed")
         return await embed_body(parse(EmbedRequest, body))
 
     @app.post("/similarity", summary="Sentence similarity (TEI)", response_class=Response,
@@ -241,7 +250,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def similarity(request: Request):
         body = await request.body()
         state.require_ready()
-        state.require_task("feature-extraction", "/similarity")
+        state.require_capability("embed", "/similarity")
         req = parse(SimilarityRequest, body)
         return await similarity_body(req.inputs, req.parameters)
 
@@ -251,7 +260,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def rerank(request: Request):
         body = await request.body()
         state.require_ready()
-        state.require_task("ranking", "/rerank")
+        state.require_capability("rerank", "/rerank")
         req = parse(RerankRequest, body)
         check_direction(req.truncation_direction)
         if not req.texts:
@@ -260,7 +269,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
             raise ApiError(400, "EmptyInput", "`query` is empty (nothing but whitespace, control or zero-width "
                                               "characters); send some text.")
         items, n_chars = state.check_items([[req.query, t] for t in req.texts], "texts")
-        res = await state.run(items, {"raw_scores": req.raw_scores})
+        res = await state.run(items, {"raw_scores": req.raw_scores, **_truncation(req.truncate)})
         order = sorted(range(len(res.results)), key=lambda i: -res.results[i])
         if req.return_text:
             payload = [{"index": i, "score": res.results[i], "text": req.texts[i]} for i in order]

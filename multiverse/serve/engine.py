@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import RequestTooLarge
 from ..inference import join_outputs, slice_rows
-from ..tasks import Encoded
+from ..tasks import Encoded, TaskParams
 
 log = logging.getLogger("multiverse.serve")
 
@@ -134,6 +134,10 @@ class Engine:
         max_request_tokens: real tokens (after truncation) one request may carry, as TEI's
             ``max_batch_tokens``; more fails the request with :class:`~multiverse.errors.RequestTooLarge`
             (HTTP 413). 0 = no limit.
+
+    A request whose params say ``truncate`` (or ``truncation``) false fails with
+    :class:`~multiverse.errors.InputTooLong` (HTTP 422) when one of its texts was truncated
+    (:meth:`~multiverse.tasks.Encoded.check_fits`), before any model run.
     """
 
     def __init__(self, predictor, *, max_queue: int = 128, batch_tokens: int = 0, max_rows: int = 256,
@@ -238,6 +242,8 @@ class Engine:
         t0 = time.perf_counter()
         try:
             job.enc = self.predictor.encode(job.items)
+            if not TaskParams.truncates(job.params):
+                job.enc.check_fits(self.predictor.max_length)
             limit = self.max_request_tokens
             if limit and job.enc.n_tokens > limit:
                 raise RequestTooLarge(

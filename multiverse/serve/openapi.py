@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .schemas import (
-    TASK_ROUTES,
+    CAPABILITY_ROUTES,
     TIMING_HEADERS,
     TIMING_UNIT,
     ErrorBody,
@@ -43,11 +43,13 @@ routes this model's task can serve.
 (not UTF-8, malformed, nested too deeply), 401 missing or wrong API key, 404/405 unknown route or method,
 408 `RequestTimeout` (the body did not arrive within `--body-timeout`), 413 `PayloadTooLarge` (body larger than
 `--max-body`, or more real tokens in one request than `--max-batch-tokens`: split the batch), 422 invalid input
-(wrong types or shape, unknown fields or parameters, more inputs than `--max-client-batch-size`, text too long, pairs
+(wrong types or shape, unknown `parameters`, more inputs than `--max-client-batch-size`, text too long, pairs
 sent to a single-text model, a route that does not fit the model's task), 429 overloaded (bounded queue; retry
 after a moment), 503 not ready, or `ShuttingDown` with `Retry-After` while draining on SIGTERM (retry on another
 instance), 500 internal error (details only in the server log).
-Texts longer than the model's token limit are truncated, not rejected.
+Texts longer than the model's token limit are truncated, unless the request says `truncate: false`: then 422
+`InputTooLong` (as TEI). Unknown top-level fields of a request body are ignored (as TEI and infinity do); unknown
+keys of `/predict`'s `parameters` are 422.
 """
 
 
@@ -76,9 +78,10 @@ def strict_openapi(app: FastAPI, state: ServerState) -> None:
         if cache:
             return cache[0]
         spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        task, s = state.task, state.settings
+        task, s = state.spec, state.settings
         bodies = request_schemas(task, s.max_batch, s.max_chars, state.dim)
-        hidden = set().union(*TASK_ROUTES.values()) - TASK_ROUTES.get(task, set()) if task else set()
+        hidden = set().union(*CAPABILITY_ROUTES.values()) - CAPABILITY_ROUTES.get(task.capability, set()) \
+            if task else set()
         for path in list(spec["paths"]):
             if path in hidden:
                 del spec["paths"][path]

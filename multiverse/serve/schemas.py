@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import MultiverseError
+from ..tasks import Task
 
 TIMING_UNIT = "milliseconds (float, 3 decimals; wall clock, time.perf_counter)"
 
@@ -81,25 +82,31 @@ class ErrorBody(BaseModel):
 
 
 Texts = str | list[str] | list[tuple[str, str]]
-_Strict = ConfigDict(strict=True, extra="forbid")
-_Lenient = ConfigDict(strict=True, extra="ignore")
+_Strict = ConfigDict(strict=True, extra="forbid")   # nested objects (similarity ``inputs``)
+_Lenient = ConfigDict(strict=True, extra="ignore")  # request bodies: unknown top-level fields are ignored
 
 
 class PredictRequest(BaseModel):
-    """``POST /predict``: the Infinity-container contract (TEI's ``/predict`` fields are accepted too)."""
+    """``POST /predict``: the Infinity-container contract (TEI's ``/predict`` fields are accepted too).
 
-    model_config = _Strict
+    Like every request body here, unknown top-level fields are ignored, as TEI (serde's default) and
+    infinity (pydantic's default) ignore them; the keys of ``parameters`` are checked by the task's
+    ``Params`` model, which refuses unknown ones."""
+
+    model_config = _Lenient
     field_help: ClassVar[dict[str, str]] = {}
     inputs: Texts = Field(description="A text, a list of texts, or a list of [text, text_pair] pairs (ranking; "
                                       "sentence-pair classifiers).")
     parameters: dict[str, Any] | None = Field(
-        None, description="Task options. text-classification: `top_k` (int ≥ 1, default 1; null = all labels). "
-                          "feature-extraction: `normalize` (bool, default from the bundle). ranking: `raw_scores` "
-                          "(bool, default false: sigmoid). token-classification: `ignore_labels` (list of labels, "
-                          "default [\"O\"]), `aggregation_strategy` (\"simple\" only). All tasks: `truncate` (bool, ignored: texts longer than the model's "
-                          "limit are always truncated), `truncation_direction` (\"right\" only).")
+        None, description="Task options. text-classification: `top_k` (int ≥ 1, default 1; null = all labels), "
+                          "`raw_scores` (bool, default false: probabilities; true: logits). feature-extraction: "
+                          "`normalize` (bool, default from the bundle). ranking: `raw_scores` (bool, default false: "
+                          "sigmoid). token-classification: `ignore_labels` (list of labels, default [\"O\"]), "
+                          "`aggregation_strategy` (\"simple\" only). All tasks: `truncate` (bool, default true: texts "
+                          "longer than the model's limit are truncated; false: 422 InputTooLong), `truncation` "
+                          "(same), `truncation_direction` (\"right\" only). Unknown keys: 422.")
     raw_scores: bool | None = Field(None, description="TEI: same as parameters.raw_scores.")
-    truncate: bool | None = Field(None, description="TEI: accepted and ignored (always truncates).")
+    truncate: bool | None = Field(None, description="TEI: same as parameters.truncate.")
     truncation_direction: str | None = Field(None, description="TEI: \"right\" only.")
 
 
@@ -310,16 +317,21 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, _NULL]}
 
 
-def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int | None) -> dict[str, dict]:
+def request_schemas(task: type[Task] | None, max_batch: int, max_chars: int, dim: int | None) -> dict[str, dict]:
     """JSON Schemas (OpenAPI 3.1) of the request bodies of the POST routes, as strict as the server.
 
     A text is a string of 1..``max_chars`` characters with at least one character that is not
     whitespace, control or format (:data:`TEXT_PATTERN`; else 400 ``EmptyInput``); a batch has
-    1..``max_batch`` items; task parameters are those the ``task`` takes (else 422); ``dimensions``
-    must be ``dim`` when the model is loaded. What no schema can say: the per-request token budget
-    (``max_batch_tokens``: 413 after tokenization). ``task`` None (not loaded yet) gives the
-    text-classification shapes. Returns route path → schema.
+    1..``max_batch`` items; inputs are texts, pairs or both as the ``task`` class says
+    (``accepts_pairs``/``requires_pairs``), ``parameters`` are its ``Params`` model (else 422);
+    ``dimensions`` must be ``dim`` when the model is loaded. Unknown top-level fields are allowed
+    (ignored). What no schema can say: the per-request token budget (``max_batch_tokens``: 413
+    after tokenization) and ``truncate: false`` on a text over the token limit (422).
+    ``task`` None (not loaded yet) gives the text-classification shapes. Returns route path → schema.
     """
+    from ..tasks import text_classification
+
+    task = task or text_classification.Handler
     text = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": TEXT_PATTERN,
             "description": f"1 to {max_chars} characters, at least one of them neither whitespace nor a "
                            "control or zero-width/format character."}
@@ -328,26 +340,22 @@ def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int |
     def batch(items: dict, most: int = max_batch) -> dict:
         return {"type": "array", "items": items, "minItems": 1, "maxItems": most}
 
-    if task == "ranking":
+    if task.requires_pairs:
         inputs = batch(pair)
-    elif task in ("feature-extraction", "token-classification"):
-        inputs = {"anyOf": [text, batch(text)]}
-    else:  # text-classification takes single texts or (NLI-style) pairs, not both in one request
+    elif task.accepts_pairs:  # single texts or (NLI-style) pairs, not both in one request
         inputs = {"anyOf": [text, batch(text), batch(pair)]}
-    params: dict = {"truncate": _BOOL, "truncation": _BOOL, "truncation_direction": _DIRECTION}
-    params.update({
-        "text-classification": {"top_k": _nullable({"type": "integer", "minimum": 1})},
-        "feature-extraction": {"normalize": _BOOL},
-        "ranking": {"raw_scores": _BOOL},
-        "token-classification": {"ignore_labels": {"type": "array", "items": {"type": "string"}},
-                                 "aggregation_strategy": {"type": "string", "pattern": "^[Ss][Ii][Mm][Pp][Ll][Ee]$"}},
-    }.get(task or "text-classification", {}))
+    else:
+        inputs = {"anyOf": [text, batch(text)]}
+    params = task.Params.model_json_schema()
+    params["properties"] = {k: {kk: vv for kk, vv in v.items() if kk not in ("title", "default")}
+                            for k, v in params["properties"].items()}  # a default null is not a value to send
+    params.pop("title", None)
     predict = {
-        "type": "object", "additionalProperties": False, "required": ["inputs"],
+        "type": "object", "required": ["inputs"],
         "properties": {
             "inputs": inputs,
-            "parameters": _nullable({"type": "object", "additionalProperties": False, "properties": params}),
-            "raw_scores": _nullable(_BOOL) if task == "ranking" else {"enum": [False, None]},
+            "parameters": _nullable(params),
+            "raw_scores": _nullable(_BOOL) if "raw_scores" in task.Params.model_fields else {"enum": [False, None]},
             "truncate": _nullable(_BOOL),
             "truncation_direction": _DIRECTION,
         },
@@ -374,7 +382,7 @@ def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int |
             "user": _nullable({"type": "string"})}},
     }
     schemas["/embeddings"] = schemas["/v1/embeddings"]
-    if task == "feature-extraction":
+    if task.capability == "embed":
         schemas["/"] = {"type": "object", "required": ["inputs"], "properties": {
             **embed_props, "inputs": {"anyOf": [text, batch(text), similarity_inputs]},
             "parameters": similarity_params}}
@@ -383,7 +391,6 @@ def request_schemas(task: str | None, max_batch: int, max_chars: int, dim: int |
     return schemas
 
 
-#: Routes each task serves (all tasks also serve ``/``, ``/predict`` and the GET routes); the
-#: others answer 422 ``WrongTask`` and are left out of ``/openapi.json``.
-TASK_ROUTES = {"feature-extraction": {"/embed", "/similarity", "/v1/embeddings", "/embeddings"},
-               "ranking": {"/rerank"}}
+#: Routes open only to tasks of one capability (``Task.capability``); all tasks also serve ``/``,
+#: ``/predict`` and the GET routes. The others answer 422 ``WrongTask`` and are left out of ``/openapi.json``.
+CAPABILITY_ROUTES = {"embed": {"/embed", "/similarity", "/v1/embeddings", "/embeddings"}, "rerank": {"/rerank"}}

@@ -2,6 +2,8 @@
 
 :class:`ServerState` loads and warms up the model in a background thread, starts the engine, drains on
 SIGTERM (503 + ``Retry-After``), validates inputs and task parameters, and queues work on the engine.
+Everything task-specific (parameters, routes, ``/info``) comes from the task's
+:class:`~multiverse.tasks.Task` class (:attr:`ServerState.spec`), never from comparing task names.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import InputError, MultiverseError
+from ..tasks import TASKS, Task, get_task
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
 from .schemas import (
@@ -26,14 +29,6 @@ from .schemas import (
 from .settings import GRACE_MARGIN, ServeSettings
 
 log = logging.getLogger("multiverse.serve")
-
-_TRUNCATION_KEYS = ("truncate", "truncation")
-_TASK_PARAMS = {
-    "text-classification": ("top_k",),
-    "feature-extraction": ("normalize",),
-    "ranking": ("raw_scores",),
-    "token-classification": ("ignore_labels", "aggregation_strategy"),
-}
 
 
 class ServerState:
@@ -71,6 +66,11 @@ class ServerState:
         self.model_name = settings.model_name or src.get("repo_id") or (
             Path(str(src.get("local_path"))).name if src.get("local_path") else None) or "multiverse-model"
 
+    @property
+    def spec(self) -> type[Task] | None:
+        """The served task's :class:`~multiverse.tasks.Task` class; None until the task is known."""
+        return get_task(self.task) if self.task else None
+
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         """Load the predictor (unless given), warm it up, start the engine, then report ready."""
@@ -92,7 +92,7 @@ class ServerState:
                                   "session_config": b.session_config(self.settings.allow_isa_mismatch)}
             if self.settings.warmup:
                 self._warmup(predictor)
-            if self.task == "feature-extraction" and self.dim is None:
+            if self.spec.capability == "embed" and self.dim is None:
                 self.dim = len(predictor.predict(["dim"]).results[0])
             s = self.settings
             engine = Engine(predictor, max_queue=s.max_queue, batch_tokens=s.batch_tokens, max_rows=s.max_batch,
@@ -123,12 +123,12 @@ class ServerState:
         runs = [[texts[0]], [texts[1]], texts * 3]
         for seq in (max_len, max(16, max_len // 4)):
             runs.append([word * (seq - 2)] * max(1, min(max_rows, budget // seq)))
-        if self.task == "ranking":
+        if self.spec.requires_pairs:
             half = lambda t: t[: len(t) // 2]
             runs = [[(half(t), half(t)) for t in items] for items in runs]
         for items in runs:
             predictor.predict(items)
-        if self.task == "feature-extraction":
+        if self.spec.capability == "embed":
             self.dim = len(predictor.predict(runs[0]).results[0])
 
     def shutdown(self) -> None:
@@ -190,10 +190,13 @@ class ServerState:
                 raise ApiError(503, "NotReady", "The model failed to load; see the server log.")
             raise ApiError(503, "NotReady", "The model is loading; retry in a moment.", {"retry-after": "1"})
 
-    def require_task(self, task: str, route: str) -> None:
-        if self.task != task:
-            raise ApiError(422, "WrongTask", f"{route} needs a {task} model; this server runs a {self.task} model. "
-                                             "Use POST /predict.")
+    def require_capability(self, capability: str, route: str) -> None:
+        """422 ``WrongTask`` unless the served task has ``capability`` (``embed``, ``rerank``: see
+        :class:`~multiverse.tasks.Task`)."""
+        if self.spec.capability != capability:
+            wanted = " or ".join(t.name for t in TASKS.values() if t.capability == capability)
+            raise ApiError(422, "WrongTask", f"{route} needs a {wanted} model; this server runs a {self.task} "
+                                             "model. Use POST /predict.")
 
     def check_items(self, inputs: Any, field: str = "inputs") -> tuple[list, int]:
         """Validated inputs as a list of texts or (text, text_pair) tuples, and their character count.
@@ -227,40 +230,10 @@ class ServerState:
         return items, n_chars
 
     def check_params(self, params: dict | None) -> dict:
-        """Validated task parameters (see ``PredictRequest.parameters``)."""
-        if not params:
-            return {}
-        allowed = _TASK_PARAMS.get(self.task, ())
-        clean: dict = {}
-        for key, value in params.items():
-            if key in _TRUNCATION_KEYS:
-                if not isinstance(value, bool):
-                    raise ApiError(422, "InvalidInput", f"`{key}` must be true or false.")
-            elif key == "truncation_direction":
-                check_direction(value)
-            elif key not in allowed:
-                raise ApiError(422, "InvalidInput", f"Unknown parameter `{str(key)[:64]}` for a {self.task} model; "
-                                                    f"accepted: {', '.join(allowed + _TRUNCATION_KEYS)}, "
-                                                    "truncation_direction.")
-            elif key == "top_k":
-                if isinstance(value, float) and value.is_integer():  # JSON Schema: 2.0 is an integer
-                    value = int(value)
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                    raise ApiError(422, "InvalidInput", "`top_k` must be an integer ≥ 1, or null for all labels.")
-                clean[key] = value
-            elif key in ("normalize", "raw_scores"):
-                if not isinstance(value, bool):
-                    raise ApiError(422, "InvalidInput", f"`{key}` must be true or false.")
-                clean[key] = value
-            elif key == "aggregation_strategy":
-                if not isinstance(value, str) or value.lower() != "simple":
-                    raise ApiError(422, "InvalidInput", "`aggregation_strategy` must be \"simple\" (the only one "
-                                                        "supported: B-/I- tags grouped, scores averaged).")
-            elif key == "ignore_labels":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ApiError(422, "InvalidInput", "`ignore_labels` must be a list of label strings.")
-                clean[key] = value
-        return clean
+        """The task parameters sent, validated by the task's ``Params`` model (see ``PredictRequest.parameters``).
+
+        Raises InputError (422 ``InvalidInput``) naming the bad or unknown key."""
+        return self.spec.Params.read(params, self.task)
 
     async def run(self, items: list, params: dict) -> Result:
         """Queue validated inputs and await the engine's result.
@@ -321,10 +294,6 @@ def check_dimensions(dimensions: int | None, dim: int | None) -> None:
         raise ApiError(422, "InvalidInput", f"`dimensions` must be {dim} (this model's size), 0 or omitted.")
 
 
-_CAPABILITIES = {"feature-extraction": ["embed"], "text-classification": ["classify"],
-                 "token-classification": ["classify"], "ranking": ["rerank"]}
-
-
 def model_list(state: ServerState, openai: bool) -> dict:
     """The ``/v1/models`` (OpenAI: ``owned_by``) or ``/models`` (infinity: ``stats``, ``backend``,
     ``capabilities``) list of the one served model."""
@@ -339,32 +308,22 @@ def model_list(state: ServerState, openai: bool) -> dict:
     if openai:
         card["owned_by"] = "multiverse"
     else:
-        card.update(stats={}, backend="multiverse-onnxruntime", capabilities=_CAPABILITIES.get(state.task, []))
+        card.update(stats={}, backend="multiverse-onnxruntime", capabilities=[state.spec.capability] if state.task else [])
     return {"object": "list", "data": [card]}
 
 
 def info_document(state: ServerState) -> dict:
+    """TEI's ``GET /info``, with Multiverse's limits and host facts. ``model_type`` is the task's own entry
+    (``Task.info``), null until the model is loaded."""
     m = state.manifest
     p = state.predictor
-    task = state.task
-    config = getattr(p, "config", {}) or {}
-    labels = {str(k): v for k, v in (config.get("id2label") or {}).items()}
-    if task == "feature-extraction":
-        pooling = getattr(getattr(p, "handler", None), "pooling", None)
-        model_type: dict = {"embedding": {"pooling": getattr(pooling, "mode", "mean"), "dim": state.dim}}
-    elif task == "ranking":
-        model_type = {"reranker": {"id2label": labels}}
-    elif task == "token-classification":
-        model_type = {"token_classifier": {"id2label": labels}}
-    else:
-        model_type = {"classifier": {"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}}
     s = state.settings
     return {
         "model_id": state.model_name,
         "model_sha": (m.get("source") or {}).get("revision"),
         "model_dtype": m.get("precision"),
-        "model_type": model_type,
-        "task": task,
+        "model_type": p.handler.info(state.dim) if p is not None else None,
+        "task": state.task,
         "target": (m.get("target") or {}).get("name"),
         "max_input_length": getattr(p, "max_length", None) or m.get("max_sequence_length"),
         "max_concurrent_requests": s.max_queue,

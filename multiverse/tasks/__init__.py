@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from . import feature_extraction, ranking, text_classification, token_classification
-from .base import Encoded, Task, TextTokenizer, max_sequence_length
+from .base import Encoded, Task, TaskParams, TextTokenizer, max_sequence_length
 
 #: Every task, by name → its :class:`~multiverse.tasks.base.Task` (the task module's ``Handler`` class).
 TASKS: dict[str, type[Task]] = {t.name: t for t in (feature_extraction.Handler, text_classification.Handler,
@@ -27,4 +27,4 @@ def make_handler(task: str, model_dir: str | Path, config: dict) -> Task:
     return get_task(task)(model_dir, config)
 
 
-__all__ = ["TASKS", "Encoded", "Task", "TextTokenizer", "get_task", "make_handler", "max_sequence_length"]
+__all__ = ["TASKS", "Encoded", "Task", "TaskParams", "TextTokenizer", "get_task", "make_handler", "max_sequence_length"]

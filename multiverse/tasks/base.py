@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, Protocol, Sequence
+from typing import Annotated, Any, ClassVar, Iterable, Protocol, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from tokenizers import Encoding, Tokenizer
 
-from ..errors import InputError
+from ..errors import InputError, InputTooLong
 from .evaluation import EvalSet, TaskOutputs, TaskScore
 from .precut import PreCutter
 
@@ -44,6 +45,16 @@ class Encoded:
     @property
     def attention_mask(self) -> np.ndarray:
         return self.arrays["attention_mask"]
+
+    def check_fits(self, max_length: int) -> None:
+        """Raise :class:`~multiverse.errors.InputTooLong` when a row was truncated, i.e. its text (or pair) has
+        more than ``max_length`` tokens, special tokens included: what a request with ``truncate: false`` asks
+        for (TEI answers such a request 422, "`inputs` must have less than N tokens"). Rows without an
+        ``Encoding`` are not checked."""
+        for i, e in enumerate(self.encodings):
+            if e.overflowing:
+                raise InputTooLong(f"Input {i} has more than {max_length} tokens (this model's limit) and `truncate` "
+                                   "is false; shorten it, or send `truncate: true` to cut it to the limit.")
 
 
 def max_sequence_length(config: dict, tokenizer_config: dict | None = None, st_config: dict | None = None) -> int:
@@ -217,6 +228,12 @@ class Task(Protocol):
             (second text; absent when the task takes no pairs) and ``label``.
         word_columns: the alternative names when the input is a list of words (``tokens``/``ner_tags``),
             or None when the task has no such form.
+        Params: the pydantic model of the request ``parameters`` the task accepts (a :class:`TaskParams`).
+        capability: what the task does, in infinity's words (``/models``): ``embed``, ``classify`` or
+            ``rerank``; the server also opens the routes of that capability (TEI ``/embed``, ``/similarity``,
+            OpenAI ``/v1/embeddings`` for ``embed``; TEI ``/rerank`` for ``rerank``).
+        root_wraps_single: ``POST /`` (the Hugging Face Inference API, what ``InferenceClient`` calls) answers
+            a single string with a one-element list of results, as that API does for text-classification.
     """
 
     name: ClassVar[str]
@@ -234,11 +251,18 @@ class Task(Protocol):
     eval_labels: ClassVar[str]
     eval_columns: ClassVar[dict[str, str]]
     word_columns: ClassVar[dict[str, str] | None]
+    Params: ClassVar[type[TaskParams]]
+    capability: ClassVar[str]
+    root_wraps_single: ClassVar[bool]
 
     def __init__(self, model_dir: str | Path, config: dict) -> None: ...
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list:
         """One result per row of ``output`` (the graph output ``output`` of ``enc``'s batch)."""
+
+    def info(self, dim: int | None = None) -> dict:
+        """The task's ``model_type`` entry of TEI's ``GET /info`` (``{"classifier": {"id2label", "label2id"}}``,
+        ``{"embedding": {"pooling", "dim"}}`` ...); ``dim`` is the served embedding size, when measured."""
 
     @staticmethod
     def agreement(reference: list, candidate: list) -> dict:
@@ -275,3 +299,48 @@ def result_scores(results: list) -> list[float]:
         r = top_result(r)
         out.append(float(r["score"]) if isinstance(r, dict) else float(r))
     return out
+
+
+#: ``truncation_direction``: "right" in any case, or null (the only direction supported).
+Direction = Annotated[str, StringConstraints(pattern="^[Rr][Ii][Gg][Hh][Tt]$")]
+
+
+class TaskParams(BaseModel):
+    """The request ``parameters`` every task accepts (``POST /predict``); each task's ``Params`` adds its own.
+
+    Types are strict (``"true"`` is not a boolean). An unknown key is refused rather than ignored: these
+    options change results, and a misspelt one must not be dropped silently. ``field_help`` holds the message
+    of a field's 422 (see :meth:`read`).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    field_help: ClassVar[dict[str, str]] = {
+        "truncate": "`truncate` must be true or false.",
+        "truncation": "`truncation` must be true or false.",
+        "truncation_direction": "`truncation_direction` must be \"right\" (the only one supported).",
+    }
+    truncate: bool = Field(None, description="false: a text longer than the model's token limit is refused "
+                                             "(422 InputTooLong) instead of truncated; default true.")
+    truncation: bool = Field(None, description="Same as `truncate` (the transformers pipeline's name).")
+    truncation_direction: Direction | None = Field(
+        None, description="\"right\" (any case) or null: the only truncation supported.")
+
+    @classmethod
+    def read(cls, raw: dict[str, Any] | None, task: str) -> dict:
+        """The keys of ``raw`` (a request's ``parameters``) validated, as a dict of the keys sent.
+
+        Raises InputError (422) naming the first bad key and what it must be, or the keys ``task`` accepts."""
+        try:
+            return cls.model_validate(raw or {}).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            key = str(first["loc"][0]) if first["loc"] else ""
+            if first["type"] == "extra_forbidden":
+                raise InputError(f"Unknown parameter `{key[:64]}` for a {task} model; accepted: "
+                                 f"{', '.join(cls.model_fields)}.") from None
+            raise InputError(cls.field_help.get(key) or f"`{key}`: {first['msg']}.") from None
+
+    @classmethod
+    def truncates(cls, params: dict) -> bool:
+        """False when ``params`` (as :meth:`read` returns them) say ``truncate`` or ``truncation`` false."""
+        return params.get("truncate") is not False and params.get("truncation") is not False

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from .. import metrics
 from ..errors import InputError
-from .base import Encoded
+from .base import Encoded, TaskParams
 from .evaluation import EvalSet, TaskOutputs, TaskScore, bound
 from .text_classification import class_label_set
 
@@ -302,4 +303,20 @@ class Handler:
                     prompt_length=self.prompt_length)
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list[list[float]]:
+        """One embedding (a list of ``dim`` floats) per input (see :meth:`vectors`)."""
         return self.vectors(output, enc, params).tolist()
+
+    class Params(TaskParams):
+        """``normalize``, plus the truncation options."""
+
+        field_help: ClassVar[dict[str, str]] = {**TaskParams.field_help,
+                                                "normalize": "`normalize` must be true or false."}
+        normalize: bool = Field(None, description="L2-normalise the embeddings (default: as the model's "
+                                                  "modules.json says).")
+
+    capability = "embed"
+    root_wraps_single = False
+
+    def info(self, dim: int | None = None) -> dict:
+        """``{"embedding": {"pooling": "mean", "dim": dim}}`` (pooling modes joined with ``+`` when several)."""
+        return {"embedding": {"pooling": self.pooling.mode, "dim": dim}}

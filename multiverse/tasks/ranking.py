@@ -8,13 +8,14 @@ or more labels the score is the softmax probability of the last label.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
+from pydantic import Field
 
 from .. import metrics
 from ..errors import EvalDataError
-from .base import Encoded, result_scores
+from .base import Encoded, TaskParams, result_scores
 from .evaluation import EvalSet, RankingGroup, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 from .text_classification import sigmoid, softmax
 
@@ -115,5 +116,20 @@ class Handler:
         return softmax(output)[:, -1]
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list[float]:
+        """One float score per (query, passage) pair, in input order (see :meth:`scores`)."""
         raw = bool((params or {}).get("raw_scores", False))
         return [float(s) for s in self.scores(output, raw)]
+
+    class Params(TaskParams):
+        """``raw_scores``, plus the truncation options."""
+
+        field_help: ClassVar[dict[str, str]] = {**TaskParams.field_help,
+                                                "raw_scores": "`raw_scores` must be true or false."}
+        raw_scores: bool = Field(False, description="true: the logit instead of sigmoid(logit) (one-label models).")
+
+    capability = "rerank"
+    root_wraps_single = False
+
+    def info(self, dim: int | None = None) -> dict:
+        """``{"reranker": {"id2label": {"0": label, ...}}}``."""
+        return {"reranker": {"id2label": {str(k): v for k, v in (self.config.get("id2label") or {}).items()}}}

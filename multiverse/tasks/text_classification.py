@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Annotated, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 
 from .. import metrics
 from ..errors import EvalDataError
-from .base import Encoded, result_scores, top_result
+from .base import Encoded, TaskParams, result_scores, top_result
 from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 
 OUTPUT = "logits"
@@ -24,6 +25,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def _json_integer(value):
+    """Let an integral JSON number such as 2.0 through to int validation (JSON Schema counts it as an integer);
+    refuse booleans and strings, which lax int validation would convert."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("not an integer")
+    return value
 
 
 def id2label(config: dict, n: int) -> list[str]:
@@ -148,8 +157,14 @@ class Handler:
         return sigmoid(output) if self.multi_label or output.shape[-1] == 1 else softmax(output)
 
     def postprocess(self, output: np.ndarray, enc: Encoded, params: dict | None = None) -> list:
+        """``[[{"label", "score"}, ...], ...]``: per input, the ``top_k`` best labels (default 1; None: all),
+        best first. ``score`` is the probability (:meth:`probabilities`), or as ``function_to_apply`` says
+        (``"softmax"``, ``"sigmoid"``, ``"none"``: the logit, as transformers' pipeline); ``raw_scores``
+        (TEI's option) is ``"none"``."""
         params = params or {}
-        probs = self.probabilities(output)
+        function = "none" if params.get("raw_scores") else params.get("function_to_apply")
+        probs = {"none": output.astype(np.float32), "sigmoid": sigmoid(output), "softmax": softmax(output)}[function] \
+            if function else self.probabilities(output)
         labels = id2label(self.config, probs.shape[-1])
         top_k = params.get("top_k", 1)
         k = probs.shape[-1] if top_k is None else max(1, min(int(top_k), probs.shape[-1]))
@@ -158,3 +173,26 @@ class Handler:
             order = np.argsort(-row, kind="stable")[:k]
             out.append([{"label": labels[i], "score": float(row[i])} for i in order])
         return out
+
+    class Params(TaskParams):
+        """``top_k``, ``raw_scores`` and ``function_to_apply``, plus the truncation options."""
+
+        field_help: ClassVar[dict[str, str]] = {
+            **TaskParams.field_help, "top_k": "`top_k` must be an integer ≥ 1, or null for all labels.",
+            "raw_scores": "`raw_scores` must be true or false.",
+            "function_to_apply": "`function_to_apply` must be \"softmax\", \"sigmoid\" or \"none\" (logits)."}
+        top_k: Annotated[int, Field(ge=1, strict=False), BeforeValidator(_json_integer)] | None = Field(
+            1, description="How many labels per input, best first (default 1); null: all labels.")
+        raw_scores: bool = Field(False, description="true: scores are the logits, without softmax or sigmoid (TEI).")
+        function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+            None, description="What turns logits into scores (transformers' pipeline, the Hugging Face Inference "
+                              "API): default sigmoid for multi-label and one-label models, else softmax; \"none\" "
+                              "as `raw_scores`.")
+
+    capability = "classify"
+    root_wraps_single = True
+
+    def info(self, dim: int | None = None) -> dict:
+        """``{"classifier": {"id2label": {"0": label, ...}, "label2id": {label: 0, ...}}}``."""
+        labels = {str(k): v for k, v in (self.config.get("id2label") or {}).items()}
+        return {"classifier": {"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}}

@@ -18,13 +18,14 @@ pieces of one character) is cut to start after it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Annotated, ClassVar, Iterable
 
 import numpy as np
+from pydantic import Field, StringConstraints
 
 from .. import metrics
 from ..errors import EvalDataError, InputError
-from .base import Encoded
+from .base import Encoded, TaskParams
 from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 from .text_classification import id2label, softmax
 
@@ -248,3 +249,21 @@ class Handler:
             special = [max(s, 1 - a) for s, a in zip(e.special_tokens_mask, e.attention_mask)]
             out.append(aggregate(text, e.offsets, special, probs[b], labels, ignore, tokens=e.tokens))
         return out
+
+    class Params(TaskParams):
+        """``ignore_labels`` and ``aggregation_strategy``, plus the truncation options."""
+
+        field_help: ClassVar[dict[str, str]] = {
+            **TaskParams.field_help, "ignore_labels": "`ignore_labels` must be a list of label strings.",
+            "aggregation_strategy": "`aggregation_strategy` must be \"simple\" (the only one supported: B-/I- tags "
+                                    "grouped, scores averaged)."}
+        ignore_labels: list[str] = Field(None, description="Entity groups to drop (default [\"O\"]; [] keeps all).")
+        aggregation_strategy: Annotated[str, StringConstraints(pattern="^[Ss][Ii][Mm][Pp][Ll][Ee]$")] = Field(
+            None, description="\"simple\" (any case), the only one supported: B-/I- tags grouped, scores averaged.")
+
+    capability = "classify"
+    root_wraps_single = False
+
+    def info(self, dim: int | None = None) -> dict:
+        """``{"token_classifier": {"id2label": {"0": label, ...}}}``."""
+        return {"token_classifier": {"id2label": {str(k): v for k, v in (self.config.get("id2label") or {}).items()}}}
