@@ -58,7 +58,7 @@ class MultiverseSystem:
 
 def _call_kwargs(task: str, batch_size: int) -> dict:
     kw: dict[str, Any] = {"batch_size": batch_size}
-    if task == "feature-extraction":
+    if get_task(task).sentence_embeddings:
         kw["return_tensors"] = True  # token states, mean-pooled below as sentence-transformers does
     return kw
 
@@ -87,7 +87,7 @@ class _HFPipelineSystem:
 
     def __call__(self, inputs: Sequence) -> list:
         out = self.pipe(_as_pipeline_inputs(self.task, inputs), **_call_kwargs(self.task, len(inputs)))
-        if self.task == "feature-extraction":
+        if get_task(self.task).sentence_embeddings:
             return _mean_pool(out)
         return out
 
@@ -269,7 +269,7 @@ def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, b
     PyTorch reference) via :func:`agreement`. Returns ``{system: metrics}``; ``{}`` without the reference."""
     if "transformers" not in systems:
         return {}
-    if task == "feature-extraction":
+    if get_task(task).sentence_embeddings:
         # The vanilla feature-extraction pipeline returns padded token states for batched texts of mixed
         # lengths (and no mask); one text per call keeps the mean pooling of the baselines exact.
         batch_size = 1
