@@ -158,7 +158,7 @@ def u8s8_gemm_saturates() -> bool:
 
 
 def make_session(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | bytes,
     threads: int | None = None,
     session_config: Mapping[str, str] | None = None,
     *,
@@ -167,7 +167,7 @@ def make_session(
     """Create the ONNX Runtime CPU session used everywhere.
 
     Args:
-        model_path: ``.onnx`` file.
+        model_path: ``.onnx`` file, or a serialized graph (bytes, under 2 GB).
         threads: intra-op threads; default :func:`physical_cores`. Inter-op is always 1
             (sequential execution: encoder graphs are a chain).
         session_config: target-specific ``SessionOptions.add_session_config_entry`` pairs,
@@ -194,4 +194,5 @@ def make_session(
     for key, value in config.items():
         so.add_session_config_entry(str(key), str(value))
     so.enable_profiling = enable_profiling
-    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
