@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 X64_QUANT_PRECISION = "session.x64quantprecision"
+SPINNING = "session.intra_op.allow_spinning"  # "1" (default here): idle intra-op threads spin; "0": they sleep
 
 # A MatMulInteger graph, A uint8 [M, 64] × constant B int8 [64, 16] all 127 (opset 13, IR 8),
 # serialized with onnx.helper and zlib-compressed (tests/test_x64quantprecision.py rebuilds it).
@@ -187,8 +188,7 @@ def make_session(
     # Graph is already fused offline by fuse.py; ORT's own online passes (constant folding,
     # layout) are still worth running and are deterministic.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    config = dict(session_config or {})
+    config = {SPINNING: "1", **(session_config or {})}  # one entry per key: ORT warns when a key is set twice
     if X64_QUANT_PRECISION not in config and u8s8_gemm_saturates():
         config[X64_QUANT_PRECISION] = "1"
     for key, value in config.items():

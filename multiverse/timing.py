@@ -165,11 +165,14 @@ class Rounds:
 
 
 def interleaved(fns: Sequence[Callable[[], object]], rounds: int, runs_per_round: int, *, warmup_runs: int = 3,
-                cpu_clock: Clock = time.process_time, wall_clock: Clock = time.perf_counter) -> Rounds:
+                round_seconds: float | None = None, cpu_clock: Clock = time.process_time,
+                wall_clock: Clock = time.perf_counter) -> Rounds:
     """Time several callables in interleaved rounds (A B C, B C A, C A B, …) in this process.
 
-    Each callable first gets ``warmup_runs`` untimed calls. In each round every callable is called
-    ``runs_per_round`` times back to back; its round value is the median of those calls. The order
+    Each callable first gets ``warmup_runs`` untimed calls (fewer, but at least one, once they took
+    ``round_seconds``). In each round every callable is called ``runs_per_round`` times back to back (with
+    ``round_seconds`` (s): as many as fit in it by the last warm-up call's wall time, at least one); its round
+    value is the median of those calls. The order
     rotates by one each round so that no callable always runs after the same one. Two clocks are
     read around every call: ``cpu_clock`` (default ``time.process_time``: CPU seconds of all threads of
     this process) and ``wall_clock`` (``time.perf_counter``).
@@ -184,16 +187,25 @@ def interleaved(fns: Sequence[Callable[[], object]], rounds: int, runs_per_round
     """
     if rounds < 1 or runs_per_round < 1:
         raise ValueError(f"rounds and runs_per_round must be >= 1, got {rounds} and {runs_per_round}")
+    runs = []
     for fn in fns:
-        for _ in range(warmup_runs):
+        start = wall_clock()
+        last = 0.0
+        for _ in range(max(1, warmup_runs)):
+            t0 = wall_clock()
             fn()
+            last = wall_clock() - t0
+            if round_seconds is not None and wall_clock() - start >= round_seconds:
+                break
+        fit = runs_per_round if round_seconds is None or last <= 0 else int(round_seconds / last)
+        runs.append(max(1, min(runs_per_round, fit)))
     n = len(fns)
     cpu: list[list[float]] = [[] for _ in range(n)]
     wall: list[list[float]] = [[] for _ in range(n)]
     for r in range(rounds):
         for i in [(r + k) % n for k in range(n)]:
             c_runs, w_runs = [], []
-            for _ in range(runs_per_round):
+            for _ in range(runs[i]):
                 c0, w0 = cpu_clock(), wall_clock()
                 fns[i]()
                 w1, c1 = wall_clock(), cpu_clock()

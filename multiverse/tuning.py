@@ -55,7 +55,7 @@ from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
-from .runtime import make_session, physical_cores
+from .runtime import SPINNING, make_session, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
 from .timing import interleaved, relative_costs
@@ -65,10 +65,11 @@ LATENCY_SEQ_LEN = 128
 LATENCY_BATCH = 1
 RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
 TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
-RUNS_PER_ROUND = 10  # calls per candidate per round; a round's value is their median
+RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
+ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
 # ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
 # turn it off so that process CPU time measures a candidate's work (see multiverse.timing.interleaved).
-NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
+NO_SPINNING = {SPINNING: "0"}
 DEFAULT_MAX_TRIALS = 12
 SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 SENSITIVITY_ITEMS = 64
@@ -126,8 +127,9 @@ def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_
 def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS,
             runs_per_round: int = RUNS_PER_ROUND) -> tuple[float, float]:
     """``(p50_ms, cpu_ms)`` of one candidate's :func:`latency_call`: the medians over ``rounds`` of each round's
-    median wall time and process CPU time per call (ms; :func:`multiverse.timing.interleaved`, 5 warm-up calls)."""
-    r = interleaved([latency_call(predictor, text)], rounds, runs_per_round, warmup_runs=5)
+    median wall time and process CPU time per call (ms; :func:`multiverse.timing.interleaved`, up to 5 warm-up
+    calls, ``ROUND_SECONDS`` per round)."""
+    r = interleaved([latency_call(predictor, text)], rounds, runs_per_round, warmup_runs=5, round_seconds=ROUND_SECONDS)
     return float(np.median(r.wall_ms[0])), float(np.median(r.cpu_ms[0]))
 
 
@@ -260,7 +262,8 @@ class _Tuner:
         if len(passing) < 2:
             return
         predictors = [self.predictor(self.models[i]) for i in passing]
-        r = interleaved([latency_call(p, self.latency_text) for p in predictors], rounds, RUNS_PER_ROUND)
+        r = interleaved([latency_call(p, self.latency_text) for p in predictors], rounds, RUNS_PER_ROUND,
+                        round_seconds=ROUND_SECONDS)
         costs = relative_costs(r.cpu_ms)
         for k, i in enumerate(passing):
             self.trials[i] = replace(self.trials[i], p50_ms=float(np.median(r.wall_ms[k])), cpu_ms=costs[k],

@@ -164,6 +164,11 @@ def test_interleaved_rotates_the_order_and_reads_both_clocks_around_each_call():
     assert timed == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
     assert r.cpu_ms == [[pytest.approx(2.0)] * 3, [pytest.approx(1.0)] * 3, [pytest.approx(3.0)] * 3]
     assert r.wall_ms[1] == [pytest.approx(9.0)] * 3
+    # a wall-clock budget per round: as many calls as fit by the last warm-up call (at least one)
+    calls.clear()
+    interleaved([make("A", 0.002, 0.0039), make("B", 0.001, 0.009), make("C", 0.003, 0.03)], rounds=1,
+                runs_per_round=10, warmup_runs=3, round_seconds=0.02, cpu_clock=lambda: cpu[0], wall_clock=lambda: wall[0])
+    assert calls == ["A"] * 3 + ["B"] * 3 + ["C"] + ["A"] * 5 + ["B"] * 2 + ["C"]  # C's one warm-up call took 0.03 s
     with pytest.raises(ValueError):
         interleaved([make("A", 0, 0)], rounds=0, runs_per_round=1)
 
