@@ -36,7 +36,11 @@ def _targets(graph) -> list:
 
 def calibrate(model: OnnxModel, task: str, items: Sequence, batch_size: int = 16) -> dict[str, np.ndarray]:
     """Per-channel max |activation| (float32 [in_features]) of every smoothable node's input, over real
-    (non-pad) tokens of ``items`` (texts, or (text, text_pair) pairs for ranking)."""
+    (non-pad) tokens of ``items`` (texts, or (text, text_pair) pairs for ranking).
+
+    Items run in batches of similar length (sorted by characters): the maximum over real tokens does not
+    depend on the order, and padding to the longest text of a batch is what cost the time (the built-in
+    classification texts: 8,037 real tokens, 47,888 padded in their own order, 12,272 sorted)."""
     import onnx
     from onnx import helper
 
@@ -53,6 +57,7 @@ def calibrate(model: OnnxModel, task: str, items: Sequence, batch_size: int = 16
     try:
         predictor = Predictor(probe, model.model_dir, task)
         amax: dict[str, np.ndarray] = {}
+        items = sorted(items, key=lambda x: len(x) if isinstance(x, str) else sum(map(len, x)))
         for i in range(0, len(items), batch_size):
             enc = predictor.encode(list(items[i:i + batch_size]))
             mask = enc.attention_mask.astype(bool)
