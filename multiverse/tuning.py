@@ -203,12 +203,13 @@ class _Tuner:
         return trial
 
     def inc_loop(self, configs: Sequence[QuantConfig], budget: int, phase: str, stop_at_first: bool = True,
-                 target_loss: float | None = None, max_cpu_ms: float | None = None,
+                 target_loss: float | None = None, slower_than: tuple[int, float] | None = None,
                  keep_last_for: Callable[[], bool] | None = None) -> None:
         """INC's tuning loop over ``configs``: stops at the first candidate whose gate loss is ≤ ``target_loss``
         (default τ; INC's ``need_stop`` with ``tolerable_loss``) when ``stop_at_first``, else runs them all;
-        never more than ``budget`` trials (INC's ``max_trials``). Also stops after a candidate whose CPU time per
-        call exceeds ``max_cpu_ms`` (ms; for ``configs`` ordered slowest last, whose successors cannot be chosen either).
+        never more than ``budget`` trials (INC's ``max_trials``). ``slower_than=(i, r)``: also stops after a
+        candidate whose CPU time is over ``r`` × trial ``i``'s, timed interleaved with it (:meth:`ratio`; for
+        ``configs`` ordered slowest last, whose successors cannot be chosen either).
         ``keep_last_for``: asked before the budget's last trial (when it is not the first); if it returns True
         the loop stops and leaves that trial to the next phase (phase 1 keeps one for the fp32 fallback when
         nothing has passed with margin by then)."""
@@ -238,9 +239,11 @@ class _Tuner:
             else:
                 trial = self.run(config.label(), model, model.quantization, phase)
                 monitor.add_trial_result(index, 1.0 - trial.validation.gate_loss, inc_config)
-                if max_cpu_ms is not None and trial.cpu_ms > max_cpu_ms:
-                    self.progress.info(f"stopping: {trial.cpu_ms:.2f} ms CPU is slower than a passing candidate "
-                                       f"(> {max_cpu_ms:.2f} ms), and larger fallbacks are slower still")
+                ratio = self.ratio(slower_than[0], len(self.trials) - 1) if slower_than else 0.0
+                if slower_than and ratio > slower_than[1]:
+                    self.progress.info(f"stopping: {trial.label} takes {ratio:.2f}× the CPU time of "
+                                       f"{self.trials[slower_than[0]].label} (> {slower_than[1]:.2f}×), and larger "
+                                       "fallbacks are slower still")
                     break
             # INC's need_stop() is "met tolerable_loss or reached max_trials"; without the early stop the
             # budget is still INC's max_trials, so count here.
@@ -272,6 +275,15 @@ class _Tuner:
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
 
+    def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
+        """Trial ``j``'s CPU time per call over trial ``i``'s, timed in ``rounds`` interleaved rounds now: two
+        trials timed minutes apart differ by more than the 10 % this decides (measured on a loaded host: one
+        fallback timed 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
+        r = interleaved([latency_call(self.predictor(self.models[k]), self.latency_text) for k in (i, j)], rounds,
+                        RUNS_PER_ROUND, round_seconds=ROUND_SECONDS)
+        cost_i, cost_j = relative_costs(r.cpu_ms)
+        return cost_j / cost_i
+
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
         """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
         what is left of ``budget``; ``why`` comes from :func:`fallback_plan`. After a narrow pass the loop aims
@@ -295,7 +307,7 @@ class _Tuner:
         fallbacks = [config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])})
                      for k in FALLBACK_COUNTS if k < len(order)]
         self.inc_loop(fallbacks, left, "fp32 fallback", target_loss=SAFETY_MARGIN * self.tolerance if narrow else None,
-                      max_cpu_ms=best.cpu_ms * (1 + FIDELITY_TRADE[0]) if narrow and best.cpu_ms else None)
+                      slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
         return {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone", "kept_fp32": list(kept),
