@@ -224,3 +224,17 @@ def test_smoothing_folds_the_attention_output_scale_into_v_and_keeps_the_fp32_gr
     for m in (folded, muls):
         got = Predictor(m.path, m.model_dir, ckpt.task).run(enc)
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_validation_data_is_sorted_by_length_only_where_the_gate_does_not_depend_on_order():
+    from multiverse.evaldata import EvalSet, RankingGroup
+    from multiverse.tuning import by_length
+
+    data = EvalSet("d", "text-classification", texts=("a long text", "b", "mid"), labels=("x", "y", "z"))
+    assert by_length(data).texts == ("b", "mid", "a long text") and by_length(data).labels == ("y", "z", "x")
+    unlabelled = EvalSet("d", "feature-extraction", texts=("a long text", "b"))
+    assert by_length(unlabelled).texts == ("b", "a long text") and by_length(unlabelled).labels is None
+    labelled = EvalSet("d", "feature-extraction", texts=("a long text", "b"), labels=("x", "y"))  # probe: even/odd
+    assert by_length(labelled) is labelled
+    ranking = EvalSet("d", "ranking", groups=(RankingGroup("q", ("long passage", "p")),))
+    assert by_length(ranking) is ranking
