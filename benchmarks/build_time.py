@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def main() -> None:
         for system in ("multiverse", "optimum"):
             if system == "optimum":
                 out = work / f"optimum-{rep}"
+                shutil.rmtree(out, ignore_errors=True)  # build_optimum reuses an earlier build in the same folder
                 cmd = [sys.executable, "-c", OPTIMUM, model, args.task, str(out)]
             else:
                 cmd = [sys.executable, "-c", MULTIVERSE, model, "--target", "icelake", "--overwrite",

@@ -110,7 +110,7 @@ def physical_cores(cgroup_root: str | os.PathLike = CGROUP_ROOT,
     """Physical cores this process may use: the affinity mask, minus SMT siblings, capped by the cgroup quota.
 
     Never the host's logical CPU count: ORT with one thread per hyper-thread, or more
-    threads than the container's quota, loses most of the int8 speed-up (PITFALLS.md).
+    threads than the container's quota, loses most of the int8 speed-up.
     A fractional quota rounds down (1.5 CPUs → 1 thread), never below 1.
 
     Args:
@@ -143,7 +143,7 @@ def u8s8_gemm_saturates() -> bool:
     ``/proc/cpuinfo``: an environment that hides AVX-512 VNNI from the process while the
     flags file still lists it (valgrind; some hypervisors) makes MLAS pick the saturating
     ``VPMADDUBSW`` path, and s8-weight bundles then silently return wrong outputs (cosine
-    0.976 to PyTorch measured under valgrind, PITFALLS.md).
+    0.976 to PyTorch measured under valgrind).
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -3,7 +3,7 @@
 Dynamic quantization gives every activation tensor one uint8 scale per call. BERT-family
 activations have a few outlier channels (LayerNorm outputs, GELU outputs), so one scale wastes
 most of the 8 bits on them; short inputs, whose embedding is dominated by the [CLS]/[SEP]
-states, suffer most (PITFALLS.md measured min cosine 0.95 on MiniLM). Smoothing moves the
+states, suffer most (measured: per-tensor dynamic int8 gave min cosine 0.956 on MiniLM, 30 sentences). Smoothing moves the
 difficulty into the weights, which are quantized per channel:
 
     Y = X·W = (X·diag(s)⁻¹)·(diag(s)·W),   s_j = max|X_j|^α / max|W_j|^(1−α)
