@@ -10,7 +10,8 @@ end, the tuner's latency text) with three methods:
 * ``interleaved_wall``: 5 interleaved rounds, each round's wall p50 (spinning on; the tuner's
   ``retime`` before this change), median over rounds;
 * ``interleaved_cpu``: 5 interleaved rounds of 10 calls, process CPU time per call, ORT spinning off,
-  :func:`multiverse.timing.relative_costs` (the tuner's ``retime`` now).
+  :func:`multiverse.timing.relative_costs` (the tuner's ``retime`` now, which also caps a candidate's
+  round at ``ROUND_SECONDS`` of wall time: at 128 tokens on MiniLM, 10 calls fit well inside it).
 
 Each method runs ``--repeats`` times on the host as it is ("quiet": no load added; the load average is
 recorded) and again with ``--busy`` busy-loop processes running. The reference ("truth") is a long
