@@ -1,6 +1,7 @@
 """Which passing candidate ships: the tuner's choice policy, pure functions over :class:`Trial` records.
 
-The fastest passing candidate ships; p50s within ``LATENCY_TIE`` count as one speed and the most faithful
+The fastest passing candidate ships, by :func:`cost_ms` (process CPU time per call, measured in interleaved
+rounds, when every compared trial has it; else wall-clock p50); costs within ``LATENCY_TIE`` count as one speed and the most faithful
 of those ships (``ValidationReport.divergence``); a passing candidate at most ``FIDELITY_TRADE[0]`` slower
 with at most ``FIDELITY_TRADE[1]`` of the divergence ships instead; a narrow pass (gate loss above
 ``SAFETY_MARGIN`` × τ) gives way to a pass with margin. Each constant documents the measurement behind it.
@@ -9,12 +10,12 @@ No I/O, no ONNX Runtime: unit-tested with hand-made trials (``tests/test_gate.py
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 from .validate import ValidationReport
 
-LATENCY_TIE = 0.05  # p50s within 5 % are one speed: run-to-run p50 noise on this 2-vCPU host is ±3-5 %
+LATENCY_TIE = 0.05  # costs within 5 % are one speed: run-to-run p50 noise on this 2-vCPU host is ±3-5 %
 # A passing candidate at most 10 % slower than the fastest ships instead when its divergence from the PyTorch model
 # is at most half. Why, measured (held-out test split): SmoothQuant's Mul nodes cost about 5-8 % p50, and the unsmoothed
 # candidates they beat on output error passed the validation split but then lost 1.08 % entity F1 (WNUT, logit
@@ -30,7 +31,9 @@ SAFETY_MARGIN = 0.5
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate: its quantization config (None = fp32), validation and p50 latency (ms)."""
+    """One candidate: its quantization config (None = fp32), validation, p50 latency (ms, wall clock) and
+    ``cpu_ms``: process CPU time per call (ms, all threads; ONNX Runtime spinning off), the speed the choice
+    compares (see :func:`cost_ms`); ``cpu_rounds_ms`` are its interleaved rounds when it was re-timed."""
 
     label: str
     config: dict | None
@@ -39,6 +42,8 @@ class Trial:
     error: str | None = None
     phase: str = ""
     p50_rounds_ms: tuple[float, ...] = ()  # interleaved re-timing (see retime); p50_ms is their median
+    cpu_ms: float | None = None
+    cpu_rounds_ms: tuple[float, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -75,9 +80,9 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
 
     ``precision``: ``auto`` = the fastest passing trial; ``int8`` = the fastest passing int8 trial
     (for building on a host whose timings say nothing about the target CPU); ``fp32`` = trial 0.
-    "Fastest" allows for timing noise: passing trials whose p50 is within ``LATENCY_TIE`` (5 %) of
+    "Fastest" is by :func:`cost_ms` and allows for timing noise: passing trials within ``LATENCY_TIE`` (5 %) of
     the fastest one count as equally fast, and the most faithful of them ships (lowest
-    ``ValidationReport.divergence`` from the PyTorch model, then gate loss, then p50); a trial at
+    ``ValidationReport.divergence`` from the PyTorch model, then gate loss, then cost); a trial at
     most ``FIDELITY_TRADE`` 10 % slower with at most half that divergence ships instead, and a
     narrow pass gives way to a pass with margin at most 10 % slower (see :func:`_most_accurate_of_fastest`). Without this,
     a candidate that passed a finite eval set by one example, or gained a lucky 6 % of F1 on 200
@@ -99,10 +104,20 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
         return best, "fp32 shipped: no int8 candidate was tried (--no-quantize, --precision fp32 or --max-trials 0)"
-    speedup = trials[0].p50_ms / trials[best].p50_ms if trials[0].p50_ms else float("nan")
-    return best, (f"fastest passing candidate (most accurate within {LATENCY_TIE:.0%} of the fastest, or "
+    cost = cost_ms(trials, [0, best]) if trials[0].p50_ms is not None else {}
+    speedup = cost[0] / cost[best] if cost.get(0) else float("nan")
+    clock = "CPU time" if trials[best].cpu_ms is not None and trials[0].cpu_ms is not None else "p50"
+    return best, (f"fastest passing candidate by {clock} (most accurate within {LATENCY_TIE:.0%} of the fastest, or "
                   f"≤ {FIDELITY_TRADE[0]:.0%} slower at ≤ {FIDELITY_TRADE[1]:g}× the divergence or with margin "
                   f"over a narrow pass), {speedup:.2f}× faster than fp32")
+
+
+def cost_ms(trials: Sequence[Trial], indices: Sequence[int]) -> dict[int, float]:
+    """The speed :func:`choose` compares, per trial index (ms per call, lower is faster): ``cpu_ms`` when every
+    one of ``indices`` has it, else ``p50_ms`` for all (never a mix of the two clocks)."""
+    if all(trials[i].cpu_ms is not None for i in indices):
+        return {i: trials[i].cpu_ms for i in indices}
+    return {i: trials[i].p50_ms for i in indices}
 
 
 def _robust(trial: Trial) -> bool:
@@ -111,27 +126,76 @@ def _robust(trial: Trial) -> bool:
 
 
 def _most_accurate_of_fastest(trials: Sequence[Trial], indices: Sequence[int]) -> int:
-    """Among ``indices``: the most faithful of those within ``LATENCY_TIE`` of the fastest p50, or, if one at
+    """Among ``indices``: the most faithful of those within ``LATENCY_TIE`` of the fastest cost (:func:`cost_ms`), or, if one at
     most ``FIDELITY_TRADE[0]`` slower has at most ``FIDELITY_TRADE[1]`` × its divergence, the most faithful such.
     If that one passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ), the most faithful that passed with
     margin, is at most ``FIDELITY_TRADE[0]`` slower than it and no less faithful ships instead (measured, BBC
     cross-encoder: α=0.6 passed validation with 0.98 % MRR loss at τ 1 % and lost 1.17 % held out; the same with
     its most sensitive node in fp32, 8 % slower, gained 0.13 % on validation and lost 0.54 % held out)."""
+    cost = cost_ms(trials, indices)
+
     def key(i):  # divergences equal to 2 significant digits tie (BBC α=0.7 vs 0.8: 0.002364 vs 0.002357)
         v = trials[i].validation
-        return float(f"{v.divergence:.2g}"), v.gate_loss, trials[i].p50_ms
+        return float(f"{v.divergence:.2g}"), v.gate_loss, cost[i]
 
-    fastest = min(trials[i].p50_ms for i in indices)
-    pick = min((i for i in indices if trials[i].p50_ms <= fastest * (1 + LATENCY_TIE)), key=key)
+    fastest = min(cost[i] for i in indices)
+    pick = min((i for i in indices if cost[i] <= fastest * (1 + LATENCY_TIE)), key=key)
     slower, ratio = FIDELITY_TRADE
-    better = [i for i in indices if trials[i].p50_ms <= fastest * (1 + slower)
+    better = [i for i in indices if cost[i] <= fastest * (1 + slower)
               and trials[i].validation.divergence <= ratio * trials[pick].validation.divergence]
     if better:
         pick = min(better, key=key)
     if not _robust(trials[pick]):  # a narrow pass: one with margin, as faithful and ≤ 10 % slower, ships instead
-        safer = [i for i in indices if _robust(trials[i]) and trials[i].p50_ms <= trials[pick].p50_ms * (1 + slower)
+        safer = [i for i in indices if _robust(trials[i]) and cost[i] <= cost[pick] * (1 + slower)
                  and trials[i].validation.divergence <= trials[pick].validation.divergence]
         if safer:
             pick = min(safer, key=key)
     return pick
 
+
+@dataclass(frozen=True)
+class TuningReport:
+    """All trials, which one was chosen (index into ``trials``) and why."""
+
+    trials: tuple[Trial, ...]
+    chosen: int | None
+    reason: str
+    latency: dict = field(default_factory=dict)
+    strategy: str = "neural_compressor.common tuning loop"
+    sensitivity: dict = field(default_factory=dict)
+
+    @property
+    def chosen_trial(self) -> Trial | None:
+        return None if self.chosen is None else self.trials[self.chosen]
+
+    @property
+    def chosen_validation(self) -> ValidationReport | None:
+        """The shipped trial's validation; when none was chosen, the best trial's (see :meth:`best_trial`),
+        which then never counts as passed: the gate failed at the requested precision."""
+        if self.chosen_trial is not None:
+            return self.chosen_trial.validation
+        t = self.best_trial()
+        return None if t is None else replace(t.validation, passed=False)
+
+    def best_trial(self) -> Trial | None:
+        """The most accurate validated int8 trial (lowest gate loss), or fp32 when no int8 trial was validated:
+        the one whose numbers tell a user how far quantization is from the tolerance."""
+        done = [t for t in self.trials if t.validation is not None]
+        int8 = [t for t in done if t.config is not None]
+        return min(int8 or done, key=lambda t: t.validation.gate_loss) if done else None
+
+    def summary(self) -> str:
+        """One line for the stage summary on stderr: the choice and why (including a skipped fp32 fallback)."""
+        t = self.chosen_trial
+        if t is None:
+            b = self.best_trial()
+            skipped = f"; {self.sensitivity['skipped']}" if self.sensitivity.get("skipped") else ""
+            return (f"no candidate passed; best {b.label}: {b.validation.metric} {b.validation.optimised:.4f}{skipped}"
+                    if b else "no candidate")
+        v = t.validation
+        return (f"chose {t.label}: {v.metric} {v.optimised:.4f} vs {v.reference:.4f} "
+                f"(loss {v.relative_loss:.4f}), p50 {t.p50_ms:.2f} ms; {self.reason}")
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "latency": self.latency, "chosen": self.chosen, "reason": self.reason,
+                "sensitivity": self.sensitivity, "trials": [t.to_dict() for t in self.trials]}

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 X64_QUANT_PRECISION = "session.x64quantprecision"
+SPINNING = "session.intra_op.allow_spinning"  # "1" (default here): idle intra-op threads spin; "0": they sleep
 
 # A MatMulInteger graph, A uint8 [M, 64] × constant B int8 [64, 16] all 127 (opset 13, IR 8),
 # serialized with onnx.helper and zlib-compressed (tests/test_x64quantprecision.py rebuilds it).
@@ -109,7 +110,7 @@ def physical_cores(cgroup_root: str | os.PathLike = CGROUP_ROOT,
     """Physical cores this process may use: the affinity mask, minus SMT siblings, capped by the cgroup quota.
 
     Never the host's logical CPU count: ORT with one thread per hyper-thread, or more
-    threads than the container's quota, loses most of the int8 speed-up (PITFALLS.md).
+    threads than the container's quota, loses most of the int8 speed-up.
     A fractional quota rounds down (1.5 CPUs → 1 thread), never below 1.
 
     Args:
@@ -142,7 +143,7 @@ def u8s8_gemm_saturates() -> bool:
     ``/proc/cpuinfo``: an environment that hides AVX-512 VNNI from the process while the
     flags file still lists it (valgrind; some hypervisors) makes MLAS pick the saturating
     ``VPMADDUBSW`` path, and s8-weight bundles then silently return wrong outputs (cosine
-    0.976 to PyTorch measured under valgrind, PITFALLS.md).
+    0.976 to PyTorch measured under valgrind).
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -158,7 +159,7 @@ def u8s8_gemm_saturates() -> bool:
 
 
 def make_session(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | bytes,
     threads: int | None = None,
     session_config: Mapping[str, str] | None = None,
     *,
@@ -167,7 +168,7 @@ def make_session(
     """Create the ONNX Runtime CPU session used everywhere.
 
     Args:
-        model_path: ``.onnx`` file.
+        model_path: ``.onnx`` file, or a serialized graph (bytes, under 2 GB).
         threads: intra-op threads; default :func:`physical_cores`. Inter-op is always 1
             (sequential execution: encoder graphs are a chain).
         session_config: target-specific ``SessionOptions.add_session_config_entry`` pairs,
@@ -187,11 +188,11 @@ def make_session(
     # Graph is already fused offline by fuse.py; ORT's own online passes (constant folding,
     # layout) are still worth running and are deterministic.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    config = dict(session_config or {})
+    config = {SPINNING: "1", **(session_config or {})}  # one entry per key: ORT warns when a key is set twice
     if X64_QUANT_PRECISION not in config and u8s8_gemm_saturates():
         config[X64_QUANT_PRECISION] = "1"
     for key, value in config.items():
         so.add_session_config_entry(str(key), str(value))
     so.enable_profiling = enable_profiling
-    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])

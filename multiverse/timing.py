@@ -153,3 +153,87 @@ def summarize(durations_s: Sequence[float], batch_size: int = 1) -> LatencyStats
                         mean_ms=float(ms.mean()), std_ms=statistics.stdev(ms.tolist()) if n > 1 else 0.0,
                         p50_ms=p50, p90_ms=p90, p95_ms=p95, p99_ms=p99, total_s=total_s, req_per_s=rps,
                         samples_per_s=rps * batch_size)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Raw result of :func:`interleaved`: ``cpu_ms[i][r]`` and ``wall_ms[i][r]`` are candidate ``i``'s median
+    per-call process CPU time and wall time (ms) in round ``r``."""
+
+    cpu_ms: list[list[float]]
+    wall_ms: list[list[float]]
+
+
+def interleaved(fns: Sequence[Callable[[], object]], rounds: int, runs_per_round: int, *, warmup_runs: int = 3,
+                round_seconds: float | None = None, cpu_clock: Clock = time.process_time,
+                wall_clock: Clock = time.perf_counter) -> Rounds:
+    """Time several callables in interleaved rounds (A B C, B C A, C A B, …) in this process.
+
+    Each callable first gets ``warmup_runs`` untimed calls (fewer, but at least one, once they took
+    ``round_seconds``). In each round every callable is called ``runs_per_round`` times back to back (with
+    ``round_seconds`` (s): as many as fit in it by the last warm-up call's wall time, at least one); its round
+    value is the median of those calls. The order
+    rotates by one each round so that no callable always runs after the same one. Two clocks are
+    read around every call: ``cpu_clock`` (default ``time.process_time``: CPU seconds of all threads of
+    this process) and ``wall_clock`` (``time.perf_counter``).
+
+    Why CPU time: on a shared host a process that is preempted keeps its wall clock running but not
+    its CPU clock, so CPU time measures the work a candidate does and not the queue it waited in.
+    It is only meaningful when ONNX Runtime's idle worker threads sleep instead of spinning
+    (``session.intra_op.allow_spinning=0``; spinning threads burn CPU time while waiting, more so
+    the longer they wait). Interleaving exposes all candidates to the same drift of the host.
+
+    Raises ValueError when ``rounds`` or ``runs_per_round`` < 1; exceptions from the callables propagate.
+    """
+    if rounds < 1 or runs_per_round < 1:
+        raise ValueError(f"rounds and runs_per_round must be >= 1, got {rounds} and {runs_per_round}")
+    runs = []
+    for fn in fns:
+        start = wall_clock()
+        last = 0.0
+        for _ in range(max(1, warmup_runs)):
+            t0 = wall_clock()
+            fn()
+            last = wall_clock() - t0
+            if round_seconds is not None and wall_clock() - start >= round_seconds:
+                break
+        fit = runs_per_round if round_seconds is None or last <= 0 else int(round_seconds / last)
+        runs.append(max(1, min(runs_per_round, fit)))
+    n = len(fns)
+    cpu: list[list[float]] = [[] for _ in range(n)]
+    wall: list[list[float]] = [[] for _ in range(n)]
+    for r in range(rounds):
+        for i in [(r + k) % n for k in range(n)]:
+            c_runs, w_runs = [], []
+            for _ in range(runs[i]):
+                c0, w0 = cpu_clock(), wall_clock()
+                fns[i]()
+                w1, c1 = wall_clock(), cpu_clock()
+                c_runs.append(c1 - c0)
+                w_runs.append(w1 - w0)
+            cpu[i].append(statistics.median(c_runs) * 1e3)
+            wall[i].append(statistics.median(w_runs) * 1e3)
+    return Rounds(cpu, wall)
+
+
+def relative_costs(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Robust per-candidate cost from interleaved rounds (``rounds[i][r]``, any unit, > 0): the median over
+    rounds of the candidate's value divided by that round's geometric mean over all candidates, times the
+    median of those geometric means. The result is in the input's unit.
+
+    Dividing within a round cancels what a round shares (the host slowing down or speeding up between
+    rounds); the median over rounds drops a round in which one candidate alone was disturbed. With one
+    candidate, or one round, this is the plain median / value. Raises ValueError when the candidates
+    have different numbers of rounds, a value is not positive, or there are no rounds.
+    """
+    if not rounds:
+        return []
+    counts = {len(r) for r in rounds}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"every candidate needs the same, non-zero number of rounds; got {sorted(counts)}")
+    values = np.asarray(rounds, dtype=np.float64)  # [candidate, round]
+    if not (values > 0).all():
+        raise ValueError("interleaved timings must be positive")
+    reference = np.exp(np.log(values).mean(axis=0))  # geometric mean of each round
+    ratios = values / reference
+    return [float(v) for v in np.median(ratios, axis=1) * float(np.median(reference))]

@@ -24,7 +24,7 @@ Phases, each one INC loop:
 Every candidate is validated on the full eval set and timed end to end on this host (sequence
 length 128, batch 1, the target's threads); before each choice the passing ones are re-timed in
 interleaved rounds (:meth:`_Tuner.retime`), so host drift between trials cannot pick the winner. Int8 is never shipped because it is int8
-(PITFALLS.md, Speed): the fused fp32 graph is a candidate too, and wins when no int8 candidate
+(it is barely faster than fp32 without VNNI and at long sequences): the fused fp32 graph is a candidate too, and wins when no int8 candidate
 is both accurate and faster.
 """
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,25 +43,34 @@ from .choice import (  # noqa: F401 (re-exported)
     LATENCY_TIE,
     SAFETY_MARGIN,
     Trial,
+    TuningReport,
     choose,
     fallback_plan,
 )
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
+from .graphnodes import graph_bytes, single_node_graphs
 from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (re-exported)
+from .incconfig import inc_config_class
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
-from .runtime import physical_cores
+from .runtime import SPINNING, make_session, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
-from .timing import Budget, median_ms
-from .validate import ValidationReport, model_inputs, reference_outputs, validate
+from .timing import interleaved, relative_costs
+from .validate import model_inputs, reference_outputs, validate
 
 LATENCY_SEQ_LEN = 128
 LATENCY_BATCH = 1
 RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
+TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
+RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
+ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
+# ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
+# turn it off so that process CPU time measures a candidate's work (see multiverse.timing.interleaved).
+NO_SPINNING = {SPINNING: "0"}
 DEFAULT_MAX_TRIALS = 12
 SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 SENSITIVITY_ITEMS = 64
@@ -69,100 +78,41 @@ FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes k
 CALIBRATION_ITEMS = 300
 
 
-def _inc_config_class():
-    """INC ``BaseConfig`` subclass for ORT dynamic int8 (built lazily: INC is only needed when tuning)."""
-    from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig
-
-    class OrtDynamicInt8Config(BaseConfig):
-        """One ONNX Runtime dynamic-int8 candidate, as INC's tuning loop sees it."""
-
-        name = "ort_dynamic_int8"
-        params_list = ["weight_type", "per_channel", "reduce_range", "op_types", "nodes_to_exclude", "smooth_alpha"]
-
-        def __init__(self, weight_type="int8", per_channel=True, reduce_range=False, op_types=(), nodes_to_exclude=(),
-                     smooth_alpha=None, white_list=DEFAULT_WHITE_LIST):
-            super().__init__(white_list=white_list)
-            self.weight_type, self.per_channel, self.reduce_range = weight_type, per_channel, reduce_range
-            self.op_types, self.nodes_to_exclude, self.smooth_alpha = tuple(op_types), tuple(nodes_to_exclude), smooth_alpha
-            self._post_init()
-
-        @classmethod
-        def register_supported_configs(cls):
-            return None
-
-        @classmethod
-        def get_config_set_for_tuning(cls):
-            return cls()
-
-        @classmethod
-        def from_quant_config(cls, q: QuantConfig):
-            return cls(q.weight_type, q.per_channel, q.reduce_range, q.op_types, q.nodes_to_exclude, q.smooth_alpha)
-
-        def to_quant_config(self) -> QuantConfig:
-            return QuantConfig(weight_type=self.weight_type, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                               op_types=self.op_types, nodes_to_exclude=self.nodes_to_exclude,
-                               smooth_alpha=self.smooth_alpha)
-
-    return OrtDynamicInt8Config
-
-
-@dataclass(frozen=True)
-class TuningReport:
-    """All trials, which one was chosen (index into ``trials``) and why."""
-
-    trials: tuple[Trial, ...]
-    chosen: int | None
-    reason: str
-    latency: dict = field(default_factory=dict)
-    strategy: str = "neural_compressor.common tuning loop"
-    sensitivity: dict = field(default_factory=dict)
-
-    @property
-    def chosen_trial(self) -> Trial | None:
-        return None if self.chosen is None else self.trials[self.chosen]
-
-    @property
-    def chosen_validation(self) -> ValidationReport | None:
-        """The shipped trial's validation; when none was chosen, the best trial's (see :meth:`best_trial`),
-        which then never counts as passed: the gate failed at the requested precision."""
-        if self.chosen_trial is not None:
-            return self.chosen_trial.validation
-        t = self.best_trial()
-        return None if t is None else replace(t.validation, passed=False)
-
-    def best_trial(self) -> Trial | None:
-        """The most accurate validated int8 trial (lowest gate loss), or fp32 when no int8 trial was validated:
-        the one whose numbers tell a user how far quantization is from the tolerance."""
-        done = [t for t in self.trials if t.validation is not None]
-        int8 = [t for t in done if t.config is not None]
-        return min(int8 or done, key=lambda t: t.validation.gate_loss) if done else None
-
-    def summary(self) -> str:
-        """One line for the stage summary on stderr: the choice and why (including a skipped fp32 fallback)."""
-        t = self.chosen_trial
-        if t is None:
-            b = self.best_trial()
-            skipped = f"; {self.sensitivity['skipped']}" if self.sensitivity.get("skipped") else ""
-            return (f"no candidate passed; best {b.label}: {b.validation.metric} {b.validation.optimised:.4f}{skipped}"
-                    if b else "no candidate")
-        v = t.validation
-        return (f"chose {t.label}: {v.metric} {v.optimised:.4f} vs {v.reference:.4f} "
-                f"(loss {v.relative_loss:.4f}), p50 {t.p50_ms:.2f} ms; {self.reason}")
-
-    def to_dict(self) -> dict:
-        return {"strategy": self.strategy, "latency": self.latency, "chosen": self.chosen, "reason": self.reason,
-                "sensitivity": self.sensitivity, "trials": [t.to_dict() for t in self.trials]}
-
-
-def measure_p50(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN, batch: int = LATENCY_BATCH,
-                min_runs: int = 30, min_seconds: float = 1.0, max_seconds: float = 4.0) -> float:
-    """Median end-to-end latency (ms, ``time.perf_counter``) of ``predictor.predict`` on ``batch`` copies of
-    ``text`` cut to ``seq_len`` tokens, after 5 warm-up runs; runs until both ``min_runs`` and ``min_seconds``
-    are met, or ``max_seconds``."""
+def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN,
+                 batch: int = LATENCY_BATCH) -> Callable[[], object]:
+    """A no-argument call of ``predictor.predict`` (end to end: tokenize, run, post-process) on ``batch`` copies
+    of ``text`` cut to ``seq_len`` tokens (ranking: a pair of its first third and the whole)."""
     cut = predictor.text_of_length(text, min(seq_len, predictor.max_length))
     item = (cut[: len(cut) // 3], cut) if predictor.handler.requires_pairs else cut
-    budget = Budget(warmup_runs=5, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds, floor_runs=1)
-    return median_ms(lambda: predictor.predict([item] * batch), budget)
+    items = [item] * batch
+    return lambda: predictor.predict(items)
+
+
+def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS,
+            runs_per_round: int = RUNS_PER_ROUND) -> tuple[float, float]:
+    """``(p50_ms, cpu_ms)`` of one candidate's :func:`latency_call`: the medians over ``rounds`` of each round's
+    median wall time and process CPU time per call (ms; :func:`multiverse.timing.interleaved`, up to 5 warm-up
+    calls, ``ROUND_SECONDS`` per round)."""
+    r = interleaved([latency_call(predictor, text)], rounds, runs_per_round, warmup_runs=5, round_seconds=ROUND_SECONDS)
+    return float(np.median(r.wall_ms[0])), float(np.median(r.cpu_ms[0]))
+
+
+def by_length(data: EvalSet) -> EvalSet:
+    """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
+    validation runs right-padded batches of 16, and the built-in texts (median 15 tokens, a few of 512) padded
+    to 47,888 tokens in file order against 12,272 sorted (8,037 real), which made the PyTorch reference 130 s
+    of a 274 s DistilBERT-base build. Only where every gated number is a mean, a min or a count over examples:
+    ranking groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
+    if data.groups or (data.task == "feature-extraction" and data.labels is not None):
+        return data
+    order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
+    labels = None if data.labels is None else tuple(data.labels[i] for i in order)
+    return replace(data, texts=tuple(data.texts[i] for i in order), labels=labels)
+
+
+def measure_p50(predictor: Predictor, text: str) -> float:
+    """Wall-clock p50 (ms) of :func:`latency_call`, as :func:`measure` takes it."""
+    return measure(predictor, text)[0]
 
 
 def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
@@ -184,10 +134,11 @@ class _Tuner:
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
                  threads: int | None, progress: Progress):
         self.ckpt, self.fused, self.target, self.data = ckpt, fused, target, data
+        self.validation_data = by_length(data)
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
-        self.session = dict(target.session)
+        self.session = {**target.session, **NO_SPINNING}
         progress.activity(f"computing the PyTorch reference on {len(data)} examples")
-        self.reference = reference_outputs(ckpt, data, fused.model_dir, threads)
+        self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
         texts = model_inputs(data)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
         self.trials: list[Trial] = []
@@ -219,21 +170,24 @@ class _Tuner:
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
         self.progress.activity(f"validating and timing {label} on {len(self.data)} examples")
-        report = validate(self.ckpt, predictor, self.data, self.tolerance, self.reference)
-        trial = Trial(label, config, report, measure_p50(predictor, self.latency_text), phase=phase)
+        report = validate(self.ckpt, predictor, self.validation_data, self.tolerance, self.reference)
+        p50, cpu = measure(predictor, self.latency_text)
+        trial = Trial(label, config, report, p50, phase=phase, cpu_ms=cpu)
         self.trials.append(trial)
         self.models.append(model)
         self.progress.info(f"{label:<40} {report.metric} {report.optimised:.4f} (gate loss {report.gate_loss:.4f}) "
-                           f"{'passed' if report.passed else 'rejected'}  p50 {trial.p50_ms:.2f} ms")
+                           f"{'passed' if report.passed else 'rejected'}  p50 {trial.p50_ms:.2f} ms, "
+                           f"CPU {trial.cpu_ms:.2f} ms")
         return trial
 
     def inc_loop(self, configs: Sequence[QuantConfig], budget: int, phase: str, stop_at_first: bool = True,
-                 target_loss: float | None = None, max_p50_ms: float | None = None,
+                 target_loss: float | None = None, slower_than: tuple[int, float] | None = None,
                  keep_last_for: Callable[[], bool] | None = None) -> None:
         """INC's tuning loop over ``configs``: stops at the first candidate whose gate loss is ≤ ``target_loss``
         (default τ; INC's ``need_stop`` with ``tolerable_loss``) when ``stop_at_first``, else runs them all;
-        never more than ``budget`` trials (INC's ``max_trials``). Also stops after a candidate slower than
-        ``max_p50_ms`` (ms; for ``configs`` ordered slowest last, whose successors cannot be chosen either).
+        never more than ``budget`` trials (INC's ``max_trials``). ``slower_than=(i, r)``: also stops after a
+        candidate whose CPU time is over ``r`` × trial ``i``'s, timed interleaved with it (:meth:`ratio`; for
+        ``configs`` ordered slowest last, whose successors cannot be chosen either).
         ``keep_last_for``: asked before the budget's last trial (when it is not the first); if it returns True
         the loop stops and leaves that trial to the next phase (phase 1 keeps one for the fp32 fallback when
         nothing has passed with margin by then)."""
@@ -241,7 +195,7 @@ class _Tuner:
 
         if budget <= 0 or not configs:
             return
-        inc_cls = _inc_config_class()
+        inc_cls = inc_config_class()
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)
         loader, _, monitor = init_tuning(TuningConfig(
             config_set=[inc_cls.from_quant_config(c) for c in configs],
@@ -263,9 +217,11 @@ class _Tuner:
             else:
                 trial = self.run(config.label(), model, model.quantization, phase)
                 monitor.add_trial_result(index, 1.0 - trial.validation.gate_loss, inc_config)
-                if max_p50_ms is not None and trial.p50_ms > max_p50_ms:
-                    self.progress.info(f"stopping: {trial.p50_ms:.2f} ms is slower than a passing candidate "
-                                       f"(> {max_p50_ms:.2f} ms), and larger fallbacks are slower still")
+                ratio = self.ratio(slower_than[0], len(self.trials) - 1) if slower_than else 0.0
+                if slower_than and ratio > slower_than[1]:
+                    self.progress.info(f"stopping: {trial.label} takes {ratio:.2f}× the CPU time of "
+                                       f"{self.trials[slower_than[0]].label} (> {slower_than[1]:.2f}×), and larger "
+                                       "fallbacks are slower still")
                     break
             # INC's need_stop() is "met tolerable_loss or reached max_trials"; without the early stop the
             # budget is still INC's max_trials, so count here.
@@ -273,28 +229,38 @@ class _Tuner:
                 break
 
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time every passing trial in ``rounds`` interleaved rounds (A B C A B C …) and set its ``p50_ms``
-        to the median of its rounds' p50s.
+        """Re-time every passing trial in ``rounds`` interleaved rounds (A B C, B C A, …; ``RUNS_PER_ROUND`` calls
+        each) and set its ``cpu_ms`` to :func:`multiverse.timing.relative_costs` of its rounds' CPU times (what
+        :func:`choose` compares) and its ``p50_ms`` to the median of its rounds' wall-clock p50s.
 
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
         by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
         and 7.8 ms in two tuning runs, and candidate order flipped between runs). Interleaving exposes
-        all candidates to the same drift, so their ratios are what is compared.
+        all candidates to the same drift, and process CPU time (ONNX Runtime spinning off) leaves out the
+        time a call waited for a core that another process held.
         """
         passing = [i for i, t in enumerate(self.trials) if t.passed]
         if len(passing) < 2:
             return
-        predictors = {i: self.predictor(self.models[i]) for i in passing}
-        times: dict[int, list[float]] = {i: [] for i in passing}
-        for _ in range(rounds):
-            for i in passing:
-                times[i].append(measure_p50(predictors[i], self.latency_text, min_runs=10, min_seconds=0.3,
-                                            max_seconds=1.5))
-        for i in passing:
-            self.trials[i] = replace(self.trials[i], p50_ms=float(np.median(times[i])),
-                                     p50_rounds_ms=tuple(round(x, 4) for x in times[i]))
-        self.progress.info("re-timed in %d interleaved rounds: " % rounds
-                           + ", ".join(f"{self.trials[i].label} {self.trials[i].p50_ms:.2f} ms" for i in passing))
+        predictors = [self.predictor(self.models[i]) for i in passing]
+        r = interleaved([latency_call(p, self.latency_text) for p in predictors], rounds, RUNS_PER_ROUND,
+                        round_seconds=ROUND_SECONDS)
+        costs = relative_costs(r.cpu_ms)
+        for k, i in enumerate(passing):
+            self.trials[i] = replace(self.trials[i], p50_ms=float(np.median(r.wall_ms[k])), cpu_ms=costs[k],
+                                     p50_rounds_ms=tuple(round(x, 4) for x in r.wall_ms[k]),
+                                     cpu_rounds_ms=tuple(round(x, 4) for x in r.cpu_ms[k]))
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
+                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
+
+    def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
+        """Trial ``j``'s CPU time per call over trial ``i``'s, timed in ``rounds`` interleaved rounds now: two
+        trials timed minutes apart differ by more than the 10 % this decides (measured on a loaded host: one
+        fallback timed 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
+        r = interleaved([latency_call(self.predictor(self.models[k]), self.latency_text) for k in (i, j)], rounds,
+                        RUNS_PER_ROUND, round_seconds=ROUND_SECONDS)
+        cost_i, cost_j = relative_costs(r.cpu_ms)
+        return cost_j / cost_i
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
         """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
@@ -314,20 +280,22 @@ class _Tuner:
             return {"skipped": skipped, "why": why, "trials_needed": need}
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
-        losses = self.sensitivity(config)
+        losses = self.sensitivity(config, self.models[base])
         order, kept = list(losses), tuple(config.nodes_to_exclude)
         fallbacks = [config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])})
                      for k in FALLBACK_COUNTS if k < len(order)]
         self.inc_loop(fallbacks, left, "fp32 fallback", target_loss=SAFETY_MARGIN * self.tolerance if narrow else None,
-                      max_p50_ms=best.p50_ms * (1 + FIDELITY_TRADE[0]) if narrow else None)
+                      slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
         return {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone", "kept_fp32": list(kept),
                 "node_output_nmse": {k: float(f"{v:.3g}") for k, v in losses.items()}}
 
-    def sensitivity(self, config: QuantConfig) -> dict[str, float]:
+    def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict[str, float]:
         """Per node: the model's output error with only that node quantized, on a subset of the eval data.
 
+        ``quantized`` is ``config``'s model (every node it quantizes); the single-node graphs are cut from it
+        (:func:`multiverse.graphnodes.single_node_graphs`) rather than quantized again once per node.
         The error is the normalised MSE of the raw model output against the fp32 graph's,
         Σ(q − f)² / Σf² over real tokens (float32 [batch, seq, dim] or [batch, labels]). Continuous,
         so a small subset ranks nodes where a discrete metric (accuracy, MRR) on the same subset
@@ -346,16 +314,12 @@ class _Tuner:
         base = self._base_graph(config.smooth_alpha)
         nodes = [n for n in quantizable_nodes(base, config) if n not in config.nodes_to_exclude]
         errors = {}
-        for k, node in enumerate(nodes, 1):
-            others = tuple(n for n in nodes if n != node)
-            try:
-                model = self.build(config.model_copy(update={"nodes_to_exclude": others}))
-            except MultiverseError:
-                continue
+        for k, (node, proto) in enumerate(single_node_graphs(base, quantized, nodes), 1):
             self.progress.activity(f"measuring the sensitivity of node {k}/{len(nodes)} ({node})")
-            predictor = self.predictor(model)
-            errors[node] = output_nmse(reference, [predictor.run(enc) for enc in batches], batches)
-            shutil.rmtree(model.path.parent, ignore_errors=True)
+            session = make_session(graph_bytes(proto, self.workdir / "single-node"), self.threads, self.session)
+            errors[node] = output_nmse(reference, [session.run([fp32.output_name], e.arrays)[0] for e in batches],
+                                       batches)
+        shutil.rmtree(self.workdir / "single-node", ignore_errors=True)
         return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
@@ -398,7 +362,8 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
                                  key=lambda i: tuner.trials[i].validation.gate_loss)]
     else:
         model = tuner.models[chosen]
-    latency = {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores()}
+    latency = {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
+               "compared": "process CPU time per call (cpu_ms), interleaved rounds, ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)
 
 

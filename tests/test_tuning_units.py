@@ -96,3 +96,145 @@ def test_a_low_trial_budget_keeps_one_trial_for_the_fp32_fallback(tiny_checkpoin
     assert report.chosen == 0 and report.sensitivity["trials_needed"] == 2
     for text in (report.summary(), report.to_dict()["reason"]):
         assert "fp32 fallback was skipped" in text and "--max-trials 2 or more" in text
+
+
+def test_single_node_graphs_equal_quantize_dynamic_with_every_other_node_excluded(tmp_path):
+    import onnxruntime as ort
+
+    from multiverse.graphnodes import single_node_graphs
+
+    model = _graph_with_head(tmp_path / "model.onnx")
+    config = QuantConfig(op_types=("MatMul", "Gather"))
+    nodes = quantizable_nodes(model, config)
+    everything = quantize(model, tmp_path / "all", config)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32),
+             "h_t": np.ones((8, 1), np.float32)}
+    graphs = dict(single_node_graphs(model, everything, nodes))
+    assert list(graphs) == nodes
+    for node, proto in graphs.items():
+        alone = quantize(model, tmp_path / node.replace("/", "-"),
+                         config.model_copy(update={"nodes_to_exclude": tuple(n for n in nodes if n != node)}))
+        assert quantized_op_counts(alone.path) == {"MatMulInteger": 1}
+        want = ort.InferenceSession(str(alone.path)).run(None, feeds)
+        got = ort.InferenceSession(proto.SerializeToString()).run(None, feeds)
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(w, g)
+    # and the cut graph differs from fp32 where the node is quantized (the test can fail)
+    fp32 = ort.InferenceSession(str(model.path)).run(None, feeds)
+    assert not np.array_equal(fp32[0], ort.InferenceSession(graphs["head/Gemm_MatMul"].SerializeToString()).run(None, feeds)[0])
+
+
+def test_relative_costs_cancel_host_drift_and_drop_a_disturbed_round():
+    from multiverse.timing import relative_costs
+
+    # B is 10 % slower than A in every round; the host slows down 3× in round 3 for both (drift)
+    a = [10.0, 10.0, 30.0, 10.0, 10.0]
+    b = [11.0, 11.0, 33.0, 11.0, 11.0]
+    ca, cb = relative_costs([a, b])
+    assert cb / ca == pytest.approx(1.1)
+    # one round where only A was disturbed (another process ran during its slice) does not flip the order
+    ca, cb = relative_costs([[10.0, 25.0, 10.0, 10.0, 10.0], b[:2] + [11.0] * 3])
+    assert cb / ca == pytest.approx(1.1)
+    # whereas the plain mean of the rounds would have ranked B first
+    assert np.mean([10.0, 25.0, 10.0, 10.0, 10.0]) > np.mean([11.0] * 5)
+    assert relative_costs([[4.0, 6.0, 5.0]]) == [pytest.approx(5.0)]
+    assert relative_costs([]) == []
+    with pytest.raises(ValueError):
+        relative_costs([[1.0, 2.0], [1.0]])
+    with pytest.raises(ValueError):
+        relative_costs([[1.0, 0.0], [1.0, 1.0]])
+
+
+def test_interleaved_rotates_the_order_and_reads_both_clocks_around_each_call():
+    from multiverse.timing import interleaved
+
+    calls, cpu, wall = [], [0.0], [0.0]
+
+    def make(name, cpu_s, wall_s):
+        def fn():
+            calls.append(name)
+            cpu[0] += cpu_s
+            wall[0] += wall_s
+        return fn
+
+    r = interleaved([make("A", 0.002, 0.004), make("B", 0.001, 0.009), make("C", 0.003, 0.003)], rounds=3,
+                    runs_per_round=2, warmup_runs=1, cpu_clock=lambda: cpu[0], wall_clock=lambda: wall[0])
+    assert calls[:3] == ["A", "B", "C"]  # warm-up
+    timed = calls[3:][::2]  # one entry per (round, candidate): each ran twice back to back
+    assert timed == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert r.cpu_ms == [[pytest.approx(2.0)] * 3, [pytest.approx(1.0)] * 3, [pytest.approx(3.0)] * 3]
+    assert r.wall_ms[1] == [pytest.approx(9.0)] * 3
+    # a wall-clock budget per round: as many calls as fit by the last warm-up call (at least one)
+    calls.clear()
+    interleaved([make("A", 0.002, 0.0039), make("B", 0.001, 0.009), make("C", 0.003, 0.03)], rounds=1,
+                runs_per_round=10, warmup_runs=3, round_seconds=0.02, cpu_clock=lambda: cpu[0], wall_clock=lambda: wall[0])
+    assert calls == ["A"] * 3 + ["B"] * 3 + ["C"] + ["A"] * 5 + ["B"] * 2 + ["C"]  # C's one warm-up call took 0.03 s
+    with pytest.raises(ValueError):
+        interleaved([make("A", 0, 0)], rounds=0, runs_per_round=1)
+
+
+def test_choose_compares_cpu_time_when_every_candidate_has_it_and_ties_within_5_percent():
+    from multiverse.choice import choose, cost_ms
+    from multiverse.tuning import Trial
+    from multiverse.validate import ValidationReport
+
+    def trial(config, p50, cpu, nmse):
+        report = ValidationReport("d", "token-classification", 1, "entity_f1", 1.0, 1.0, 0.0, 0.01, True, (),
+                                  {"logit_nmse": nmse})
+        return Trial("t", config, report, p50, cpu_ms=cpu)
+
+    # Under load the wall-clock p50 of the smoothed candidate happened to be lowest; its CPU time is 6 % higher.
+    fp32, plain, smoothed = trial(None, 20.0, 18.0, 0.0), trial({"a": None}, 9.0, 6.0, 0.010), trial({"a": 0.8}, 5.0, 6.36, 0.009)
+    assert cost_ms([fp32, plain, smoothed], [0, 1, 2]) == {0: 18.0, 1: 6.0, 2: 6.36}
+    assert choose([fp32, plain, smoothed])[0] == 1
+    assert "CPU time" in choose([fp32, plain, smoothed])[1]
+    # within 5 % CPU time the two are one speed: the more faithful ships
+    assert choose([fp32, plain, trial({"a": 0.7}, 5.0, 6.2, 0.004)])[0] == 2
+    # a trial without CPU time makes every trial compare by p50 (never a mix of clocks)
+    no_cpu = Trial("t", {"a": 0.8}, smoothed.validation, 5.0)
+    assert cost_ms([fp32, plain, no_cpu], [0, 1, 2]) == {0: 20.0, 1: 9.0, 2: 5.0}
+    assert choose([fp32, plain, no_cpu])[0] == 2
+
+
+def test_smoothing_folds_the_attention_output_scale_into_v_and_keeps_the_fp32_graph(tiny_checkpoints, tmp_path):
+    from multiverse import evaldata, hub
+    from multiverse.export import export
+    from multiverse.fuse import fuse
+    from multiverse.inference import Predictor
+    from multiverse.smooth import calibrate, smooth
+    from multiverse.targets import get_target
+
+    ckpt = hub.resolve(str(tiny_checkpoints["feature-extraction"]))
+    fused = fuse(export(ckpt, tmp_path / "fp32"), tmp_path / "fused", ckpt, get_target("native"))
+    texts = list(evaldata.builtin("feature-extraction").texts)[:40]
+    amax = calibrate(fused, ckpt.task, texts)
+    folded = smooth(fused, tmp_path / "folded", amax, 0.7)
+    muls = smooth(fused, tmp_path / "muls", amax, 0.7, fold=False)
+    assert folded.quantization["folded_into_attention"] == ckpt.num_layers == 2
+    assert muls.quantization["folded_into_attention"] == 0
+    assert folded.quantization["smoothed_nodes"] == muls.quantization["smoothed_nodes"]
+
+    def count_mul(m):
+        return sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in onnx.load(str(m.path)).graph.node)
+
+    assert count_mul(muls) - count_mul(folded) == 2
+    ref = Predictor(fused.path, fused.model_dir, ckpt.task)
+    enc = ref.encode(texts[:8])
+    want = ref.run(enc)
+    for m in (folded, muls):
+        got = Predictor(m.path, m.model_dir, ckpt.task).run(enc)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_validation_data_is_sorted_by_length_only_where_the_gate_does_not_depend_on_order():
+    from multiverse.evaldata import EvalSet, RankingGroup
+    from multiverse.tuning import by_length
+
+    data = EvalSet("d", "text-classification", texts=("a long text", "b", "mid"), labels=("x", "y", "z"))
+    assert by_length(data).texts == ("b", "mid", "a long text") and by_length(data).labels == ("y", "z", "x")
+    unlabelled = EvalSet("d", "feature-extraction", texts=("a long text", "b"))
+    assert by_length(unlabelled).texts == ("b", "a long text") and by_length(unlabelled).labels is None
+    labelled = EvalSet("d", "feature-extraction", texts=("a long text", "b"), labels=("x", "y"))  # probe: even/odd
+    assert by_length(labelled) is labelled
+    ranking = EvalSet("d", "ranking", groups=(RankingGroup("q", ("long passage", "p")),))
+    assert by_length(ranking) is ranking

@@ -1,0 +1,97 @@
+"""Build time: ``multiverse optimize`` vs optimum-onnx's export + O2 + avx512_vnni dynamic quantization, same model,
+same host, same run (goal: Multiverse ≤ 3× optimum).
+
+Each build runs in its own process (``--repeats`` times, alternating M O M O … so that both see the same host
+drift); reported per build: wall seconds and CPU seconds of the child (user + system, ``resource.getrusage``),
+and the host's load average before it. The ratio is taken on the medians. CPU seconds say how much work a
+build does whatever else the host runs; wall seconds are what a user waits.
+
+Default model: the DistilBERT-base-shaped classifier of ``peers.py`` (built into ``--work`` if missing).
+
+    python benchmarks/build_time.py [--model PATH] [--repeats 1] [--out results/build_time.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+OPTIMUM = """
+import sys
+from multiverse.benchmark.baselines import build_optimum
+print(build_optimum(sys.argv[1], sys.argv[2], sys.argv[3]))
+"""
+MULTIVERSE = """
+import sys
+from multiverse.cli import main
+sys.argv = ["multiverse", "optimize", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd``; wall and child CPU seconds, the 1-minute load average before, the exit code."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ).returncode
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "loadavg_1m": round(load, 2), "exit_code": rc,
+            "log": str(log)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="checkpoint folder (default: the DistilBERT-base shape)")
+    ap.add_argument("--task", default="text-classification")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--out", default=str(ROOT / "results" / "build_time.json"))
+    args = ap.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="build-time-"))
+    model = args.model
+    if model is None:
+        sys.path.insert(0, str(ROOT))
+        from peers import build_distilbert
+
+        model = str(build_distilbert(work / "distilbert"))
+    runs = []
+    for rep in range(args.repeats):
+        for system in ("multiverse", "optimum"):
+            if system == "optimum":
+                out = work / f"optimum-{rep}"
+                shutil.rmtree(out, ignore_errors=True)  # build_optimum reuses an earlier build in the same folder
+                cmd = [sys.executable, "-c", OPTIMUM, model, args.task, str(out)]
+            else:
+                cmd = [sys.executable, "-c", MULTIVERSE, model, "--target", "icelake", "--overwrite",
+                       "--out", str(work / f"multiverse-{rep}")]
+            r = {"system": system, "repeat": rep, **timed(cmd, work / f"{system}-{rep}.log")}
+            print(r, flush=True)
+            runs.append(r)
+    med = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in ("wall_s", "cpu_s")}
+           for s in ("multiverse", "optimum")}
+    ratio = {k: round(med["multiverse"][k] / med["optimum"][k], 2) for k in ("wall_s", "cpu_s")}
+    report = {"model": model, "repeats": args.repeats, "runs": runs, "median": med, "multiverse_over_optimum": ratio,
+              "goal": "multiverse_over_optimum.wall_s <= 3"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps({"median": med, "ratio": ratio}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
