@@ -59,6 +59,7 @@ from .quantize import quantize as quantize_model
 from .runtime import SPINNING, make_session, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
+from .tasks import get_task
 from .timing import interleaved, relative_costs
 from .validate import model_inputs, reference_outputs, validate
 
@@ -103,7 +104,7 @@ def by_length(data: EvalSet) -> EvalSet:
     to 47,888 tokens in file order against 12,272 sorted (8,037 real), which made the PyTorch reference 130 s
     of a 274 s DistilBERT-base build. Only where every gated number is a mean, a min or a count over examples:
     ranking groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
-    if data.groups or (data.task == "feature-extraction" and data.labels is not None):
+    if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
         return data
     order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
     labels = None if data.labels is None else tuple(data.labels[i] for i in order)
