@@ -23,7 +23,8 @@ def quantize(model: OnnxModel, out: str | Path, config: QuantConfig) -> OnnxMode
     """Quantize ``model`` (fused fp32) into ``out/model.onnx``.
 
     ``DefaultTensorType=FLOAT`` lets shape inference type the outputs of ``com.microsoft``
-    fused ops (else quantize_dynamic fails on fused graphs, PITFALLS.md);
+    fused ops (ONNX shape inference cannot type them, and ``quantize_dynamic`` then fails on
+fused graphs; seen with ORT 1.32 and optimum-onnx's ORTQuantizer alike);
     ``MatMulConstBOnly`` quantizes only MatMuls with constant weights (not attention's Q·Kᵀ).
 
     Returns a new OnnxModel with stage ``int8`` and ``quantization`` = the config plus the

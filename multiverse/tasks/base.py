@@ -3,7 +3,8 @@
 Fused attention in ONNX Runtime assumes right padding, so padding is always forced to the
 right whatever the tokenizer file says. Truncation is to the model's *real* position limit
 (``max_position_embeddings`` minus the RoBERTa-style padding offset), never to a tokenizer's
-sentinel ``model_max_length`` (PITFALLS.md, Inputs).
+sentinel ``model_max_length`` (``int(1e30)`` in many Hub tokenizer configs, which would let
+512+ positions through and index past the position-embedding table).
 """
 
 from __future__ import annotations

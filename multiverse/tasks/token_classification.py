@@ -7,7 +7,7 @@ when its tag (label without a ``B-``/``I-`` prefix; any other label is its own t
 group's and it is not ``B-``; a group's ``entity_group`` is its first label after the first
 ``-``, its score the mean of its tokens' scores; ``ignore_labels`` (default ``["O"]``; ``[]``
 keeps everything) drops groups afterwards. Only the character span differs, on purpose
-(PITFALLS.md, Inputs and Task output parity): the entity's ``word`` is exactly
+(the pipeline decodes tokens, which re-spaces or lower-cases the text): the entity's ``word`` is exactly
 ``text[start:end]`` from the tokenizer's offsets (never decoded tokens), stripped of
 surrounding whitespace; a bare SentencePiece ``"▁"`` piece adds no characters (its offset is
 the space before a word, or the word's first letter at the start of a text); an entity whose
