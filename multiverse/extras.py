@@ -18,15 +18,20 @@ OPTIMIZE_MODULES = frozenset({"torch", "transformers", "optimum", "onnx", "neura
 HINT = 'pip install "multiverse[optimize]"'
 
 
-def missing_optimize() -> list[str]:
-    """Distributions of the ``optimize`` extra that are not installed (``[]`` when all are)."""
+def missing_distributions(dists) -> list[str]:
+    """Those of ``dists`` (distribution names, as pip spells them) that are not installed; imports nothing."""
     missing = []
-    for dist in OPTIMIZE_DISTRIBUTIONS:
+    for dist in dists:
         try:
             metadata.version(dist)
         except metadata.PackageNotFoundError:
             missing.append(dist)
     return missing
+
+
+def missing_optimize() -> list[str]:
+    """Distributions of the ``optimize`` extra that are not installed (``[]`` when all are)."""
+    return missing_distributions(OPTIMIZE_DISTRIBUTIONS)
 
 
 def message(what: str, missing: list[str] | tuple[str, ...]) -> str:

@@ -50,17 +50,18 @@ def test_openvino_system_agrees_with_transformers_and_is_cached(task, model_type
 
 
 def test_without_the_peers_extra_the_baseline_names_the_install_command(monkeypatch):
-    from multiverse.benchmark import openvino_system
+    from importlib import metadata
+
     from multiverse.benchmark.options import plan
 
-    real = openvino_system.metadata.version
+    real = metadata.version
 
     def version(dist):
         if dist == "nncf":
-            raise openvino_system.metadata.PackageNotFoundError(dist)
+            raise metadata.PackageNotFoundError(dist)
         return real(dist)
 
-    monkeypatch.setattr(openvino_system.metadata, "version", version)
+    monkeypatch.setattr(metadata, "version", version)
     assert "openvino" in BASELINES
     with pytest.raises(MissingExtraError, match=r"nncf not installed\): pip install \"multiverse\[peers\]\"") as exc:
         plan(baselines=["transformers,openvino"])

@@ -19,11 +19,11 @@ import inspect
 import json
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import BenchmarkError, MissingExtraError
+from ..extras import missing_distributions
 
 IR_FILE = "openvino_model.xml"
 #: Calibration texts (``nncf.quantize``'s default ``subset_size`` is 300): 48 built-in inputs after the 96 that the
@@ -38,12 +38,7 @@ PEERS_HINT = 'pip install "multiverse[peers]"'
 def require_openvino(what: str = "The openvino baseline") -> None:
     """Raise MissingExtraError (exit code 2) naming the missing distributions of the ``peers`` extra and the
     install command. Imports nothing."""
-    missing = []
-    for dist in PEERS_DISTRIBUTIONS:
-        try:
-            metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            missing.append(dist)
+    missing = missing_distributions(PEERS_DISTRIBUTIONS)
     if missing:
         raise MissingExtraError(f"{what} needs OpenVINO and NNCF ({', '.join(missing)} not installed): {PEERS_HINT}")
 
