@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle_writer import copy_model_files, graph_files, readme_text, write
+from .bundle_writer import copy_model_files, graph_files, readme_text, write_files
 from .errors import BundleError, IsaMismatchError
 from .graphfiles import GraphFormatError, check_external_data, external_tensors, unsafe_location
 from .manifest import (DIGEST_KEY, MANIFEST, MODEL_FILE, REQUIRED_FILES, SCHEMA_VERSION, Manifest, SourceSpec,
@@ -29,7 +29,7 @@ from .manifest import (DIGEST_KEY, MANIFEST, MODEL_FILE, REQUIRED_FILES, SCHEMA_
 
 __all__ = ["Bundle", "DIGEST_KEY", "Inspection", "MANIFEST", "MODEL_FILE", "Manifest", "REQUIRED_FILES",
            "SCHEMA_VERSION", "SourceSpec", "TargetSpec", "content_digest", "copy_model_files", "graph_files", "inspect",
-           "load", "manifest_sha256", "read_manifest", "readme_text", "seal", "sha256", "slug", "verify_files", "write"]
+           "load", "manifest_sha256", "read_manifest", "readme_text", "seal", "sha256", "slug", "verify_files", "write", "write_files"]
 
 
 def slug(name: str) -> str:
@@ -202,6 +202,10 @@ def load(path: str | Path, *, verify: bool = True, expect_manifest_sha256: str |
     return Bundle(root, manifest, digest)
 
 
+def write(dest: str | Path, **kwargs) -> Bundle:
+    """Write a bundle atomically (:func:`bundle_writer.write_files`, same keyword arguments) and return it
+    loaded and verified. Raises what ``write_files`` and :func:`load` raise (UsageError, BundleError)."""
+    return load(write_files(dest, **kwargs))
 
 
 @dataclass(frozen=True)

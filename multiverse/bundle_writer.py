@@ -1,9 +1,8 @@
 """Writing a bundle: every file in it, in one place (DESIGN.md §4).
 
-:func:`write` lays out the graph with its external data, the tokenizer and config files, the
+:func:`write_files` lays out the graph with its external data, the tokenizer and config files, the
 sentence-transformers module files, ``README.md`` (:func:`readme_text`), ``Dockerfile``
-(``image.dockerfile``: the image is built by ``multiverse image``, which owns the container
-layout) and ``requirements.txt`` (the runtime pins in the manifest), then seals and writes
+(``container.dockerfile``; the image is built by ``multiverse image``) and ``requirements.txt`` (the runtime pins in the manifest), then seals and writes
 ``multiverse.json``: atomically, through a temp folder beside the destination and ``os.rename``.
 Standard library only on import (``torch`` only to convert a ``pytorch_model.bin`` Dense module).
 """
@@ -16,15 +15,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import image
+from . import container
 from .errors import BundleError, UsageError
 from .graphfiles import GraphFormatError, check_external_data, external_tensors, unsafe_location
 from .manifest import MANIFEST, MODEL_FILE, SCHEMA_VERSION, check, files_table, relative_path, seal
-
-if TYPE_CHECKING:
-    from .bundle import Bundle
 
 # HF / sentence-transformers files a bundle carries besides the graph (never weights or pickles).
 _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -87,10 +83,10 @@ def graph_files(model: str | Path) -> list[str]:
     return locations
 
 
-def write(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifest: dict[str, Any],
-          readme: str | None = None, dockerfile: str | None = None, overwrite: bool = False,
-          extra_files: dict[str, Path] | None = None) -> Bundle:
-    """Write a bundle atomically and return it loaded (and verified).
+def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifest: dict[str, Any],
+                readme: str | None = None, dockerfile: str | None = None, overwrite: bool = False,
+                extra_files: dict[str, Path] | None = None) -> Path:
+    """Write a bundle folder atomically and return its path (``bundle.write`` also loads and verifies it).
 
     Args:
         dest: the bundle folder to create.
@@ -99,9 +95,9 @@ def write(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifes
         model_dir: folder with the HF tokenizer/config files (see :func:`copy_model_files`).
         manifest: everything but ``schema_version``, ``model_file``, ``files`` and ``content_sha256``,
             which are added here. ``runtime.requirements`` (``{name: version}``), when present, is
-            written as ``requirements.txt`` (``image.requirements_txt``).
+            written as ``requirements.txt`` (``container.requirements_txt``).
         readme: ``README.md`` text; default :func:`readme_text` of ``manifest``.
-        dockerfile: ``Dockerfile`` text; default ``image.dockerfile()``.
+        dockerfile: ``Dockerfile`` text; default ``container.dockerfile()``.
         extra_files: more files to ship, bundle-relative path → source file.
         overwrite: replace an existing ``dest``; otherwise an existing folder is a UsageError.
 
@@ -111,8 +107,8 @@ def write(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifes
     """
     pins = (manifest.get("runtime") or {}).get("requirements")
     texts = {"README.md": readme_text(manifest, Path(dest).name) if readme is None else readme,
-             image.DOCKERFILE: image.dockerfile() if dockerfile is None else dockerfile,
-             **({image.REQUIREMENTS: image.requirements_txt(pins)} if pins else {})}
+             container.DOCKERFILE: container.dockerfile() if dockerfile is None else dockerfile,
+             **({container.REQUIREMENTS: container.requirements_txt(pins)} if pins else {})}
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
@@ -158,9 +154,7 @@ def write(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifes
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    from .bundle import load
-
-    return load(dest)
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------- README.md

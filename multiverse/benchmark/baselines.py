@@ -9,7 +9,6 @@ onnxruntime and size their thread pools to ``threads``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -18,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import BenchmarkError  # re-exported: callers import it from here too
 from ..tasks import get_task
+from .cache import checkpoint_hash
+from .texts import accuracy_texts  # noqa: F401 (re-exported: runner, peers and tests import it from here)
 
 SYSTEMS = ("multiverse", "transformers", "optimum", "openvino")
 BASELINES = ("transformers", "optimum", "openvino")
@@ -169,15 +170,6 @@ def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str 
     raise BenchmarkError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
 
 
-def _checkpoint_hash(checkpoint: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(checkpoint.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
-
-
 def build_optimum(checkpoint: str | Path, task: str, out_dir: str | Path) -> dict:
     """optimum-onnx's documented CPU recipe: export with ``ORTModelFor<Task>.from_pretrained(export=True)``,
     ``ORTOptimizer`` with ``AutoOptimizationConfig.O2()``, then ``ORTQuantizer`` with
@@ -191,7 +183,7 @@ def build_optimum(checkpoint: str | Path, task: str, out_dir: str | Path) -> dic
     """
     checkpoint, out = Path(checkpoint), Path(out_dir)
     stamp = out / "multiverse-benchmark.json"
-    key = _checkpoint_hash(checkpoint)
+    key = checkpoint_hash(checkpoint)
     if stamp.is_file() and (out / OPTIMUM_FILE).is_file():
         info = json.loads(stamp.read_text())
         if info.get("checkpoint_hash") == key:
@@ -253,15 +245,6 @@ def agreement(task: str, reference: list, candidate: list) -> dict:
     ``mean_cosine``, ``min_cosine``; ranking: ``max_abs_score_diff``; token-classification:
     ``entity_agreement``)."""
     return get_task(task).agreement(reference, candidate)
-
-
-def accuracy_texts(task: str, limit: int = 96) -> list:
-    """Real inputs for the accuracy comparison: the built-in eval texts (ranking: (query, passage) pairs)."""
-    from .. import evaldata
-
-    from ..validate import model_inputs
-
-    return model_inputs(evaldata.builtin(task))[:limit]
 
 
 def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, batch_size: int = 8) -> dict:

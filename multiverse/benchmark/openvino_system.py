@@ -29,7 +29,7 @@ IR_FILE = "openvino_model.xml"
 #: Calibration texts (``nncf.quantize``'s default ``subset_size`` is 300): 48 built-in inputs after the 96 that the
 #: accuracy step scores still fit in the 150 (query, passage) pairs of the ranking set.
 CALIBRATION_SIZE = 48
-#: The accuracy comparison scores the first 96 built-in inputs (``baselines.accuracy_texts``); calibrate after them.
+#: The accuracy comparison scores the first 96 built-in inputs (``texts.accuracy_texts``); calibrate after them.
 CALIBRATION_SKIP = 96
 PEERS_DISTRIBUTIONS = ("openvino", "nncf")
 PEERS_HINT = 'pip install "multiverse[peers]"'
@@ -53,7 +53,7 @@ def default_dir(checkpoint: str | Path, optimum_dir: str | Path | None = None) -
 def calibration_inputs(task: str, n: int = CALIBRATION_SIZE, skip: int = CALIBRATION_SKIP) -> list:
     """``n`` built-in inputs (texts; ranking: (query, passage) pairs) after the first ``skip`` ones, which the
     accuracy comparison scores; the last ``n`` when there are fewer than ``skip + n``."""
-    from .baselines import accuracy_texts
+    from .texts import accuracy_texts
 
     items = accuracy_texts(task, limit=10**9)
     return items[skip:skip + n] if len(items) >= skip + n else items[-n:]
@@ -75,12 +75,12 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
     "cached"}`` (times in s, wall clock). ``threads`` caps torch's pool during conversion.
     Raises MissingExtraError without openvino/nncf, BenchmarkError if conversion or quantization fails.
     """
-    from .baselines import _checkpoint_hash
+    from .cache import checkpoint_hash
 
     require_openvino()
     checkpoint, out = Path(checkpoint), Path(out_dir)
     stamp = out / "multiverse-benchmark.json"
-    key = _checkpoint_hash(checkpoint)
+    key = checkpoint_hash(checkpoint)
     if stamp.is_file() and (out / IR_FILE).is_file():
         info = json.loads(stamp.read_text())
         if info.get("checkpoint_hash") == key and info.get("subset_size") == subset_size:

@@ -102,3 +102,12 @@ class TextCutter:
         if len(out) < batch_size:
             raise UsageError(f"could not cut {batch_size} real texts to exactly {seq_len} tokens with this tokenizer.")
         return out
+
+
+def accuracy_texts(task: str, limit: int = 96) -> list:
+    """Real inputs for the accuracy comparison: the first ``limit`` built-in eval inputs of ``task``
+    (str texts; (query, passage) pairs for tasks that require pairs)."""
+    from .. import evaldata
+    from ..validate import model_inputs
+
+    return model_inputs(evaldata.builtin(task))[:limit]
