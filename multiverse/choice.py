@@ -103,7 +103,7 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
             return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
-        return best, "fp32 shipped: no int8 candidate was tried (--no-quantize, --precision fp32 or --max-trials 0)"
+        return best, "fp32 shipped: no int8 candidate was tried (--precision fp32 or --max-trials 0)"
     cost = cost_ms(trials, [0, best]) if trials[0].p50_ms is not None else {}
     speedup = cost[0] / cost[best] if cost.get(0) else float("nan")
     clock = "CPU time" if trials[best].cpu_ms is not None and trials[0].cpu_ms is not None else "p50"

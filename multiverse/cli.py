@@ -96,7 +96,7 @@ def optimize(
     tolerance: float = typer.Option(0.01, help="Max relative metric loss vs the PyTorch model (0.01 = 1 %)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the bundle (marked failed) when the gate fails."),
-    no_quantize: bool = typer.Option(False, "--no-quantize", help="Ship the fused fp32 graph (= --precision fp32)."),
+    no_quantize: bool = typer.Option(False, "--no-quantize", hidden=True, help="Deprecated alias of --precision fp32."),
     precision: str = typer.Option("auto", help="auto: fastest passing candidate timed here; int8: fastest passing "
                                   "int8; fp32: fused fp32 only."),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Int8 trial budget (default 12; the fp32 baseline and sensitivity runs are not counted)."),
@@ -113,7 +113,7 @@ def optimize(
             b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
                     eval_limit=eval_limit,
                     tolerance=tolerance,
-                    overwrite=overwrite, keep_failed=keep_failed, quantize=not no_quantize, precision=precision,
+                    overwrite=overwrite, keep_failed=keep_failed, precision="fp32" if no_quantize else precision,
                     max_trials=max_trials,
                     threads=threads, progress=_progress(),
                     eval_columns=_columns(text_column, text_pair_column, label_column))

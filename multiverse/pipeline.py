@@ -44,7 +44,7 @@ def bundle_path(ckpt: hub.Checkpoint, target_name: str, out: str | Path | None) 
 def optimize(model: str | None = None, target: str = "native", *, task: str | None = None,
              revision: str | None = None, out: str | Path | None = None, eval_data: str | None = None,
              eval_split: str = "validation", eval_limit: int | None = None, tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
-             quantize: bool = True, precision: str = "auto", max_trials: int | None = None,
+             precision: str = "auto", max_trials: int | None = None,
              threads: int | None = None, progress: Progress | None = None,
              eval_columns: evaldata.Columns | None = None) -> bundle.Bundle:
     """Checkpoint → fused, int8 (when it pays), validated bundle.
@@ -61,7 +61,6 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         eval_columns: the eval file's column names when they are not ``text``/``label`` (``evaldata.Columns``).
         tolerance: maximum relative metric loss (0.01 = 1 %).
         keep_failed: write the bundle (marked failed) even when the gate fails.
-        quantize: False ships the fused fp32 graph (still validated); same as ``precision="fp32"``.
         precision: ``auto`` ships the fastest passing candidate as timed on this host; ``int8`` the
             fastest passing int8 one (the default when this host lacks the target's CPU flags, since
             its timings say nothing about the target); ``fp32`` the fused fp32 graph.
@@ -80,8 +79,6 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     _check_tolerance(tolerance)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
-    if not quantize:
-        precision = "fp32"
     tgt = get_target(target)
     lacking = missing_flags(tgt)
     if lacking:

@@ -55,7 +55,7 @@ fused graphs; seen with ORT 1.32 and optimum-onnx's ORTQuantizer alike);
     except Exception as exc:
         raise QuantizationError(
             f"onnxruntime.quantization failed on {model.path} with {config.label()}: {exc}. "
-            "Try --no-quantize to ship the fused fp32 graph, or report the model."
+            "Try --precision fp32 to ship the fused fp32 graph, or report the model."
         ) from exc
     finally:
         root.setLevel(level)

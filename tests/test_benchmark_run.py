@@ -26,7 +26,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     try:
         b = optimize(str(ckpt), target="native", out=root / "bundles", overwrite=True, max_trials=1)
     except AccuracyGateError:
-        b = optimize(str(ckpt), target="native", out=root / "bundles", overwrite=True, quantize=False)
+        b = optimize(str(ckpt), target="native", out=root / "bundles", overwrite=True, precision="fp32")
     return Path(b.path)
 
 

@@ -59,7 +59,7 @@ def test_tiny_task_end_to_end(task, tiny_bundles, tiny_checkpoints):
 @pytest.mark.parametrize("model_type", ["distilbert", "roberta"])
 def test_other_architectures_fuse_and_validate(model_type, tmp_path):
     ckpt = tiny_checkpoint("text-classification", tmp_path / "ckpt", model_type=model_type)
-    b = optimize(str(ckpt), "native", out=tmp_path / "out", quantize=False)
+    b = optimize(str(ckpt), "native", out=tmp_path / "out", precision="fp32")
     assert b.manifest["fusion"]["families"]["Attention"] == 2
     assert b.manifest["precision"] == "fp32" and b.passed
 
@@ -109,7 +109,7 @@ def test_precision_int8_without_a_passing_int8_candidate_fails_the_gate(tiny_che
 def test_keep_failed_writes_a_bundle_marked_failed(tiny_checkpoints, tmp_path):
     with pytest.raises(AccuracyGateError, match="kept at"):
         optimize(str(tiny_checkpoints["feature-extraction"]), "native", out=tmp_path, tolerance=0.0,
-                 keep_failed=True, quantize=False)
+                 keep_failed=True, precision="fp32")
     (folder,) = tmp_path.iterdir()
     b = bundle.load(folder)
     assert not b.passed and b.manifest["validation"]["passed"] is False
@@ -130,6 +130,6 @@ def test_labelled_eval_file(tiny_checkpoints, tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     b = optimize(str(tiny_checkpoints["text-classification"]), "native", out=tmp_path / "o", eval_data=str(path),
-                 quantize=False)
+                 precision="fp32")
     v = b.manifest["validation"]
     assert v["metric"] == "accuracy" and v["dataset"] == str(path) and v["n"] == 30
