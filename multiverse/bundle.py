@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .bundle_writer import copy_model_files, graph_files, readme_text, write_files
@@ -47,27 +48,32 @@ class Bundle:
     manifest: dict
     manifest_sha256: str | None = None
 
+    @cached_property
+    def spec(self) -> Manifest:
+        """The manifest as the typed :class:`Manifest` (already checked when the bundle was loaded)."""
+        return Manifest.model_validate(self.manifest)
+
     @property
     def model_path(self) -> Path:
-        return self.path / self.manifest.get("model_file", MODEL_FILE)
+        return self.path / self.spec.model_file
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.spec.task
 
     @property
     def passed(self) -> bool:
-        return bool((self.manifest.get("validation") or {}).get("passed"))
+        return bool((self.spec.validation or {}).get("passed"))
 
     @property
     def required_flags(self) -> list[str]:
-        return list((self.manifest.get("target") or {}).get("required_flags") or [])
+        return list(self.spec.target.required_flags)
 
     def missing_flags(self) -> list[str]:
         """CPU flags (and ``arch:<name>``) the target needs and this host lacks."""
         from .targets import missing_isa
 
-        return missing_isa((self.manifest.get("target") or {}).get("arch"), self.required_flags)
+        return missing_isa(self.spec.target.arch, self.required_flags)
 
     def session_config(self, allow_isa_mismatch: bool = False) -> dict[str, str]:
         """ORT session entries for this host.
@@ -77,12 +83,12 @@ class Bundle:
         Runtime's u8s8 int8 GEMM sums pairs of products in 16 bits, which saturate, and that entry
         selects its full-precision kernel.
         """
-        config = dict((self.manifest.get("target") or {}).get("session") or {})
+        config = dict(self.spec.target.session)
         missing = self.missing_flags()
         if missing:
             if not allow_isa_mismatch:
                 raise IsaMismatchError(
-                    f"Bundle {self.path} was built for target {self.manifest['target'].get('name')!r}, which needs "
+                    f"Bundle {self.path} was built for target {self.spec.target.name!r}, which needs "
                     f"{', '.join(missing)} that this CPU lacks. Re-run `multiverse optimize ... --target native` "
                     "on this host, or pass --allow-isa-mismatch (slower, full-precision int8 GEMM)."
                 )
