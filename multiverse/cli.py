@@ -22,14 +22,21 @@ from .errors import AccuracyGateError, Interrupted, MultiverseError, UsageError
 # `--json <bool>` although `--json true` is a usage error) and prints usage errors as one plain line.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Make transformer encoders fast on CPUs: optimize, inspect, validate, serve, benchmark.")
-err = Console(stderr=True)
+
+
+def _wide(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr): on a terminal its width; in a pipe or CI log wide enough that no cell
+    (a sha256, a target name, a benchmark number) is cut with "…" or folded mid-value (rich assumes 80 columns there)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=max(console.width, 240))
+
+
+err = _wide(stderr=True)
 
 
 def _out() -> Console:
-    """Console for tables on stdout: on a terminal its width; in a pipe or CI log wide enough that no cell
-    (a sha256, a target name) is cut with "…" or folded mid-value (rich assumes 80 columns there)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 240))
+    """Console for tables on stdout (see :func:`_wide`)."""
+    return _wide()
 
 
 def _fail(exc: MultiverseError, as_json: bool = False) -> None:
@@ -109,14 +116,15 @@ def optimize(
     from .workdir import unwind_on_signals
 
     try:
+        if no_quantize:  # the deprecated alias of --precision fp32
+            if precision == "int8":
+                raise UsageError("--no-quantize (deprecated: --precision fp32) conflicts with --precision int8; pass one.")
+            err.print("[yellow]warning:[/yellow] --no-quantize is deprecated; use --precision fp32.", highlight=False)
         with unwind_on_signals():  # SIGTERM/SIGINT unwind through the work folder's cleanup, then exit 143/130
             b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
-                    eval_limit=eval_limit,
-                    tolerance=tolerance,
-                    overwrite=overwrite, keep_failed=keep_failed, precision="fp32" if no_quantize else precision,
-                    max_trials=max_trials,
-                    threads=threads, progress=_progress(),
-                    eval_columns=_columns(text_column, text_pair_column, label_column))
+                    eval_limit=eval_limit, tolerance=tolerance, overwrite=overwrite, keep_failed=keep_failed,
+                    precision="fp32" if no_quantize else precision, max_trials=max_trials, threads=threads,
+                    progress=_progress(), eval_columns=_columns(text_column, text_pair_column, label_column))
     except MultiverseError as exc:
         _fail(exc, as_json)
     except Interrupted as exc:

@@ -164,3 +164,10 @@ def test_unreachable_hub_without_offline_flag(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "`distilbert-base-uncased-emotion` → `bhadresh-savani/distilbert-base-uncased-emotion`: not in the HF cache" \
         in proc.stderr and "the Hub is unreachable (network error)" in proc.stderr, proc.stderr
+
+
+def test_no_quantize_is_a_deprecated_alias_that_refuses_a_conflicting_precision(tmp_path):
+    """--no-quantize (= --precision fp32) with --precision int8 is a usage error (exit 2), before any work."""
+    r = run("optimize", tmp_path / "missing-model", "--no-quantize", "--precision", "int8", "--out", tmp_path / "out")
+    assert r.exit_code == 2
+    assert "conflicts with --precision int8" in r.output and not (tmp_path / "out").exists()

@@ -15,9 +15,11 @@ Needs the ``peers`` extra (``openvino``, ``nncf``); without it :class:`multivers
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -112,8 +114,9 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
         t1 = time.perf_counter()
         items = calibration_inputs(task, subset_size)
         data = [tok.encode([x], names).arrays for x in items]
-        quantized = nncf.quantize(ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(data))
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout carries only the report path
+            quantized = nncf.quantize(ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(data))
         t2 = time.perf_counter()
         work.mkdir(parents=True)
         ov.save_model(quantized, str(work / IR_FILE), compress_to_fp16=False)  # int8 stays int8, the rest fp32

@@ -224,8 +224,8 @@ class ServerState:
                     raise ApiError(400, "EmptyInput", f"Input {i} of `{field}` is empty (nothing but whitespace, "
                                                       "control or zero-width characters); send some text.")
                 if n > max_chars:
-                    raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; the limit is {max_chars} "
-                                                        "(texts longer than the model's token limit are truncated).")
+                    raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; this server accepts at most "
+                                                        f"{max_chars} per text (its --max-chars); send a shorter text.")
                 n_chars += n
         return items, n_chars
 
