@@ -294,3 +294,11 @@ def test_http_report_keeps_server_and_compute_time():
     assert "server" not in without and "available_cores" not in without["host"]
     row = next(csv.DictReader(io.StringIO(report.to_csv(rep))))
     assert row["cores"] == "" and float(row["http_compute_p50_ms"]) == pytest.approx(1.0)
+
+
+def test_notes_say_why_cells_were_skipped_and_the_accuracy():
+    """Skipped cells' reasons and the accuracy comparison reach the notes the CLI prints (not only the CSV/JSON)."""
+    rep = _fake_report()
+    assert any(n.startswith("4 cell(s) skipped: ") and "4" in n for n in rep["notes"]), rep["notes"]
+    assert "accuracy of optimum vs PyTorch: n 3, label_agreement 1.0000" in rep["notes"]
+    assert not any("no cell was measured" in n for n in rep["notes"])

@@ -8,6 +8,7 @@ Times are milliseconds, throughput requests/s and samples/s (samples = texts).
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import datetime as _dt
 import io
 import json
@@ -30,7 +31,8 @@ __all__ = ["CSV_COLUMNS", "CellResult", "Report", "RichBenchProgress", "SCHEMA",
 STAT_KEYS = ("n", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "req_per_s",
              "samples_per_s")
 CSV_COLUMNS = ("system", "cores", "seq_len", "batch_size", "status", *STAT_KEYS, "capped", "tokenization_ms",
-               "inference_ms", "postprocess_ms", "http_compute_p50_ms", "speedup_p50_vs_transformers", "reason")
+               "inference_ms", "postprocess_ms", "http_compute_p50_ms", *(f"speedup_p50_vs_{b}" for b in ("transformers", "optimum", "openvino")),
+               "reason")
 _COLORS = {"multiverse": "#1f77b4", "transformers": "#d62728", "optimum": "#2ca02c", "multiverse-http": "#9467bd",
            "openvino": "#ff7f0e"}
 _STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
@@ -109,6 +111,13 @@ def build_report(*, bundle, systems: Sequence[str], cells, rows: Sequence[CellRe
         notes.append(f"the host's 1-minute load average reached {max(loads):.1f} on {cores_avail} physical cores during "
                      f"the run (the benchmark itself accounts for about {own}): other processes competed for the pinned "
                      "cores, so latencies (and OpenMP-based baselines most) are inflated; see each row's loadavg_1m")
+    skipped = Counter(r.reason for r in rows if r.status == "skipped")
+    notes += [f"{n} cell(s) skipped: {reason}" for reason, n in skipped.items()]
+    if rows and not any(r.status == "ok" for r in rows):
+        notes.append("no cell was measured: choose --cores, --seq-lens and --batch-sizes this host and model allow")
+    for system, metrics in (accuracy or {}).items():
+        notes.append(f"accuracy of {system} vs PyTorch: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     baselines = [s for s in systems if s not in ("multiverse", "multiverse-http")]
     return Report(
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -132,9 +141,10 @@ def validate_report(report: Report | dict) -> None:
 
 
 def to_csv(report: Report | dict) -> str:
-    """One CSV row per result (columns :data:`CSV_COLUMNS`), with the p50 speed-up against transformers."""
+    """One CSV row per result (columns :data:`CSV_COLUMNS`); Multiverse's rows carry its p50 speed-up against each
+    baseline in the run (``speedup_p50_vs_<baseline>``, empty for a baseline not run)."""
     rep = Report.of(report)
-    sp = {(s.cores, s.seq_len, s.batch_size): s.p50 for s in rep.speedups if s.baseline == "transformers"}
+    sp = {(s.baseline, s.cores, s.seq_len, s.batch_size): s.p50 for s in rep.speedups}
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -146,7 +156,8 @@ def to_csv(report: Report | dict) -> str:
         if r.http:
             row["http_compute_p50_ms"] = r.http["compute_time"].p50_ms
         if r.system == "multiverse":
-            row["speedup_p50_vs_transformers"] = sp.get(r.key)
+            row.update({f"speedup_p50_vs_{b}": sp[(b, *r.key)] for b in ("transformers", "optimum", "openvino")
+                        if (b, *r.key) in sp})
         w.writerow(row)
     return buf.getvalue()
 
