@@ -201,9 +201,9 @@ def readme_text(manifest: dict[str, Any], name: str) -> str:
         checks = {c["name"]: c["value"] for c in tv.get("checks") or ()}
         label = f"**{t['label']}** (shipped)" if i == chosen else t["label"]
         cells = [label, _num(tv["optimised"]), *(_num(checks.get(n)) for n in names), _num(tv["relative_loss"]),
-                 "yes" if tv["passed"] else "no", _num(t.get("p50_ms"), 2)]
+                 "yes" if tv["passed"] else "no", _num(t.get("p50_ms"), 2), _num(t.get("cpu_ms"), 2)]
         rows.append("| " + " | ".join(cells) + " |")
-    header = ["candidate", str(metric), *names, "relative loss", "passed", "p50 ms"]
+    header = ["candidate", str(metric), *names, "relative loss", "passed", "p50 ms", "CPU ms"]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
     return f"""# {name}
 
@@ -220,9 +220,12 @@ Optimised by Multiverse {m['versions']['multiverse']} (`multiverse optimize`) fo
 {metric}: reference {_num(v.get('reference'))}, optimised {_num(v.get('optimised'))},
 relative loss {_num(v.get('relative_loss'))}{extra_line}: **{'passed' if v.get('passed') else 'FAILED'}**.
 
-Candidates validated by the tuner (p50: median latency on the build host; {'the shipped one is marked' if chosen is not None else 'none passed the gate'}):
+Candidates validated by the tuner (p50: median wall-clock latency per call on the build host; CPU ms: process
+CPU time per call, interleaved rounds, what the choice compares; {'the shipped one is marked' if chosen is not None else 'none passed the gate'}):
 
 {table}
+
+Why this candidate: {m['tuning'].get('reason') or 'not recorded'}.
 
 ## Serve
 

@@ -205,6 +205,9 @@ def test_readme_marks_the_shipped_candidate_with_rounded_p50_and_every_check(tin
     assert [row[p50] for row in rows] == [f"{t['p50_ms']:.2f}" for t in trials]
     chosen = m["tuning"]["trials"][m["tuning"]["chosen"]]
     assert [row[0] for row in rows if "shipped" in row[0]] == [f"**{chosen['label']}** (shipped)"]
+    cpu = header.index("CPU ms")  # what the choice compares, and why it shipped
+    assert [row[cpu] for row in rows] == [f"{t['cpu_ms']:.2f}" if t.get("cpu_ms") is not None else "-" for t in trials]
+    assert f"Why this candidate: {m['tuning']['reason']}." in text
     v = m["validation"]
     assert header[1] == v["metric"]
     if task == "feature-extraction":  # min cosine is gated too: shown beside mean cosine, in the summary and per row

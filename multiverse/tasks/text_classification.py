@@ -183,7 +183,8 @@ class Handler:
             "function_to_apply": "`function_to_apply` must be \"softmax\", \"sigmoid\" or \"none\" (logits)."}
         top_k: Annotated[int, Field(ge=1, strict=False), BeforeValidator(_json_integer)] | None = Field(
             1, description="How many labels per input, best first (default 1); null: all labels.")
-        raw_scores: bool = Field(False, description="true: scores are the logits, without softmax or sigmoid (TEI).")
+        raw_scores: bool = Field(False, description="true: scores are the logits, without softmax or sigmoid (TEI); "
+                                 "takes precedence over `function_to_apply`.")
         function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
             None, description="What turns logits into scores (transformers' pipeline, the Hugging Face Inference "
                               "API): default sigmoid for multi-label and one-label models, else softmax; \"none\" "
