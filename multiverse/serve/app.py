@@ -146,6 +146,13 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         return _error(500, "InternalServerError", "Internal server error; see the server log.")
 
     # ----------------------------------------------------------------- routes
+    def accept(body: bytes, model: type, capability: str, route: str):
+        """``body`` parsed as ``model`` for a route that needs ``capability`` (``embed``, ``rerank``): 503 until
+        the model is ready, then 422 ``WrongTask`` when the bundle's task lacks it, then the body's own checks."""
+        state.require_ready()
+        state.require_capability(capability, route)
+        return parse(model, body)
+
     async def predict_body(body: bytes, wrap_single: bool = False) -> Response:
         state.require_ready()
         req = parse(PredictRequest, body)
@@ -188,9 +195,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         return _json(scores, headers=_timing_headers(res, n_chars))
 
     async def openai_body(body: bytes, route: str) -> Response:
-        state.require_ready()
-        state.require_capability("embed", route)
-        req = parse(OpenAIEmbeddingRequest, body)
+        req = accept(body, OpenAIEmbeddingRequest, "embed", route)
         check_dimensions(req.dimensions, state.dim)
         items, n_chars = state.check_items(req.input, "input")
         res = await state.run(items, {})
@@ -239,29 +244,20 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/embed", summary="Embeddings (TEI)", response_class=Response, openapi_extra=body_schema(EmbedRequest),
               responses=responses(list[list[float]], "One embedding per input (always a list)."))
     async def embed(request: Request):
-        body = await request.body()
-        state.require_ready()
-        state.require_capability("embed", "/embed")
-        return await embed_body(parse(EmbedRequest, body))
+        return await embed_body(accept(await request.body(), EmbedRequest, "embed", "/embed"))
 
     @app.post("/similarity", summary="Sentence similarity (TEI)", response_class=Response,
               openapi_extra=body_schema(SimilarityRequest),
               responses=responses(list[float], "Cosine similarity of `source_sentence` to each sentence, in order."))
     async def similarity(request: Request):
-        body = await request.body()
-        state.require_ready()
-        state.require_capability("embed", "/similarity")
-        req = parse(SimilarityRequest, body)
+        req = accept(await request.body(), SimilarityRequest, "embed", "/similarity")
         return await similarity_body(req.inputs, req.parameters)
 
     @app.post("/rerank", summary="Rerank passages for a query (TEI)", response_class=Response,
               openapi_extra=body_schema(RerankRequest),
               responses=responses(list[RankItem], "Passages sorted by score, best first."))
     async def rerank(request: Request):
-        body = await request.body()
-        state.require_ready()
-        state.require_capability("rerank", "/rerank")
-        req = parse(RerankRequest, body)
+        req = accept(await request.body(), RerankRequest, "rerank", "/rerank")
         check_direction(req.truncation_direction)
         if not req.texts:
             raise ApiError(400, "EmptyInput", "`texts` is empty: send at least one passage.")
