@@ -58,6 +58,13 @@ class Bundle:
         return self.path / self.spec.model_file
 
     @property
+    def runtime_name(self) -> str:
+        """``OpenVINO`` for an IR bundle (``model.xml``), else ``ONNX Runtime``."""
+        from .graphfiles import is_openvino_ir
+
+        return "OpenVINO" if is_openvino_ir(self.model_path) else "ONNX Runtime"
+
+    @property
     def task(self) -> str:
         return self.spec.task
 
@@ -104,7 +111,8 @@ class Bundle:
             raise BundleError(f"{self.model_path} is not a readable ONNX graph ({exc}); rebuild the bundle.") from exc
 
     def open_session(self, threads: int | None = 1):
-        """Open the graph with ONNX Runtime as ``serve`` would (``runtime.make_session``, the target's session
+        """Open the graph with its runtime as ``serve`` would (``runtime.make_session``: ONNX Runtime, or OpenVINO
+        for an IR; the target's session
         options; missing CPU flags tolerated): the proof that the bundle loads.
 
         Returns the ``onnxruntime.InferenceSession``. Raises BundleError with ORT's reason when it fails.
@@ -115,7 +123,7 @@ class Bundle:
             return make_session(self.model_path, threads, self.session_config(allow_isa_mismatch=True))
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             reason = " ".join(str(exc).split())[:400]
-            raise BundleError(f"ONNX Runtime cannot load {self.model_path}: {reason}. Rebuild the bundle.") from exc
+            raise BundleError(f"{self.runtime_name} cannot load {self.model_path}: {reason}. Rebuild the bundle.") from exc
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -222,7 +230,7 @@ class Inspection:
         bundle: the bundle (manifest checked; files not trusted unless :attr:`intact`).
         problems: :func:`verify_files` findings; ``[]`` when every file is intact.
         external_data: the external-data files the graph names (``[]`` when not intact).
-        load_error: why ONNX Runtime could not open the graph, or None (not tried when not intact).
+        load_error: why the runtime (ONNX Runtime or OpenVINO) could not open the graph, or None (not tried when not intact).
         missing_flags: CPU flags (and ``arch:<name>``) the target needs and this host lacks.
     """
 
@@ -238,7 +246,7 @@ class Inspection:
 
     @property
     def loads(self) -> bool:
-        """The files are intact and ONNX Runtime opened the graph."""
+        """The files are intact and the runtime opened the graph."""
         return self.intact and self.load_error is None
 
     def to_dict(self) -> dict:
@@ -252,7 +260,7 @@ class Inspection:
 def inspect(path: str | Path, *, expect_manifest_sha256: str | None = None) -> Inspection:
     """Check a bundle as ``multiverse inspect`` does: the manifest (schema, digests, the pinned
     ``expect_manifest_sha256``), the sha256 of every file and no unlisted file, then (files intact)
-    whether ONNX Runtime opens the graph, and which of the target's CPU flags this host lacks.
+    whether the runtime (ONNX Runtime, or OpenVINO for an IR) opens the graph, and which of the target's CPU flags this host lacks.
 
     File problems and a graph that does not load are reported in the returned :class:`Inspection`,
     not raised. Raises BundleError when the manifest itself fails its checks or the graph is unreadable.

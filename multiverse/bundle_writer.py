@@ -19,8 +19,9 @@ from typing import Any
 
 from . import container
 from .errors import BundleError, UsageError
-from .graphfiles import GraphFormatError, check_external_data, external_tensors, unsafe_location
-from .manifest import MANIFEST, MODEL_FILE, SCHEMA_VERSION, check, files_table, relative_path, seal
+from .graphfiles import (IR_WEIGHTS_SUFFIX, GraphFormatError, check_external_data, external_tensors, is_openvino_ir,
+                         unsafe_location)
+from .manifest import IR_MODEL_FILE, MANIFEST, MODEL_FILE, SCHEMA_VERSION, check, files_table, relative_path, seal
 
 # HF / sentence-transformers files a bundle carries besides the graph (never weights or pickles).
 _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -91,7 +92,8 @@ def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, m
     Args:
         dest: the bundle folder to create.
         model: the ``.onnx`` graph to ship; every external-data file it names (read from the graph,
-            :func:`graph_files`) is copied beside it under the same relative name.
+            :func:`graph_files`) is copied beside it under the same relative name. An OpenVINO IR (``.xml``)
+            ships as ``model.xml`` + ``model.bin``.
         model_dir: folder with the HF tokenizer/config files (see :func:`copy_model_files`).
         manifest: everything but ``schema_version``, ``model_file``, ``files`` and ``content_sha256``,
             which are added here. ``runtime.requirements`` (``{name: version}``), when present, is
@@ -116,7 +118,8 @@ def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, m
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         model = Path(model)
-        shutil.copy2(model, tmp / MODEL_FILE)
+        model_file = IR_MODEL_FILE if is_openvino_ir(model) else MODEL_FILE
+        shutil.copy2(model, tmp / model_file)
         copy_model_files(Path(model_dir), tmp)
         for rel, src in (extra_files or {}).items():
             relative_path(rel)
@@ -125,15 +128,18 @@ def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, m
         for rel, text in texts.items():
             (tmp / rel).write_text(text, encoding="utf-8")
         for loc in graph_files(model):
+            if is_openvino_ir(model):  # the IR's weights follow its name: model.xml reads model.bin
+                shutil.copy2(model.parent / loc, tmp / Path(model_file).with_suffix(IR_WEIGHTS_SUFFIX))
+                continue
             if (tmp / loc).exists():
                 raise BundleError(f"The graph {model} names external data {loc!r}, which collides with a bundle file; "
                                   "re-save the graph with another location.")
             (tmp / loc).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(model.parent / loc, tmp / loc)
-        problems = check_external_data(tmp / MODEL_FILE, tmp)
+        problems = check_external_data(tmp / model_file, tmp)
         if problems:
             raise BundleError(f"The graph {model} would not load from the bundle: {'; '.join(problems[:3])}.")
-        full = {"schema_version": SCHEMA_VERSION, **manifest, "model_file": MODEL_FILE, "files": files_table(tmp)}
+        full = {"schema_version": SCHEMA_VERSION, **manifest, "model_file": model_file, "files": files_table(tmp)}
         full = seal(json.loads(json.dumps(full)))  # sealed as it reads back (tuples → lists, int keys → str)
         check(full, dest / MANIFEST)
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n", encoding="utf-8")

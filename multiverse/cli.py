@@ -165,7 +165,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
             loads = f"NO: {load_error}"
         else:
             sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in found.external_data)
-            loads = "yes (ONNX Runtime session opened" + (f"; external data: {sizes})" if found.external_data else ")")
+            loads = f"yes ({found.bundle.runtime_name} opened it" + (f"; external data: {sizes})" if found.external_data else ")")
         rows = [
             ("task", manifest["task"]),
             ("source", f"{manifest['source'].get('repo_id') or manifest['source'].get('local_path')} "

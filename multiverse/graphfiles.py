@@ -122,12 +122,49 @@ def _tensor(buf, start: int, end: int) -> ExternalTensor | None:
     return ExternalTensor(name, entries.get("location", ""), offset, length)
 
 
+#: OpenVINO IR: ``<stem>.xml`` (the graph) reads its constants from ``<stem>.bin`` beside it (``ov::Core::read_model``).
+IR_SUFFIX, IR_WEIGHTS_SUFFIX = ".xml", ".bin"
+
+
+def is_openvino_ir(model_path: str | os.PathLike) -> bool:
+    """True for an OpenVINO IR graph (``.xml``), False for an ONNX graph."""
+    return Path(model_path).suffix == IR_SUFFIX
+
+
+def _ir_tensors(model_path: Path) -> list[ExternalTensor]:
+    """The constants of an OpenVINO IR: each ``<layer type="Const"><data offset=".." size=".."/>`` reads bytes of
+    ``<stem>.bin`` (OpenVINO IR v11 format). Parsed with the standard library's expat, which refuses entity
+    expansion attacks (expat ≥ 2.4.1). Raises GraphFormatError for malformed XML or attributes."""
+    import xml.etree.ElementTree as ET
+
+    location = model_path.with_suffix(IR_WEIGHTS_SUFFIX).name
+    try:
+        root = ET.parse(model_path).getroot()
+    except ET.ParseError as exc:
+        raise GraphFormatError(f"not well-formed OpenVINO IR XML ({exc})") from None
+    if root.tag != "net":
+        raise GraphFormatError(f"the root element is <{root.tag}>, not an OpenVINO IR <net>")
+    found = []
+    for layer in root.iter("layer"):
+        data = layer.find("data")
+        if layer.get("type") != "Const" or data is None or data.get("offset") is None:
+            continue
+        try:
+            found.append(ExternalTensor(layer.get("name", ""), location, int(data.get("offset")), int(data.get("size"))))
+        except (TypeError, ValueError):
+            raise GraphFormatError(f"constant {layer.get('name')!r} has a non-integer offset or size") from None
+    return found
+
+
 def external_tensors(model_path: str | os.PathLike) -> list[ExternalTensor]:
     """Every tensor of the graph (initializers, node attributes, sparse tensors, subgraphs and functions
-    included) whose data lives in another file, in file order.
+    included) whose data lives in another file, in file order. For an OpenVINO IR (``.xml``): its constants,
+    all in ``<stem>.bin``.
 
-    Raises GraphFormatError when the file is not a well-formed ONNX protobuf, OSError when unreadable.
+    Raises GraphFormatError when the file is not a well-formed ONNX protobuf (or IR XML), OSError when unreadable.
     """
+    if is_openvino_ir(model_path):
+        return _ir_tensors(Path(model_path))
     with open(model_path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             raise GraphFormatError("empty file")
@@ -190,7 +227,8 @@ def check_external_data(model_path: str | os.PathLike, root: str | os.PathLike |
     try:
         tensors = external_tensors(model_path)
     except (GraphFormatError, OSError) as exc:
-        return [f"{model_path.name} is not a readable ONNX graph ({exc})"]
+        kind = "OpenVINO IR" if is_openvino_ir(model_path) else "ONNX"
+        return [f"{model_path.name} is not a readable {kind} graph ({exc})"]
     problems: list[str] = []
     sizes: dict[str, int | None] = {}
     for t in tensors:

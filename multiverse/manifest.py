@@ -33,6 +33,7 @@ from .tasks import TASKS
 SCHEMA_VERSION = 2  # 2: content_sha256, every file listed (none unlisted), external data read from the graph
 MANIFEST = "multiverse.json"
 MODEL_FILE = "model.onnx"
+IR_MODEL_FILE = "model.xml"  # an OpenVINO IR bundle (runtime openvino): model.xml + model.bin
 DIGEST_KEY = "content_sha256"
 REQUIRED_FILES = ("config.json", "tokenizer.json")  # read by every Predictor (tasks/base.py, inference.py)
 

@@ -178,9 +178,17 @@ def make_session(
             per int8 GEMM where VNNI exists, so it is not set there.
         enable_profiling: write an ORT profile JSON (for the benchmark's one-cell profile).
 
+    An OpenVINO IR (``.xml``) opens as :class:`multiverse.ovsession.OpenVinoSession` (same calls; OpenVINO
+    compile properties from ``openvino.``-prefixed ``session_config`` entries; ``enable_profiling`` ignored).
+
     Raises:
         onnxruntime exceptions propagate; callers wrap them in their stage's error.
+        MissingExtraError: an IR without the ``openvino`` package.
     """
+    if not isinstance(model_path, bytes) and str(model_path).endswith(".xml"):
+        from .ovsession import OpenVinoSession
+
+        return OpenVinoSession(model_path, int(threads or physical_cores()), session_config)
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or physical_cores())
     so.inter_op_num_threads = 1

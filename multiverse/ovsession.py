@@ -1,0 +1,115 @@
+"""OpenVINO's CPU plugin behind the part of ``onnxruntime.InferenceSession``'s API that Multiverse calls.
+
+A bundle may ship an OpenVINO IR (``model.xml`` + ``model.bin``, NNCF static int8) instead of an ONNX graph.
+:func:`multiverse.runtime.make_session` opens it with :class:`OpenVinoSession`, so the Predictor, the server's
+engine, validation and the benchmark run it through the same code as an ONNX Runtime session: ``get_inputs()``,
+``get_outputs()`` (objects with ``.name``) and ``run(output_names, feeds) -> [np.ndarray]``.
+
+Compile properties (OpenVINO "CPU device" guide, openvino 2026.4):
+
+* ``INFERENCE_NUM_THREADS`` = the intra-op threads Multiverse would give ONNX Runtime;
+* ``PERFORMANCE_HINT`` = ``LATENCY`` (one stream: a request uses every thread, as ORT's intra-op pool does);
+* ``INFERENCE_PRECISION_HINT`` = ``f32``. The plugin's default is bf16 for every non-int8 layer on CPUs with
+  AVX-512 BF16 or AMX and f32 elsewhere, so the same IR would give different outputs on different hosts, and
+  not the ones the accuracy gate validated. Measured on all-MiniLM-L6-v2 NNCF int8 (SmoothQuant 0.5), cosine
+  to PyTorch on the built-in texts: min 0.9614 f32 vs 0.9512 bf16. The hint is fixed here and recorded.
+
+``session_config`` entries named ``openvino.<PROPERTY>`` override these; other (ONNX Runtime) entries are
+ignored. Needs the ``openvino`` distribution (the ``openvino`` extra); imported only when an IR is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+#: ``session_config`` keys with this prefix are OpenVINO compile properties.
+PROPERTY_PREFIX = "openvino."
+DEFAULT_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+@dataclass(frozen=True)
+class Port:
+    """An input or output of the compiled model, as ``onnxruntime.NodeArg`` shows it (name only)."""
+
+    name: str
+
+
+def openvino_version() -> str | None:
+    """The installed ``openvino`` version (e.g. ``2026.4.1``), or None when it is not installed. Imports nothing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino")
+    except PackageNotFoundError:
+        return None
+
+
+def compile_properties(threads: int, session_config: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The OpenVINO CPU compile properties for ``threads`` intra-op threads and a bundle's ``session_config``
+    (``openvino.``-prefixed entries override :data:`DEFAULT_PROPERTIES`; others are ONNX Runtime's, ignored)."""
+    props = {"INFERENCE_NUM_THREADS": str(int(threads)), **DEFAULT_PROPERTIES}
+    for key, value in (session_config or {}).items():
+        if str(key).startswith(PROPERTY_PREFIX):
+            props[str(key)[len(PROPERTY_PREFIX):]] = str(value)
+    return props
+
+
+class OpenVinoSession:
+    """An OpenVINO IR compiled for the CPU, called like an ``onnxruntime.InferenceSession``.
+
+    Args:
+        model_path: the IR's ``.xml`` (its ``.bin`` beside it).
+        threads: ``INFERENCE_NUM_THREADS``.
+        session_config: see :func:`compile_properties`.
+    ``run`` may be called from several threads: each thread gets its own ``InferRequest`` (a request is not
+    thread-safe; the compiled model is). Outputs are copied out of the request's buffers, which the next
+    inference on that request overwrites.
+
+    Raises MissingExtraError when ``openvino`` is not installed; OpenVINO's own exceptions when the IR does not
+    compile (callers wrap them in their stage's error).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, threads: int, session_config: Mapping[str, str] | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            from .errors import MissingExtraError
+
+            raise MissingExtraError(f"{model_path} is an OpenVINO IR and the openvino package is not installed: "
+                                    'pip install "multiverse[openvino]" (or the versions in the bundle\'s '
+                                    "requirements.txt).") from exc
+        self.properties = compile_properties(threads, session_config)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", dict(self.properties))
+        self._inputs = [Port(p.get_any_name()) for p in self.compiled.inputs]
+        self._outputs = [Port(p.get_any_name()) for p in self.compiled.outputs]
+        self._local = threading.local()
+
+    def get_inputs(self) -> list[Port]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[Port]:
+        return list(self._outputs)
+
+    def _request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """One synchronous inference. ``feeds``: int64 arrays [batch, seq] by input name; returns the named
+        outputs (all when None) as new float32 arrays, e.g. [batch, seq, hidden] or [batch, num_labels]."""
+        request = self._request()
+        request.infer({k: v for k, v in feeds.items() if any(p.name == k for p in self._inputs)})
+        names = [p.name for p in self._outputs] if output_names is None else list(output_names)
+        return [np.array(request.get_tensor(name).data, copy=True) for name in names]
+
+    def get_session_options(self):
+        """ONNX Runtime's options do not apply; callers that inspect them (tests, profiling) get None."""
+        return None

@@ -1,0 +1,90 @@
+"""OpenVINO IR bundles: written, verified, inspected and run through the same Predictor as ONNX Runtime graphs.
+
+The IR here is ``openvino.convert_model`` of the exported fp32 ONNX graph (what the tuner's OpenVINO candidates
+start from), so its outputs must equal ONNX Runtime's on the same graph to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from multiverse import bundle  # noqa: E402
+from multiverse.cli import app  # noqa: E402
+from multiverse.inference import Predictor  # noqa: E402
+
+TEXTS = ["Thanks!", "OpenVINO runs the same graph as ONNX Runtime here.", "short", "a b c d e f g h i j k l m n o p"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoints, tmp_path_factory):
+    """task → (exported fp32 OnnxModel, OpenVINO fp32 IR path) for every task's tiny checkpoint."""
+    import openvino as ov
+
+    from multiverse import hub
+    from multiverse.export import export
+
+    out = tmp_path_factory.mktemp("ov")
+    built = {}
+    for task, path in tiny_checkpoints.items():
+        fp32 = export(hub.resolve(str(path)), out / task / "fp32", check=False)
+        ir = out / task / "ir" / "openvino_model.xml"
+        ir.parent.mkdir(parents=True)
+        ov.save_model(ov.convert_model(str(fp32.path)), str(ir), compress_to_fp16=False)
+        built[task] = (fp32, ir)
+    return built
+
+
+def _manifest(task: str) -> dict:
+    return {"task": task, "source": {"local_path": "/nowhere"}, "precision": "fp32",
+            "target": {"name": "native", "arch": None, "required_flags": [], "session": {}}}
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification", "token-classification", "ranking"])
+def test_ir_bundle_equals_onnx_runtime(exported, task, tmp_path):
+    fp32, ir = exported[task]
+    b = bundle.write(tmp_path / "b", model=ir, model_dir=fp32.model_dir, manifest=_manifest(task), readme="r",
+                     dockerfile="d")
+    assert b.spec.model_file == "model.xml" and (b.path / "model.bin").is_file()
+    assert b.external_data() == ["model.bin"] and "model.bin" in b.manifest["files"]
+    items = [(t, t[::-1]) for t in TEXTS] if task == "ranking" else TEXTS
+    ort = Predictor(fp32.path, fp32.model_dir, task)
+    ovp = Predictor.from_bundle(b)
+    assert type(ovp.session).__name__ == "OpenVinoSession" and not ovp.per_row
+    enc = ort.encode(items)
+    np.testing.assert_allclose(ovp.run_batched(enc), ort.run_batched(enc), atol=2e-5)
+    # a row's output does not depend on its neighbours (static graph, rows run together)
+    together = ovp.run_batched(enc)
+    for i, x in enumerate(items):
+        alone = ovp.run_batched(ovp.encode([x]))[0]  # per token: [own length, ...]; else [labels]
+        np.testing.assert_allclose(together[i][: alone.shape[0]], alone, atol=1e-5)
+
+def test_inspect_proves_an_ir_loads_and_refuses_a_truncated_bin(exported, tmp_path):
+    fp32, ir = exported["feature-extraction"]
+    b = bundle.write(tmp_path / "b", model=ir, model_dir=fp32.model_dir, manifest=_manifest("feature-extraction"),
+                     readme="r", dockerfile="d")
+    result = CliRunner().invoke(app, ["inspect", str(b.path), "--json"])
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 0 and doc["intact"] and doc["loads"] and doc["external_data"] == ["model.bin"]
+    copy = tmp_path / "copy"
+    shutil.copytree(b.path, copy)
+    data = (copy / "model.bin").read_bytes()
+    (copy / "model.bin").write_bytes(data[: len(data) // 2])
+    problems = bundle.verify_files(copy)
+    assert any("sha256 mismatch: model.bin" in p for p in problems)
+    assert any("needs bytes" in p and "model.bin" in p for p in problems), problems
+
+
+def test_compile_properties_default_to_f32_and_take_overrides():
+    from multiverse.ovsession import compile_properties
+
+    props = compile_properties(2, {"session.intra_op.allow_spinning": "0"})
+    assert props == {"INFERENCE_NUM_THREADS": "2", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    assert compile_properties(1, {"openvino.INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
