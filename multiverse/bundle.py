@@ -249,6 +249,43 @@ class Inspection:
         """The files are intact and the runtime opened the graph."""
         return self.intact and self.load_error is None
 
+    def rows(self, pinned: bool = False) -> list[tuple[str, str]]:
+        """``multiverse inspect``'s table: (field, text) rows summarising the manifest, the shipped candidate, the
+        digest (``pinned``: it matched ``--expect-sha256``), the files, whether it loads and whether this host can
+        run it."""
+        b, m = self.bundle, self.bundle.manifest
+        v, q = m.get("validation") or {}, m.get("quantization") or {}
+        fam = (m.get("fusion") or {}).get("families") or {}
+        shipped = ((m.get("tuning") or {}).get("trials") or [{}])[(m.get("tuning") or {}).get("chosen") or 0]
+        if self.problems:
+            loads = "not tried (files are not intact)"
+        elif self.load_error:
+            loads = f"NO: {self.load_error}"
+        else:
+            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in self.external_data)
+            loads = f"yes ({b.runtime_name} opened it" + (f"; external data: {sizes})" if self.external_data else ")")
+        kept = len(q.get("nodes_to_exclude") or q.get("ignored_nodes") or ())
+        engine = (m.get("runtime") or {}).get("engine") or {}
+        return [
+            ("task", m["task"]),
+            ("source", f"{m['source'].get('repo_id') or m['source'].get('local_path')} "
+                       f"@ {m['source'].get('revision') or 'local'}"),
+            ("target", f"{m['target']['name']} (needs {', '.join(m['target']['required_flags']) or '-'})"),
+            ("runtime", f"{b.runtime_name}" + (f" {engine.get('version')}" if engine.get("version") else "")),
+            ("precision", f"{m.get('precision')}" + (f": {shipped.get('label')}, {kept} node(s) kept in fp32"
+                                                     if q and shipped.get("label") else "")),
+            ("fused ops", ", ".join(f"{k} {n}" for k, n in fam.items()) or "-"),
+            ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
+                           f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
+                           f"{'passed' if v.get('passed') else 'FAILED'}"),
+            ("manifest sha256", f"{b.manifest_sha256}" + (" (matches --expect-sha256)" if pinned else
+                                                         " (pin it: serve --manifest-sha256 / inspect --expect-sha256)")),
+            ("files", f"intact (sha256 of {len(m['files'])} files verified, none unlisted)" if not self.problems
+             else "CORRUPTED: " + "; ".join(self.problems)),
+            ("loads", loads),
+            ("this host", "can run it" if not self.missing_flags else f"lacks {', '.join(self.missing_flags)}"),
+        ]
+
     def to_dict(self) -> dict:
         """The ``multiverse inspect --json`` document."""
         return {"bundle": str(self.bundle.path), "manifest_sha256": self.bundle.manifest_sha256, "intact": self.intact,

@@ -55,31 +55,40 @@ class Trial:
         return d
 
 
-def fallback_plan(trials: Sequence[Trial], precision: str = "auto") -> tuple[str, int] | None:
+def trial_runtime(config: dict | None) -> str:
+    """The runtime a trial's graph runs on, from its recorded quantization config: ``openvino`` for NNCF
+    candidates, else ``onnxruntime`` (fp32 is the ORT-fused graph)."""
+    return (config or {}).get("runtime", "onnxruntime")
+
+
+def fallback_plan(trials: Sequence[Trial], precision: str = "auto", runtime: str = "auto") -> tuple[str, int] | None:
     """Whether phase 2 (per-node fp32 fallback) should run after phase 1's ``trials``: ``(why, base)`` with
     ``base`` the index of the trial whose configuration the fallbacks extend, or None.
 
     It runs when no int8 candidate passed (base: the lowest gate loss), or when the candidate
     :func:`choose` would ship is int8 and passed narrowly, with gate loss above ``SAFETY_MARGIN`` × the
     tolerance it was validated at (base: that candidate; see the constant for the measurement behind it).
+    The fallback keeps ONNX Runtime nodes in fp32, so its base is always an ONNX Runtime trial.
     """
-    int8 = [i for i, t in enumerate(trials) if t.config is not None and t.validation is not None]
+    int8 = [i for i, t in enumerate(trials) if t.config is not None and t.validation is not None
+            and trial_runtime(t.config) == "onnxruntime"]
     if not int8:
         return None
     if not any(trials[i].passed for i in int8):
         return "no int8 candidate passed", min(int8, key=lambda i: trials[i].validation.gate_loss)
-    chosen, _ = choose(trials, precision)
-    if chosen is not None and trials[chosen].config is not None and not _robust(trials[chosen]):
+    chosen, _ = choose(trials, precision, runtime)
+    if chosen is not None and chosen in int8 and not _robust(trials[chosen]):
         return (f"{trials[chosen].label} passed narrowly (gate loss {trials[chosen].validation.gate_loss:.2g} > "
                 f"{SAFETY_MARGIN:g} × tolerance)"), chosen
     return None
 
 
-def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None, str]:
+def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "auto") -> tuple[int | None, str]:
     """Index of the trial to ship (fp32 is trial 0) and the reason, or (None, reason) when none passes.
 
     ``precision``: ``auto`` = the fastest passing trial; ``int8`` = the fastest passing int8 trial
     (for building on a host whose timings say nothing about the target CPU); ``fp32`` = trial 0.
+    ``runtime``: ``auto`` = any; ``onnxruntime`` / ``openvino`` = only trials on that runtime (:func:`trial_runtime`).
     "Fastest" is by :func:`cost_ms` and allows for timing noise: passing trials within ``LATENCY_TIE`` (5 %) of
     the fastest one count as equally fast, and the most faithful of them ships (lowest
     ``ValidationReport.divergence`` from the PyTorch model, then gate loss, then cost); a trial at
@@ -88,7 +97,8 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
     a candidate that passed a finite eval set by one example, or gained a lucky 6 % of F1 on 200
     tweets, would beat a clearly more faithful one over a timing difference the next run reverses.
     """
-    passing = [i for i, t in enumerate(trials) if t.passed and t.p50_ms is not None]
+    passing = [i for i, t in enumerate(trials) if t.passed and t.p50_ms is not None
+               and runtime in ("auto", trial_runtime(t.config))]
     if precision == "fp32":
         passing = [i for i in passing if trials[i].config is None]
     elif precision == "int8":
@@ -96,7 +106,8 @@ def choose(trials: Sequence[Trial], precision: str = "auto") -> tuple[int | None
         if passing:
             return _most_accurate_of_fastest(trials, passing), "int8 requested: fastest passing int8 candidate"
     if not passing:
-        return None, "no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
+        return None, ("no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
+                      + ("" if runtime == "auto" else f" on {runtime}"))
     best = _most_accurate_of_fastest(trials, passing)
     if trials[best].config is None:
         if any(trials[i].config is not None for i in passing):

@@ -106,6 +106,8 @@ def optimize(
     no_quantize: bool = typer.Option(False, "--no-quantize", hidden=True, help="Deprecated alias of --precision fp32."),
     precision: str = typer.Option("auto", help="auto: fastest passing candidate timed here; int8: fastest passing "
                                   "int8; fp32: fused fp32 only."),
+    runtime: str = typer.Option("auto", help="auto: ONNX Runtime and, when installed, OpenVINO + NNCF candidates; "
+                                "onnxruntime | openvino: ship only that runtime."),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Int8 trial budget (default 12; the fp32 baseline and sensitivity runs are not counted)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for validation/latency (default: physical cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
@@ -124,7 +126,8 @@ def optimize(
             b = run(model, target, task=task, revision=revision, out=out, eval_data=eval_data, eval_split=eval_split,
                     eval_limit=eval_limit, tolerance=tolerance, overwrite=overwrite, keep_failed=keep_failed,
                     precision="fp32" if no_quantize else precision, max_trials=max_trials, threads=threads,
-                    progress=_progress(), eval_columns=_columns(text_column, text_pair_column, label_column))
+                    progress=_progress(), eval_columns=_columns(text_column, text_pair_column, label_column),
+                    runtime=runtime)
     except MultiverseError as exc:
         _fail(exc, as_json)
     except Interrupted as exc:
@@ -148,42 +151,14 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder."),
         found = check(bundle, expect_manifest_sha256=expect_sha256)
     except MultiverseError as exc:
         _fail(exc, as_json)
-    b, problems, load_error, missing = found.bundle, found.problems, found.load_error, found.missing_flags
-    manifest = b.manifest
-    v = manifest.get("validation") or {}
+    problems, load_error = found.problems, found.load_error
     if as_json:
         print(json.dumps(found.to_dict(), indent=2))
     else:
         t = Table(show_header=False, box=None)
         t.add_column(no_wrap=True)
         t.add_column(overflow="fold")  # a digest is folded, never cut with "…"
-        fam = (manifest.get("fusion") or {}).get("families") or {}
-        q = manifest.get("quantization") or {}
-        if problems:
-            loads = "not tried (files are not intact)"
-        elif load_error:
-            loads = f"NO: {load_error}"
-        else:
-            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in found.external_data)
-            loads = f"yes ({found.bundle.runtime_name} opened it" + (f"; external data: {sizes})" if found.external_data else ")")
-        rows = [
-            ("task", manifest["task"]),
-            ("source", f"{manifest['source'].get('repo_id') or manifest['source'].get('local_path')} "
-                       f"@ {manifest['source'].get('revision') or 'local'}"),
-            ("target", f"{manifest['target']['name']} (needs {', '.join(manifest['target']['required_flags']) or '-'})"),
-            ("precision", f"{manifest.get('precision')} " + (f"({q.get('weight_type')} weights, "
-                          f"{'per-channel' if q.get('per_channel') else 'per-tensor'}, reduce_range={q.get('reduce_range')})" if q else "")),
-            ("fused ops", ", ".join(f"{k} {n}" for k, n in fam.items())),
-            ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
-                           f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
-                           f"{'passed' if v.get('passed') else 'FAILED'}"),
-            ("manifest sha256", f"{b.manifest_sha256}" + (" (matches --expect-sha256)" if expect_sha256 else
-                                                         " (pin it: serve --manifest-sha256 / inspect --expect-sha256)")),
-            ("files", f"intact (sha256 of {len(manifest['files'])} files verified, none unlisted)" if not problems
-             else "CORRUPTED: " + "; ".join(problems)),
-            ("loads", loads),
-            ("this host", "can run it" if not missing else f"lacks {', '.join(missing)}"),
-        ]
+        rows = found.rows(pinned=bool(expect_sha256))
         for k, val in rows:
             t.add_row(f"[bold]{k}[/bold]", str(val))
         _out().print(t)

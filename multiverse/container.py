@@ -37,10 +37,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_pins(dist: str = "multiverse") -> dict[str, str]:
-    """Exact installed versions of everything the runtime install of ``dist`` pulls in.
+def runtime_pins(dist: str = "multiverse", extras: tuple[str, ...] = ()) -> dict[str, str]:
+    """Exact installed versions of everything the runtime install of ``dist`` (with ``extras``, e.g.
+    ``("openvino",)`` for an OpenVINO IR bundle) pulls in.
 
-    Walks the base ``Requires-Dist`` of ``dist`` (no extras; markers evaluated for this
+    Walks the ``Requires-Dist`` of ``dist`` (base, plus ``extras``; markers evaluated for this
     interpreter and platform) and of each dependency in turn, and reads each one's installed
     version: the environment that just validated the bundle. ``dist`` itself is not pinned
     (the image installs its wheel).
@@ -54,7 +55,7 @@ def runtime_pins(dist: str = "multiverse") -> dict[str, str]:
     from packaging.requirements import Requirement
 
     pins: dict[str, str] = {}
-    queue: deque[tuple[str, frozenset[str]]] = deque([(dist, frozenset())])
+    queue: deque[tuple[str, frozenset[str]]] = deque([(dist, frozenset(extras))])
     seen: set[tuple[str, frozenset[str]]] = set()
     while queue:
         name, extras = queue.popleft()

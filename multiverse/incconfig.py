@@ -1,43 +1,47 @@
-"""Intel Neural Compressor's view of one ONNX Runtime dynamic-int8 candidate (a ``BaseConfig`` subclass), so that
-INC's tuning loop (``neural_compressor.common.base_tuning``) can iterate Multiverse's candidates."""
+"""Intel Neural Compressor's view of Multiverse's candidates, so that INC's tuning loop
+(``neural_compressor.common.base_tuning``) can iterate them: one ``BaseConfig`` subclass per kind of candidate
+(ONNX Runtime dynamic int8 :class:`multiverse.targets.QuantConfig`; OpenVINO + NNCF static int8
+``multiverse.ovquant.OvInt8Config``), whose parameters are the pydantic model's fields."""
 
 from __future__ import annotations
 
-from .targets import QuantConfig
+import functools
+import inspect
+
+from pydantic import BaseModel
 
 
-def inc_config_class():
-    """INC ``BaseConfig`` subclass for ORT dynamic int8 (built lazily: INC is only needed when tuning)."""
+@functools.lru_cache(maxsize=None)
+def _inc_class(model_cls: type[BaseModel], name: str):
+    """An INC ``BaseConfig`` subclass named ``name`` whose parameters are ``model_cls``'s fields (built lazily: INC
+    is only needed when tuning). INC reads a parameter's default from ``__init__``'s signature, so it is set."""
     from neural_compressor.common.base_config import DEFAULT_WHITE_LIST, BaseConfig
 
-    class OrtDynamicInt8Config(BaseConfig):
-        """One ONNX Runtime dynamic-int8 candidate, as INC's tuning loop sees it."""
+    fields = dict(model_cls.model_fields)
 
-        name = "ort_dynamic_int8"
-        params_list = ["weight_type", "per_channel", "reduce_range", "op_types", "nodes_to_exclude", "smooth_alpha"]
+    def __init__(self, white_list=DEFAULT_WHITE_LIST, **params):
+        BaseConfig.__init__(self, white_list=white_list)
+        for key, info in fields.items():
+            setattr(self, key, params.get(key, info.default))
+        self._post_init()
 
-        def __init__(self, weight_type="int8", per_channel=True, reduce_range=False, op_types=(), nodes_to_exclude=(),
-                     smooth_alpha=None, white_list=DEFAULT_WHITE_LIST):
-            super().__init__(white_list=white_list)
-            self.weight_type, self.per_channel, self.reduce_range = weight_type, per_channel, reduce_range
-            self.op_types, self.nodes_to_exclude, self.smooth_alpha = tuple(op_types), tuple(nodes_to_exclude), smooth_alpha
-            self._post_init()
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=f.default) for k, f in fields.items()]
+        + [inspect.Parameter("white_list", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_WHITE_LIST)])
 
-        @classmethod
-        def register_supported_configs(cls):
-            return None
+    def to_config(self) -> BaseModel:
+        return model_cls(**{k: getattr(self, k) for k in fields})
 
-        @classmethod
-        def get_config_set_for_tuning(cls):
-            return cls()
+    return type(f"Inc{model_cls.__name__}", (BaseConfig,), {
+        "name": name, "params_list": list(fields), "__init__": __init__, "to_config": to_config,
+        "register_supported_configs": classmethod(lambda cls: None),
+        "get_config_set_for_tuning": classmethod(lambda cls: cls()),
+        "__doc__": f"One {model_cls.__name__} candidate, as INC's tuning loop sees it."})
 
-        @classmethod
-        def from_quant_config(cls, q: QuantConfig):
-            return cls(q.weight_type, q.per_channel, q.reduce_range, q.op_types, q.nodes_to_exclude, q.smooth_alpha)
 
-        def to_quant_config(self) -> QuantConfig:
-            return QuantConfig(weight_type=self.weight_type, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                               op_types=self.op_types, nodes_to_exclude=self.nodes_to_exclude,
-                               smooth_alpha=self.smooth_alpha)
-
-    return OrtDynamicInt8Config
+def to_inc(config: BaseModel):
+    """The INC ``BaseConfig`` of a candidate config (``QuantConfig`` or ``OvInt8Config``); ``.to_config()`` returns
+    an equal pydantic config."""
+    name = "ort_dynamic_int8" if type(config).__name__ == "QuantConfig" else "openvino_static_int8"
+    return _inc_class(type(config), name)(**config.model_dump())

@@ -16,6 +16,8 @@ from .export import export
 from .fuse import expected_fusions, fuse, summarize
 from .progress import Progress
 from .targets import get_target, missing_flags
+from .choice import trial_runtime
+from .ovtuning import runtimes
 from .tuning import TuningReport, tune
 from .validate import ValidationReport, resolution_note
 
@@ -46,7 +48,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
              eval_split: str = "validation", eval_limit: int | None = None, tolerance: float = 0.01, overwrite: bool = False, keep_failed: bool = False,
              precision: str = "auto", max_trials: int | None = None,
              threads: int | None = None, progress: Progress | None = None,
-             eval_columns: evaldata.Columns | None = None) -> bundle.Bundle:
+             eval_columns: evaldata.Columns | None = None, runtime: str = "auto") -> bundle.Bundle:
     """Checkpoint → fused, int8 (when it pays), validated bundle.
 
     Args:
@@ -66,6 +68,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             its timings say nothing about the target); ``fp32`` the fused fp32 graph.
         max_trials: tuning trial budget (default: the tuner's).
         threads: intra-op threads for validation and latency measurement (default: physical cores).
+        runtime: ``auto`` tries ONNX Runtime and (when installed) OpenVINO + NNCF candidates and ships the fastest
+            that passes; ``onnxruntime`` or ``openvino`` ships only that runtime (``ovtuning.runtimes``).
 
     Returns the written :class:`bundle.Bundle`.
 
@@ -79,6 +83,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     _check_tolerance(tolerance)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
+    runtimes(runtime, precision)  # an unknown runtime or a missing extra fails here, before any work
     tgt = get_target(target)
     lacking = missing_flags(tgt)
     if lacking:
@@ -110,7 +115,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             progress.warn(f"partial fusion: {w}")
         with progress.stage("tune", f"Quantizing and validating on {data.name} ({len(data)} examples)") as s:
             chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", precision=precision,
-                                  max_trials=max_trials, threads=threads, progress=progress)
+                                  max_trials=max_trials, threads=threads, progress=progress, exported=fp32,
+                                  runtime=runtime)
             s["summary"] = report.summary()
             validation = report.chosen_validation
             passed = validation is not None and validation.passed
@@ -120,7 +126,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             raise AccuracyGateError(_gate_message(report, tolerance), report)
         with progress.stage("bundle", "Writing the bundle") as s:
             # the runtime that just validated it (onnxruntime above all), written as requirements.txt
-            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])), "requirements": image.runtime_pins()}
+            engine = trial_runtime(chosen.quantization)
+            pins = image.runtime_pins(extras=("openvino",) if engine == "openvino" else ())
+            manifest["runtime"] = {"python": ".".join(map(str, sys.version_info[:2])),
+                                   "engine": {"name": engine, "version": pins.get(engine)}, "requirements": pins}
             written = bundle.write(dest, model=chosen.path, model_dir=chosen.model_dir, manifest=manifest,
                                    overwrite=overwrite)  # with README.md, Dockerfile and requirements.txt
             s["summary"] = f"{dest} (manifest sha256 {written.manifest_sha256})"

@@ -52,7 +52,7 @@ from .evaldata import EvalSet, subset
 from .export import OnnxModel
 from .graphnodes import graph_bytes, single_node_graphs
 from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (re-exported)
-from .incconfig import inc_config_class
+from .incconfig import to_inc
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
@@ -133,8 +133,8 @@ class _Tuner:
     """State of one tuning run: the reference outputs, smoothed graphs and the trials so far."""
 
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
-                 threads: int | None, progress: Progress):
-        self.ckpt, self.fused, self.target, self.data = ckpt, fused, target, data
+                 threads: int | None, progress: Progress, exported: OnnxModel | None = None):
+        self.ckpt, self.fused, self.target, self.data, self.exported = ckpt, fused, target, data, exported
         self.validation_data = by_length(data)
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = {**target.session, **NO_SPINNING}
@@ -147,6 +147,7 @@ class _Tuner:
         self._amax = None
         self._smoothed: dict[float, OnnxModel] = {}
         self._built = 0
+        self._calibration: list[dict] | None = None
 
     def _base_graph(self, alpha: float | None) -> OnnxModel:
         if alpha is None:
@@ -160,10 +161,19 @@ class _Tuner:
             self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
         return self._smoothed[alpha]
 
-    def build(self, config: QuantConfig) -> OnnxModel:
+    def build(self, config) -> OnnxModel:
+        """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
+        of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on the eval data)."""
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
-        return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+        if isinstance(config, QuantConfig):
+            return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+        from .ovquant import quantize_ov
+        from .ovtuning import calibration_feeds
+
+        if self._calibration is None:
+            self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
+        return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
     def predictor(self, model: OnnxModel) -> Predictor:
         return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads, session_config=self.session)
@@ -196,10 +206,9 @@ class _Tuner:
 
         if budget <= 0 or not configs:
             return
-        inc_cls = inc_config_class()
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)
         loader, _, monitor = init_tuning(TuningConfig(
-            config_set=[inc_cls.from_quant_config(c) for c in configs],
+            config_set=[to_inc(c) for c in configs],
             tolerable_loss=self.tolerance if target_loss is None else target_loss, max_trials=budget))
         monitor.set_baseline(1.0)
         for index, inc_config in enumerate(loader):
@@ -207,7 +216,7 @@ class _Tuner:
                 self.progress.info(f"keeping the last of {budget} trials for the per-node fp32 fallback "
                                    f"({len(configs) - index} configuration(s) not tried)")
                 break
-            config = inc_config.to_quant_config()
+            config = inc_config.to_config()
             try:
                 model = self.build(config)
             except MultiverseError as exc:
@@ -326,36 +335,55 @@ class _Tuner:
 
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
          quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
-         configs: Sequence[QuantConfig] | None = None, progress: Progress | None = None) -> tuple[OnnxModel, TuningReport]:
+         configs: Sequence[QuantConfig] | None = None, progress: Progress | None = None,
+         exported: OnnxModel | None = None, runtime: str = "auto") -> tuple[OnnxModel, TuningReport]:
     """Validate and time the fp32 graph and the int8 candidates; return the model to ship and the report.
 
     Args:
-        configs: explicit int8 candidates (skips the phases; still one INC loop).
+        configs: explicit ONNX Runtime int8 candidates (skips the phases; still one INC loop).
         precision: ``auto`` (latency-aware), ``int8`` or ``fp32``; see :func:`choose`.
-        max_trials: int8 trial budget (default 12); sensitivity measurements are not counted.
+        max_trials: int8 trial budget (default 12), shared by the phases in order (ONNX Runtime configurations,
+            OpenVINO, fp32 fallback); sensitivity measurements are not counted.
+        exported: the exported (unfused) fp32 graph, which OpenVINO candidates quantize.
+        runtime: ``auto`` (ONNX Runtime and, when openvino/nncf are installed and ``exported`` is given, OpenVINO
+            candidates), ``onnxruntime`` or ``openvino`` (only OpenVINO candidates may ship); see
+            :func:`multiverse.ovtuning.runtimes`.
     Returns ``(model, report)``: the fastest passing candidate; when none passes, ``report.chosen``
     is None and the most accurate candidate's model is returned (the pipeline's gate decides).
+    Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
+    from .ovtuning import openvino_configs, runtimes
+
     progress = progress or Progress()
+    use_ort, use_ov, note = runtimes(runtime, precision)
+    if use_ov and exported is None:
+        use_ov, note = False, "OpenVINO candidates skipped (no exported graph given)"
+    if runtime == "openvino":
+        precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress)
+    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
     tuner.run("fp32 (fused)", fused, None, "baseline")
     budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
     sensitivity: dict = {}
     if quantize and precision != "fp32":
-        head = head_nodes(fused, target.quantization)
-        # All phase-1 candidates run: they cost the same to execute, so which one ships is decided by
-        # accuracy (see choose), not by which passed first on a finite eval set.
-        # Phase 1 leaves the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback
-        # of the best candidate is likelier to pass than one more smoothing strength.
-        tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
-                       keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
+        if note:
+            progress.info(note)
+        if use_ort:
+            head = head_nodes(fused, target.quantization)
+            # All phase-1 candidates run: they cost the same to execute, so which one ships is decided by
+            # accuracy (see choose), not by which passed first on a finite eval set. Phase 1 leaves the budget's
+            # last trial to phase 2 when nothing has passed with margin by then: a fallback of the best candidate
+            # is likelier to pass than one more smoothing strength.
+            tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
+                           keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
+        if use_ov and configs is None:
+            tuner.inc_loop(openvino_configs(), budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)
         tuner.retime()
-        plan = fallback_plan(tuner.trials, precision) if configs is None else None
+        plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
         if plan:
             sensitivity = tuner.fallback_phase(*plan, budget)
-    chosen, reason = choose(tuner.trials, precision)
+    chosen, reason = choose(tuner.trials, precision, runtime)
     if sensitivity.get("skipped"):
         reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
     if chosen is None:
@@ -366,5 +394,3 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     latency = {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
                "compared": "process CPU time per call (cpu_ms), interleaved rounds, ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)
-
-

@@ -1,0 +1,65 @@
+"""OpenVINO + NNCF static int8 as the tuner's second runtime (``optimize --runtime auto|onnxruntime|openvino``).
+
+The candidates are ``multiverse.ovquant.OvInt8Config``: NNCF post-training static int8 of the *exported* fp32
+ONNX graph (OpenVINO does its own fusion; the ORT-fused graph's ``com.microsoft`` ops are not for it), calibrated
+on the eval data. They go through the same INC loop, the same gate (``validate``, run through the same
+``Predictor``: ``runtime.make_session`` opens the IR with OpenVINO) and the same interleaved timing and choice as
+ONNX Runtime's candidates, so an OpenVINO bundle ships only when it passes and is the fastest at equal fidelity.
+"""
+
+from __future__ import annotations
+
+from .errors import MissingExtraError, UsageError
+from .evaldata import EvalSet, subset
+from .extras import missing_distributions
+from .validate import model_inputs
+
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+OPENVINO_DISTRIBUTIONS = ("openvino", "nncf")
+OPENVINO_HINT = 'pip install "multiverse[openvino]"'
+#: Calibration examples for NNCF's statistics (NNCF's own default ``subset_size`` is 300).
+CALIBRATION_ITEMS = 300
+
+
+def runtimes(runtime: str, precision: str) -> tuple[bool, bool, str | None]:
+    """Which runtimes' candidates to try for ``--runtime`` / ``--precision``: ``(onnxruntime, openvino, note)``;
+    ``note`` says why OpenVINO was skipped under ``auto``.
+
+    Raises UsageError for an unknown runtime or ``openvino`` with ``fp32`` (OpenVINO candidates are int8), and
+    MissingExtraError when ``openvino`` is asked for and openvino/nncf are not installed.
+    """
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r}: choose {', '.join(RUNTIMES)}.")
+    missing = missing_distributions(OPENVINO_DISTRIBUTIONS)
+    if runtime == "openvino":
+        if precision == "fp32":
+            raise UsageError("--runtime openvino builds NNCF int8 candidates; for an fp32 bundle use --runtime "
+                             "onnxruntime (or auto) with --precision fp32.")
+        if missing:
+            raise MissingExtraError(f"--runtime openvino needs {', '.join(missing)}: {OPENVINO_HINT}")
+        return False, True, None
+    if runtime == "onnxruntime" or precision == "fp32":
+        return True, False, None
+    if missing:
+        return True, False, (f"OpenVINO candidates skipped ({', '.join(missing)} not installed; {OPENVINO_HINT} "
+                             "to try them)")
+    return True, True, None
+
+
+def trial_runtime(config: dict | None) -> str:
+    """The runtime a trial's graph runs on, from its recorded quantization config (fp32: ONNX Runtime)."""
+    return (config or {}).get("runtime", "onnxruntime")
+
+
+def calibration_feeds(predictor, data: EvalSet, n: int = CALIBRATION_ITEMS) -> list[dict]:
+    """NNCF calibration samples: up to ``n`` evenly spaced examples of ``data`` (ranking: pairs), each tokenized
+    alone as the server runs it (``predictor.encode``: int64 [1, seq] arrays by input name)."""
+    items = model_inputs(subset(data, n)) if not data.groups else model_inputs(data)[:: max(1, len(model_inputs(data)) // n)]
+    return [predictor.encode([x]).arrays for x in items[:n]]
+
+
+def openvino_configs():
+    """The NNCF configurations the tuner tries, in order (see ``multiverse.ovquant``)."""
+    from .ovquant import tuner_configs
+
+    return tuner_configs()
