@@ -9,6 +9,8 @@ ONNX Runtime's candidates, so an OpenVINO bundle ships only when it passes and i
 
 from __future__ import annotations
 
+import re
+
 from .errors import MissingExtraError, UsageError
 from .evaldata import EvalSet, subset
 from .extras import missing_distributions
@@ -16,7 +18,7 @@ from .validate import model_inputs
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 OPENVINO_DISTRIBUTIONS = ("openvino", "nncf")
-OPENVINO_HINT = 'pip install "multiverse[openvino]"'
+OPENVINO_HINT = 'pip install "multiverse[optimize]"'
 #: Calibration examples for NNCF's statistics (NNCF's own default ``subset_size`` is 300).
 CALIBRATION_ITEMS = 300
 
@@ -46,11 +48,6 @@ def runtimes(runtime: str, precision: str) -> tuple[bool, bool, str | None]:
     return True, True, None
 
 
-def trial_runtime(config: dict | None) -> str:
-    """The runtime a trial's graph runs on, from its recorded quantization config (fp32: ONNX Runtime)."""
-    return (config or {}).get("runtime", "onnxruntime")
-
-
 def calibration_feeds(predictor, data: EvalSet, n: int = CALIBRATION_ITEMS) -> list[dict]:
     """NNCF calibration samples: up to ``n`` evenly spaced examples of ``data`` (ranking: pairs), each tokenized
     alone as the server runs it (``predictor.encode``: int64 [1, seq] arrays by input name)."""
@@ -58,8 +55,18 @@ def calibration_feeds(predictor, data: EvalSet, n: int = CALIBRATION_ITEMS) -> l
     return [predictor.encode([x]).arrays for x in items[:n]]
 
 
-def openvino_configs():
-    """The NNCF configurations the tuner tries, in order (see ``multiverse.ovquant``)."""
-    from .ovquant import tuner_configs
+def head_nodes(names: list[str]) -> list[str]:
+    """The task head among an exported graph's quantizable OpenVINO nodes (``ovquant.node_names``): every node
+    outside the encoder's ``layer.N`` / ``layers.N`` modules (Hugging Face module paths survive export as node
+    names: ``/bert/pooler/dense/Gemm/WithoutBiases``, ``/classifier/MatMul``, ``/pre_classifier/...``). They stay
+    fp32, as the ONNX Runtime candidates' heads do: a few hundred MACs per sequence, and the output's error."""
+    return [n for n in names if not re.search(r"/layers?\.\d+/", n)]
 
-    return tuner_configs()
+
+def openvino_configs(exported) -> list:
+    """The NNCF configurations the tuner tries on ``exported`` (the fp32 ``OnnxModel``), in order
+    (``multiverse.ovquant.OvInt8Config``), each with the task head in fp32 (:func:`head_nodes`)."""
+    from .ovquant import OvInt8Config, convert, node_names
+
+    head = tuple(head_nodes(node_names(convert(exported.path))))
+    return [OvInt8Config(ignored_nodes=head), OvInt8Config(smooth_quant_alpha=0.5, ignored_nodes=head)]

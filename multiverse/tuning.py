@@ -378,7 +378,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
             tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
                            keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
         if use_ov and configs is None:
-            tuner.inc_loop(openvino_configs(), budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)
+            tuner.inc_loop(openvino_configs(exported), budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
         if plan:

@@ -97,6 +97,20 @@ def test_choose_fastest_passing_and_fp32_fallbacks():
     assert choose([_trial(None, True, 10), _trial({"q": 1}, True, 12)], precision="int8")[0] == 1
 
 
+def test_choose_and_fallback_respect_the_runtime():
+    """``--runtime openvino`` ships only OpenVINO trials; ``onnxruntime`` never one; the fp32 fallback (phase 2)
+    extends only ONNX Runtime trials, whose nodes it can keep in fp32."""
+    ov = {"runtime": "openvino"}
+    trials = [_trial(None, True, 10), _trial({"q": 1}, True, 6), _trial(ov, True, 4)]
+    assert choose(trials)[0] == 2
+    assert choose(trials, runtime="onnxruntime")[0] == 1
+    assert choose(trials, precision="int8", runtime="openvino")[0] == 2
+    idx, why = choose([_trial(None, True, 10), _trial(ov, False, 4)], precision="int8", runtime="openvino")
+    assert idx is None and "on openvino" in why
+    assert fallback_plan([_trial(None, True, 10), _trial(ov, False, 4)]) is None
+    assert fallback_plan([_trial(None, True, 10), _trial({"q": 1}, False, 6), _trial(ov, False, 4)])[1] == 1
+
+
 def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
     def trial(config, p50, loss, agreement=1.0):
         check = Check("relative loss of accuracy", loss, 0.01, True, loss)
