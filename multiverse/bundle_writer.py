@@ -196,7 +196,8 @@ def readme_text(manifest: dict[str, Any], name: str) -> str:
     extra = _extra_checks(v)
     extra_line = "".join(f"; {c['name']} {_num(c['value'])} (threshold {_num(c['threshold'])}: "
                          f"{'pass' if c['passed'] else 'FAIL'})" for c in extra)
-    ort_version = ((m.get("runtime") or {}).get("requirements") or {}).get("onnxruntime", "?")
+    engine = ((m.get("runtime") or {}).get("engine") or {}).get("name") or "onnxruntime"
+    engine_version = ((m.get("runtime") or {}).get("requirements") or {}).get(engine, "?")
     names = [c["name"] for c in extra]
     chosen = m["tuning"].get("chosen")
     rows = []
@@ -235,7 +236,8 @@ Why this candidate: {m['tuning'].get('reason') or 'not recorded'}.
 
 ## Serve
 
-`requirements.txt` pins the runtime that validated this bundle (onnxruntime {ort_version}).
+`requirements.txt` pins the runtime that validated this bundle ({engine} {engine_version}{
+    ', running the OpenVINO IR `model.xml`' if engine == 'openvino' else ''}).
 
 ```bash
 pip install -r {name}/requirements.txt          # the lean runtime: no torch

@@ -48,6 +48,7 @@ def test_an_openvino_bundle_records_its_runtime_and_pins_it(ov_bundles):
     assert pins["openvino"] == m["runtime"]["engine"]["version"] and "onnxruntime" in pins
     chosen = m["tuning"]["trials"][m["tuning"]["chosen"]]
     assert chosen["phase"] == "openvino" and chosen["label"].startswith("ov ")
+    assert "(openvino " in (b.path / "README.md").read_text() and "model.xml" in (b.path / "README.md").read_text()
     result = CliRunner().invoke(app, ["inspect", str(b.path)])
     assert result.exit_code == 0, result.output
     assert "OpenVINO" in result.output and "ov s8 static" in result.output
@@ -60,6 +61,7 @@ def test_openvino_results_do_not_depend_on_the_batch(task, ov_bundles):
     assert not p.per_row  # rows run together: nothing in the graph depends on the other rows
     with ThreadServer(create_app(p, ServeSettings(max_run_tokens=64, batch_tokens=4096))) as srv, srv.client() as c:
         srv.wait_ready()
+        assert c.get("/models").json()["data"][0]["backend"] == "multiverse-openvino"
         for text in TARGETS:
             item, items = _item(task, text), _neighbours(task, text)
             alone = p.predict([item]).results[0]

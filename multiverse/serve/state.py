@@ -67,6 +67,11 @@ class ServerState:
             Path(str(src.get("local_path"))).name if src.get("local_path") else None) or "multiverse-model"
 
     @property
+    def runtime_engine(self) -> str:
+        """``onnxruntime`` or ``openvino``: the runtime the bundle's manifest records (ONNX Runtime when it says none)."""
+        return ((self.manifest.get("runtime") or {}).get("engine") or {}).get("name") or "onnxruntime"
+
+    @property
     def spec(self) -> type[Task] | None:
         """The served task's :class:`~multiverse.tasks.Task` class; None until the task is known."""
         return get_task(self.task) if self.task else None
@@ -308,7 +313,7 @@ def model_list(state: ServerState, openai: bool) -> dict:
     if openai:
         card["owned_by"] = "multiverse"
     else:
-        card.update(stats={}, backend="multiverse-onnxruntime", capabilities=[state.spec.capability] if state.task else [])
+        card.update(stats={}, backend=f"multiverse-{state.runtime_engine}", capabilities=[state.spec.capability] if state.task else [])
     return {"object": "list", "data": [card]}
 
 
