@@ -251,7 +251,7 @@ def serve(
     bundle: Path = typer.Argument(..., help="Bundle folder (what `multiverse optimize` printed)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8080, help="TCP port."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: physical cores within the CPU quota)."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads: ONNX Runtime intra-op, or OpenVINO INFERENCE_NUM_THREADS (default: physical cores within the CPU quota)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MULTIVERSE_API_KEY",
                                           help="Require `Authorization: Bearer KEY` (health probes excepted)."),
     allow_isa_mismatch: bool = typer.Option(False, "--allow-isa-mismatch",
@@ -304,7 +304,7 @@ def benchmark(
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="Timed seconds per cell, at least."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Cap per cell (s) for very slow cells."),
     no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip comparing outputs with the PyTorch model."),
-    profile: bool = typer.Option(False, "--profile", help="Also ORT-profile one cell (most cores, longest sequence, batch 1)."),
+    profile: bool = typer.Option(False, "--profile", help="Also profile one cell (most cores, longest sequence, batch 1): ONNX Runtime's profiler, or OpenVINO's per-layer counters for an OpenVINO bundle."),
     as_json: bool = typer.Option(False, "--json", help="Print the report JSON on stdout."),
 ) -> None:
     """Measure BUNDLE end to end over a grid of cores × sequence lengths × batch sizes, beside the baselines.

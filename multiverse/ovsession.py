@@ -110,6 +110,12 @@ class OpenVinoSession:
         names = [p.name for p in self._outputs] if output_names is None else list(output_names)
         return [np.array(request.get_tensor(name).data, copy=True) for name in names]
 
+    def profiling_info(self) -> list:
+        """The calling thread's last inference, per layer: OpenVINO ``ProfilingInfo`` objects (``node_name``,
+        ``node_type``, ``exec_type``, ``real_time``/``cpu_time`` as ``timedelta``, ``status``). Empty unless the
+        session was compiled with ``openvino.PERF_COUNT = YES``."""
+        return list(self._request().profiling_info)
+
     def get_session_options(self):
         """ONNX Runtime's options do not apply; callers that inspect them (tests, profiling) get None."""
         return None

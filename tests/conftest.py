@@ -38,6 +38,20 @@ def tiny_bundles(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_ov_bundle(tiny_checkpoints, tmp_path_factory) -> Path:
+    """The tiny feature-extraction checkpoint built with ``--runtime openvino`` (an IR bundle: ``model.xml`` +
+    ``model.bin``), one trial. Tolerance 0.1: static int8 on these random hidden-32 encoders is not what the
+    tests that use it check (the gate's own tests do)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from multiverse.pipeline import optimize
+
+    out = tmp_path_factory.mktemp("ov-bundle")
+    return optimize(str(tiny_checkpoints["feature-extraction"]), TARGET, out=out, runtime="openvino", max_trials=1,
+                    tolerance=0.1).path
+
+
+@pytest.fixture(scope="session")
 def minilm_bundle(tmp_path_factory) -> Path:
     """The real all-MiniLM-L6-v2 (embedded default) optimized for this host, int8 whatever the timings say."""
     from multiverse.pipeline import optimize

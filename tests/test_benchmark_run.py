@@ -66,6 +66,7 @@ def test_cli_benchmark_writes_the_report_and_prints_its_path(tiny_bundle, tmp_pa
     report.validate_report(rep)
     assert [(r["seq_len"], r["batch_size"], r["status"]) for r in rep["results"]] == [(8, 2, "ok"), (16, 2, "ok")]
     assert rep["profile"]["ops"] and rep["profile"]["seq_len"] == 16 and rep["profile"]["end_to_end_ms"] > 0
+    assert rep["profile"]["profiler"] == "onnxruntime" and not any(n.startswith("--profile") for n in rep["notes"])
     assert (out / "report.csv").read_text().startswith("system,cores,seq_len")
 
 

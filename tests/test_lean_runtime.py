@@ -5,7 +5,9 @@
    neural-compressor, sentence-transformers and datasets out of ``sys.modules``.
 2. The wheel installed without extras in a fresh venv: ``multiverse serve BUNDLE`` answers, and
    ``multiverse optimize`` / ``validate`` / the library's ``multiverse.optimize`` fail with one
-   line naming ``pip install "multiverse[optimize]"`` (exit code 2).
+   line naming ``pip install "multiverse[optimize]"`` (exit code 2). OpenVINO is not in it.
+3. An OpenVINO IR bundle's own ``requirements.txt`` plus the wheel (``--no-deps``), as its README and the
+   image install it, in a fresh venv: ``multiverse serve`` answers for it, without the build stack or NNCF.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def test_lean_install_has_no_build_stack(lean_venv):
     names = {d["name"].lower().replace("_", "-") for d in json.loads(out)}
     assert "onnxruntime" in names and "fastapi" in names and "multiverse" in names
     assert not names & set(BUILD_STACK), names & set(BUILD_STACK)
+    assert "openvino" not in names  # only an OpenVINO bundle's requirements.txt (or the openvino extra) adds it
 
 
 @pytest.mark.parametrize("args", [["optimize", "--target", "native"], ["validate", "BUNDLE"]])
@@ -94,12 +97,14 @@ def test_lean_install_library_optimize_says_what_to_install(lean_venv):
     assert done.returncode != 0 and "MissingExtraError" in done.stderr and HINT in done.stderr
 
 
-def test_lean_install_serves_a_bundle(lean_venv, tiny_bundles, tmp_path):
-    bundle = tiny_bundles["feature-extraction"]
+def _serves_one_embedding(env_dir: Path, bundle: Path, tmp_path: Path) -> None:
+    """``multiverse serve`` of ``env_dir`` answers ``/embed`` for ``bundle`` (hidden size 32), then exits 0 on SIGTERM.
+    PYTHONPATH is dropped so the venv runs its installed copy, not a source checkout."""
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(lean_venv / "bin" / "multiverse"), "serve", str(bundle), "--host", "127.0.0.1",
-                             "--port", str(port), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=log)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([str(env_dir / "bin" / "multiverse"), "serve", str(bundle), "--host", "127.0.0.1",
+                             "--port", str(port), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -120,3 +125,29 @@ def test_lean_install_serves_a_bundle(lean_venv, tiny_bundles, tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         log.close()
+
+
+def test_lean_install_serves_a_bundle(lean_venv, tiny_bundles, tmp_path):
+    _serves_one_embedding(lean_venv, tiny_bundles["feature-extraction"], tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ov_lean_venv(tiny_ov_bundle, tmp_path_factory) -> Path:
+    """A fresh venv with an OpenVINO bundle's ``requirements.txt``, then the wheel ``--no-deps`` (the image's steps)."""
+    wheel = build_wheel()
+    env_dir = tmp_path_factory.mktemp("lean-ov") / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = str(env_dir / "bin" / "python")
+    for args in (["-r", str(tiny_ov_bundle / "requirements.txt")], ["--no-deps", str(wheel)]):
+        done = subprocess.run([py, "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return env_dir
+
+
+def test_openvino_bundle_serves_from_its_requirements_and_the_wheel(ov_lean_venv, tiny_ov_bundle, tmp_path):
+    out = subprocess.run([str(ov_lean_venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    names = {d["name"].lower().replace("_", "-") for d in json.loads(out)}
+    assert {"openvino", "onnxruntime", "multiverse"} <= names
+    assert not names & {*BUILD_STACK, "nncf"}, names & {*BUILD_STACK, "nncf"}
+    _serves_one_embedding(ov_lean_venv, tiny_ov_bundle, tmp_path)

@@ -71,8 +71,9 @@ def execute(bundle: str | Path, spec: GridSpec, *, checkpoint: str | Path | None
             progress: BenchProgress | None = None) -> dict:
     """Run ``spec`` on ``bundle`` (or, with ``http``, against a running server) and return the report dict.
 
-    ``profile`` adds an ORT profile of one cell (the most cores that ran, the longest length, batch 1) under
-    ``report["profile"]``. Errors: see ``runner.run_grid`` and ``http.run_http``.
+    ``profile`` adds a profile of one cell (the most cores that ran, the longest length, batch 1) under
+    ``report["profile"]``: ONNX Runtime's profiler, or OpenVINO's per-layer counters for an IR bundle (with a
+    note in ``report["notes"]`` saying so). Errors: see ``runner.run_grid`` and ``http.run_http``.
     """
     if http:
         from .http import run_http
@@ -88,4 +89,6 @@ def execute(bundle: str | Path, spec: GridSpec, *, checkpoint: str | Path | None
             c = max(r["cores"] for r in ran)
             s = max(r["seq_len"] for r in ran if r["cores"] == c)
             rep["profile"] = profile_cell(bundle, c, s, 1)
+            if rep["profile"].get("note"):  # an OpenVINO bundle: say which profiler the op table comes from
+                rep["notes"].append(f"--profile: {rep['profile']['note']}")
     return rep

@@ -30,7 +30,8 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8080, threads
     Args:
         bundle: the bundle folder ``multiverse optimize`` printed.
         host, port: where to listen (loopback by default).
-        threads: ONNX Runtime intra-op threads (default: physical cores within the CPU quota).
+        threads: inference threads, ONNX Runtime intra-op or OpenVINO ``INFERENCE_NUM_THREADS`` (default: physical
+            cores within the CPU quota).
         api_key: require ``Authorization: Bearer <key>`` on every route but the health probes.
         allow_isa_mismatch: serve a bundle built for CPU flags this host lacks.
         manifest_sha256: refuse the bundle unless its ``multiverse.json`` has this sha256 (hex).

@@ -18,8 +18,8 @@ class ServeSettings:
     Attributes:
         host: address to bind. ``127.0.0.1`` (loopback only) unless told otherwise.
         port: TCP port (0: any free port; the chosen one is logged).
-        threads: ONNX Runtime intra-op threads; ``None`` = physical cores allowed by the
-            affinity mask and the cgroup CPU quota (``multiverse.runtime.physical_cores``).
+        threads: ONNX Runtime intra-op threads (OpenVINO: ``INFERENCE_NUM_THREADS``); ``None`` = physical
+            cores allowed by the affinity mask and the cgroup CPU quota (``multiverse.runtime.physical_cores``).
         api_key: when set, every route except the health probes needs
             ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``); else 401.
         allow_isa_mismatch: serve a bundle whose target needs CPU flags this host lacks

@@ -110,7 +110,8 @@ class ServerState:
             self.predictor, self.engine = predictor, engine
             self.ready = True
             self.metrics.ready.set(1)
-            log.info("model ready: %s (%s), %s ORT threads", self.model_name, self.task, self.threads)
+            log.info("model ready: %s (%s), %s %s threads", self.model_name, self.task, self.threads,
+                     getattr(b, "runtime_name", "ONNX Runtime"))
         except BaseException as exc:
             self.failed = exc
             log.error("could not load the model: %s", exc, exc_info=not isinstance(exc, MultiverseError))
