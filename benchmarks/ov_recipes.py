@@ -9,6 +9,7 @@ label agreement with PyTorch on the same texts. Calibration: ``--calibration`` B
 Stages (``--stages``, comma-separated; each writes its section of ``--out``, the others are kept):
 
 * ``sweep``: SmoothQuant α, preset, bias correction; f32 and bf16 ``INFERENCE_PRECISION_HINT``.
+* ``attention``: the sweep's best presets with ``ScaledDotProductAttention`` inputs kept in floating point.
 * ``dynamic``: int8 weights (``nncf.compress_weights``) with the CPU plugin's run-time activation quantization
   per group of 32/64/128 channels, and 0 (off: weight-only int8).
 * ``sensitivity``: per weight MatMul, quantize all but it / only it. Cheap form: in one NNCF IR (mixed, SmoothQuant off)
@@ -18,7 +19,8 @@ Stages (``--stages``, comma-separated; each writes its section of ``--out``, the
   texts as metric (``max_drop`` 0.01: min cosine ≥ 0.99): what it reverts and how long it takes.
 * ``calibration``: the default and the best configuration at several calibration sizes.
 * ``speed``: the chosen configurations against the ORT bundle, end to end (tokenize, run, pool), batch 1,
-  2 threads, interleaved rounds; p50 wall ms and process CPU ms per call (``time.process_time``), and OpenVINO
+  2 threads, interleaved rounds (lengths above the model's limit are cut to it: MiniLM stops at 256 tokens); ONNX
+  Runtime with spinning on (serving default) and off (what the tuner times); p50 wall ms and process CPU ms per call (``time.process_time``), and OpenVINO
   properties that might change CPU time (CPU pinning, TBB partitioner).
 * ``distilbert``: the sweep's configurations on the DistilBERT-base-shaped classifier (label agreement).
 
@@ -139,10 +141,19 @@ def dynamic_configs():
     return [C(mode="dynamic", dynamic_group_size=g) for g in (32, 64, 128, 0)]
 
 
+def attention_configs():
+    """NNCF also puts FakeQuantize nodes on the inputs of ``ScaledDotProductAttention`` (Q, K, V)."""
+    from multiverse.ovquant import OvInt8Config as C
+
+    sdpa = ("ScaledDotProductAttention",)
+    return [C(ignored_types=sdpa), C(preset="mixed", ignored_types=sdpa),
+            C(preset="mixed", smooth_quant_alpha=-1, ignored_types=sdpa)]
+
+
 def stage_sweep(case: Case, configs=None) -> list[dict]:
     rows = []
-    for i, cfg in enumerate(configs or sweep_configs()):
-        q, seconds = build(case, f"sweep-{i}", cfg)
+    for cfg in configs or sweep_configs():
+        q, seconds = build(case, "sweep-" + "".join(c if c.isalnum() or c in "=." else "-" for c in cfg.label()), cfg)
         row = {"config": cfg.label(), "quantize_s": seconds, "int8_nodes": q.quantization["quantized_ops"]["int8_nodes"],
                "f32": case.score(q.path)}
         if case.task == "feature-extraction":
@@ -290,7 +301,7 @@ def stage_speed(case: Case, bundle: Path, configs, seq_lens, rounds: int, per_ro
     systems["openvino fp32 (no int8)"] = _ov_call(case, compile_ov(convert(case.fp32.path)))
     for i, cfg in enumerate(configs):
         q, _ = build(case, f"speed-{i}", cfg)
-        for pname, extra in (props.items() if i == 0 else [("default", {})]):
+        for pname, extra in (props.items() if i == 0 else [(k, props[k]) for k in ("default", "pinning off")]):
             systems[f"{cfg.label()} [{pname}]"] = _ov_call(case, compile_ov(q.path, extra=extra))
     cutter = TextCutter(bundle)
     out = {}
@@ -333,7 +344,7 @@ def _ov_call(case: Case, compiled):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stages", default="sweep,dynamic,sensitivity,accuracy-control,calibration,speed")
+    p.add_argument("--stages", default="sweep,attention,dynamic,sensitivity,accuracy-control,calibration,speed")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ov_recipes.json"))
     p.add_argument("--work", default=str(CACHE / "ov-recipes"))
     p.add_argument("--calibration", type=int, default=128)
@@ -356,6 +367,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if stage == "sweep":
             section = stage_sweep(case)
+        elif stage == "attention":
+            section = stage_sweep(case, attention_configs())
         elif stage == "dynamic":
             section = stage_sweep(case, dynamic_configs())
         elif stage == "sensitivity":
