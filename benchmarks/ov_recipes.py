@@ -242,7 +242,12 @@ def stage_sensitivity(case: Case, ks=(1, 2, 4, 6)) -> dict:
 def stage_accuracy_control(case: Case, max_drop: float = 0.01) -> dict:
     import nncf
 
-    from multiverse.ovquant import convert, int8_nodes, nncf_output_to_stderr, node_names
+    from multiverse.ovquant import (
+        convert,
+        int8_nodes,
+        nncf_output_to_stderr,
+        node_names,
+    )
 
     items = list(range(len(case.encs)))
 
@@ -283,9 +288,8 @@ def stage_calibration(case: Case, configs, sizes=(32, 128, 300)) -> list[dict]:
 
 def stage_speed(case: Case, bundle: Path, configs, seq_lens, rounds: int, per_round: int) -> dict:
     from multiverse.benchmark.texts import TextCutter, corpus
-    from multiverse.inference import Predictor
-
     from multiverse.bundle import load
+    from multiverse.inference import Predictor
     from multiverse.runtime import SPINNING
 
     b = load(bundle)

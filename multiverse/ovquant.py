@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -276,23 +277,22 @@ def _nncf_compress(ov_model, config: OvInt8Config):
 def _nncf_quantize(ov_model, config: OvInt8Config, calibration: Sequence[dict[str, np.ndarray]]):
     """``nncf.quantize`` of an ``openvino.Model`` with ``config``; returns the quantized ``openvino.Model``."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization import advanced_parameters as ap
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     names = [p.get_any_name() for p in ov_model.inputs]
     data = [{k: np.asarray(item[k]) for k in names if k in item} for item in calibration]
     advanced = {}
     if config.smooth_quant_alpha is not None:
-        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha)
+        advanced["smooth_quant_alphas"] = ap.AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha)
     if config.activations_range != "mean_minmax":
         advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
                                                                  RANGE_ESTIMATORS[config.activations_range])
-    scope = None
-    if config.ignored_nodes or config.ignored_types:
-        scope = nncf.IgnoredScope(names=list(config.ignored_nodes), types=list(config.ignored_types), validate=False)
+    scope = (nncf.IgnoredScope(names=list(config.ignored_nodes), types=list(config.ignored_types), validate=False)
+             if config.ignored_nodes or config.ignored_types else None)
     preset = nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     with nncf_output_to_stderr():
         return nncf.quantize(ov_model, nncf.Dataset(data), preset=preset, model_type=nncf.ModelType.TRANSFORMER,
                              subset_size=len(data), fast_bias_correction=config.fast_bias_correction,
                              ignored_scope=scope,
-                             advanced_parameters=AdvancedQuantizationParameters(**advanced) if advanced else None)
+                             advanced_parameters=ap.AdvancedQuantizationParameters(**advanced) if advanced else None)
