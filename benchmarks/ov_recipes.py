@@ -16,7 +16,8 @@ Stages (``--stages``, comma-separated; each writes its section of ``--out``, the
   the node's activation ``FakeQuantize`` is bypassed and its fp32 weight restored, no re-calibration.
   Then real ``ignored_nodes`` builds with the most sensitive nodes in fp32.
 * ``accuracy-control``: ``nncf.quantize_with_accuracy_control`` with the min cosine to PyTorch on the scored
-  texts as metric (``max_drop`` 0.01: min cosine ≥ 0.99): what it reverts and how long it takes.
+  texts as metric (``max_drop`` 0.01: min cosine ≥ 0.99, at most 40 reverting iterations): what it reverts and
+  how long it takes.
 * ``calibration``: the default and the best configuration at several calibration sizes.
 * ``speed``: the chosen configurations against the ORT bundle, end to end (tokenize, run, pool), batch 1,
   2 threads, interleaved rounds (lengths above the model's limit are cut to it: MiniLM stops at 256 tokens); ONNX
@@ -239,8 +240,9 @@ def stage_sensitivity(case: Case, ks=(1, 2, 4, 6)) -> dict:
             "all_but_one": all_but, "only_one": only, "ranked": ranked, "ignored_top_k": confirm}
 
 
-def stage_accuracy_control(case: Case, max_drop: float = 0.01) -> dict:
+def stage_accuracy_control(case: Case, max_drop: float = 0.01, max_iterations: int = 40) -> dict:
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     from multiverse.ovquant import (
         convert,
@@ -267,10 +269,12 @@ def stage_accuracy_control(case: Case, max_drop: float = 0.01) -> dict:
     with nncf_output_to_stderr():
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(case.calibration), nncf.Dataset(items), validate, max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(case.calibration))
+            drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(case.calibration),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations))
     seconds = round(time.perf_counter() - t0, 1)
     kept = sorted(set(node_names(model)) - set(int8_nodes(q)))
-    return {"metric": "min cosine to PyTorch on the scored texts", "max_drop": max_drop, "seconds": seconds,
+    return {"metric": "min cosine to PyTorch on the scored texts", "max_drop": max_drop,
+            "max_num_iterations": max_iterations, "seconds": seconds,
             "reverted_to_fp32": kept, "f32": case.score(q), "bf16": case.score(q, "bf16")}
 
 
