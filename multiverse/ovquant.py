@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import QuantizationError
 from .export import OnnxModel
@@ -38,30 +39,59 @@ NNCF_DEFAULT_SMOOTH_QUANT_ALPHA = 0.95
 #: Operation types whose inputs NNCF quantizes in an encoder converted from ONNX (the others stay fp32).
 QUANTIZABLE_TYPES = ("MatMul", "Convolution")
 _QUANT_NODE_TYPES = ("FakeQuantize", "FakeConvert")
+#: ``activations_range`` → ``nncf.quantization.range_estimator.RangeEstimatorParametersSet`` member; NNCF's
+#: default for per-tensor activations is ``MEAN_MINMAX`` (the mean over calibration samples of each one's min/max).
+RANGE_ESTIMATORS = {"mean_minmax": "MEAN_MINMAX", "minmax": "MINMAX", "median_minmax": "MEDIAN_MINMAX",
+                    "mean_no_outliers": "MEAN_NO_OUTLIERS_MINMAX", "mean_quantile": "MEAN_QUANTILE",
+                    "histogram": "HISTOGRAM"}
 
 
 class OvInt8Config(BaseModel):
-    """One NNCF post-training static int8 configuration (symmetric int8 weights, per-channel).
+    """One NNCF int8 configuration (symmetric int8 weights, per output channel).
 
     Attributes:
+        mode: ``static``: ``nncf.quantize``, activations quantized with scales fixed at calibration
+            (``FakeQuantize`` nodes). ``dynamic``: ``nncf.compress_weights(mode=INT8_SYM)`` (data-free, int8
+            weights only) and the CPU plugin quantizes activations at run time per group of ``dynamic_group_size``
+            input channels (its ``DYNAMIC_QUANTIZATION_GROUP_SIZE``, stored in the IR's ``rt_info`` runtime options;
+            0 = off: int8 weights decompressed to float). The knobs below except ``ignored_nodes`` apply to static.
+        dynamic_group_size: see ``mode``.
         preset: ``performance`` (symmetric int8 activations) or ``mixed`` (asymmetric activations).
         smooth_quant_alpha: SmoothQuant migration strength α for MatMul inputs (Xiao et al. 2023,
             arXiv:2211.10438): None = NNCF's default for transformers (0.95), a negative value switches it off.
         fast_bias_correction: NNCF's fast bias correction (True, its default) or the full BiasCorrection.
         ignored_nodes: OpenVINO node names kept in fp32 (``nncf.IgnoredScope(names=...)``; see :func:`node_names`).
         ignored_types: OpenVINO operation types kept in fp32 (``nncf.IgnoredScope(types=...)``).
+        activations_range: how activation ranges are estimated from the calibration statistics (a key of
+            :data:`RANGE_ESTIMATORS`; ``mean_minmax`` is NNCF's default).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mode: Literal["static", "dynamic"] = "static"
+    dynamic_group_size: int = Field(32, ge=0)
     preset: Literal["performance", "mixed"] = "performance"
     smooth_quant_alpha: float | None = Field(None, le=1, description="None = NNCF default, negative = off")
     fast_bias_correction: bool = True
     ignored_nodes: tuple[str, ...] = ()
     ignored_types: tuple[str, ...] = ()
+    activations_range: Literal["mean_minmax", "minmax", "median_minmax", "mean_no_outliers", "mean_quantile",
+                               "histogram"] = "mean_minmax"
+
+    @model_validator(mode="after")
+    def _knobs_fit_the_mode(self):
+        static_knobs = ("preset", "smooth_quant_alpha", "fast_bias_correction", "ignored_types", "activations_range")
+        if self.mode == "dynamic" and any(getattr(self, k) != OvInt8Config.model_fields[k].default for k in static_knobs):
+            raise ValueError(f"{', '.join(static_knobs)} apply to mode static only; leave them unset with mode dynamic")
+        if self.mode == "static" and self.dynamic_group_size != 32:
+            raise ValueError("dynamic_group_size applies to mode dynamic only")
+        return self
 
     def label(self) -> str:
-        """Short human-readable name, e.g. ``ov s8 static sq=0.5 (2 fp32)`` or ``ov s8 static mixed sq off``."""
+        """Short human-readable name, e.g. ``ov s8 static sq=0.5 (2 fp32)``, ``ov s8 dynamic g32``."""
+        if self.mode == "dynamic":
+            fp32 = f" ({len(self.ignored_nodes)} fp32)" if self.ignored_nodes else ""
+            return f"ov s8 dynamic g{self.dynamic_group_size}{fp32}"
         parts = ["ov s8 static"]
         if self.preset == "mixed":
             parts.append("mixed")
@@ -70,6 +100,8 @@ class OvInt8Config(BaseModel):
             parts.append("sq off" if alpha < 0 else f"sq={alpha:g}")
         if not self.fast_bias_correction:
             parts.append("full-bc")
+        if self.activations_range != "mean_minmax":
+            parts.append(f"range={self.activations_range}")
         if self.ignored_types:
             parts.append("-" + "-".join(self.ignored_types))
         if self.ignored_nodes:
@@ -92,12 +124,12 @@ def nncf_output_to_stderr():
     from nncf.common.logging import logger as nncf_logging
 
     handler = nncf_logging.stdout_handler
-    previous = handler.setStream(sys.stderr)
+    previous, handler.stream = handler.stream, sys.stderr  # not setStream: it flushes the old stream, maybe closed
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
-        handler.setStream(previous)
+        handler.stream = previous
 
 
 def convert(onnx_path: str | Path):
@@ -193,14 +225,14 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     """NNCF static int8 of ``model`` (the fp32 ONNX export) into ``out_dir/model.xml`` + ``model.bin``.
 
     ``calibration``: tokenized batches, each ``{input name: int64 [batch, seq]}`` (extra keys are dropped);
-    every item is used (``subset_size = len(calibration)``). NNCF's progress and log lines go to stderr.
+    every item is used (``subset_size = len(calibration)``); mode ``dynamic`` needs none. NNCF's progress and log lines go to stderr.
     Returns a new OnnxModel with ``path`` the IR, stage ``int8`` and ``quantization`` =
     ``{"runtime": "openvino", **config, "calibration_size", "quantized_ops": {...}}``.
-    Raises MissingExtraError without openvino/nncf; QuantizationError on an empty calibration set, an unknown
+    Raises MissingExtraError without openvino/nncf; QuantizationError on an empty calibration set (static), an unknown
     ignored node, a NNCF failure or a result with nothing quantized.
     """
     require_ov()
-    if not calibration:
+    if not calibration and config.mode == "static":
         raise QuantizationError("NNCF needs calibration inputs and got none: pass at least one tokenized batch "
                                 "(typically 100-300 texts of mixed lengths from the eval data).")
     ov_model = convert(model.path)
@@ -210,7 +242,8 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
         raise QuantizationError(f"ignored_nodes names no quantizable node of {model.path}: {unknown[:3]}. "
                                 "Take names from multiverse.ovquant.node_names(model).")
     try:
-        quantized = _nncf_quantize(ov_model, config, calibration)
+        quantized = (_nncf_compress(ov_model, config) if config.mode == "dynamic"
+                     else _nncf_quantize(ov_model, config, calibration))
     except Exception as exc:
         raise QuantizationError(
             f"NNCF failed on {model.path} with {config.label()} ({type(exc).__name__}: {exc}). "
@@ -230,22 +263,36 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     return replace(model, path=out / IR_FILE, stage="int8", quantization=info)
 
 
+def _nncf_compress(ov_model, config: OvInt8Config):
+    """``nncf.compress_weights(INT8_SYM)`` with the run-time activation group size recorded in ``rt_info``."""
+    import nncf
+
+    scope = nncf.IgnoredScope(names=list(config.ignored_nodes), validate=False) if config.ignored_nodes else None
+    with nncf_output_to_stderr():
+        model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=scope)
+    model.set_rt_info(str(config.dynamic_group_size), ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    return model
+
+
 def _nncf_quantize(ov_model, config: OvInt8Config, calibration: Sequence[dict[str, np.ndarray]]):
     """``nncf.quantize`` of an ``openvino.Model`` with ``config``; returns the quantized ``openvino.Model``."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization import advanced_parameters as ap
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     names = [p.get_any_name() for p in ov_model.inputs]
     data = [{k: np.asarray(item[k]) for k in names if k in item} for item in calibration]
-    advanced = None
+    advanced = {}
     if config.smooth_quant_alpha is not None:
-        advanced = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
-    scope = None
-    if config.ignored_nodes or config.ignored_types:
-        scope = nncf.IgnoredScope(names=list(config.ignored_nodes), types=list(config.ignored_types), validate=False)
+        advanced["smooth_quant_alphas"] = ap.AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha)
+    if config.activations_range != "mean_minmax":
+        advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                                 RANGE_ESTIMATORS[config.activations_range])
+    scope = (nncf.IgnoredScope(names=list(config.ignored_nodes), types=list(config.ignored_types), validate=False)
+             if config.ignored_nodes or config.ignored_types else None)
     preset = nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     with nncf_output_to_stderr():
         return nncf.quantize(ov_model, nncf.Dataset(data), preset=preset, model_type=nncf.ModelType.TRANSFORMER,
                              subset_size=len(data), fast_bias_correction=config.fast_bias_correction,
-                             ignored_scope=scope, advanced_parameters=advanced)
+                             ignored_scope=scope,
+                             advanced_parameters=ap.AdvancedQuantizationParameters(**advanced) if advanced else None)

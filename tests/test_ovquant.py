@@ -65,6 +65,10 @@ def test_label_names_each_knob():
     assert OvInt8Config(smooth_quant_alpha=0.5, ignored_nodes=("a", "b")).label() == "ov s8 static sq=0.5 (2 fp32)"
     assert OvInt8Config(preset="mixed", smooth_quant_alpha=-1, fast_bias_correction=False,
                         ignored_types=("MatMul",)).label() == "ov s8 static mixed sq off full-bc -MatMul"
+    assert OvInt8Config(mode="dynamic").label() == "ov s8 dynamic g32"
+    assert OvInt8Config(mode="dynamic", dynamic_group_size=64, ignored_nodes=("a",)).label() == "ov s8 dynamic g64 (1 fp32)"
+    with pytest.raises(ValueError, match="mode static only"):
+        OvInt8Config(mode="dynamic", smooth_quant_alpha=0.5)
     with pytest.raises(ValueError):
         OvInt8Config(bogus=1)
     with pytest.raises(ValueError):
@@ -106,6 +110,24 @@ def test_quantized_ir_runs_close_to_fp32_and_keeps_ignored_nodes_fp32(fp32, text
     # f32 precision: measured mean 0.9996, min 0.989. The bound leaves room for other CPUs' kernels and still fails
     # on a broken graph (wrong scales, inputs or outputs give cosines far below 0.9).
     assert cos.mean() >= 0.995 and cos.min() >= 0.97, (cos.mean(), cos.min())
+
+
+def test_dynamic_mode_has_int8_weights_and_records_the_group_size(fp32, texts, tmp_path):
+    import openvino as ov
+
+    from multiverse.ovquant import int8_nodes, node_names, quantize_ov
+
+    q = quantize_ov(fp32, tmp_path / "dyn", OvInt8Config(mode="dynamic", dynamic_group_size=16), [])  # data-free
+    assert q.quantization["mode"] == "dynamic" and q.quantization["quantized_ops"].get("FakeQuantize", 0) == 0
+    assert int8_nodes(q.path) == node_names(fp32)
+    core = ov.Core()
+    model = core.read_model(str(q.path))
+    assert model.get_rt_info(["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]).astype(str) == "16"
+    assert int(core.compile_model(model, "CPU").get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 16
+    encs = _batches(fp32, texts[:60])
+    ref, got = _embeddings(fp32, encs), _embeddings(q, encs)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= 0.99, cos.min()  # int8 weights, activations quantized per 16 channels at run time
 
 
 def test_bad_calibration_or_unknown_node_is_a_quantization_error(fp32, tmp_path):

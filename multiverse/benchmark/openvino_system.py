@@ -15,14 +15,12 @@ Needs the ``peers`` extra (``openvino``, ``nncf``); without it :class:`multivers
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import shutil
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import BenchmarkError, MissingExtraError
 from ..extras import missing_distributions
@@ -95,6 +93,7 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
         import torch
         import transformers
 
+        from ..ovquant import nncf_output_to_stderr
         from ..tasks import TextTokenizer, get_task
 
         if threads:
@@ -114,7 +113,7 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
         t1 = time.perf_counter()
         items = calibration_inputs(task, subset_size)
         data = [tok.encode([x], names).arrays for x in items]
-        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout carries only the report path
+        with nncf_output_to_stderr():  # NNCF's progress bars and log lines: stdout carries only the report path
             quantized = nncf.quantize(ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
                                       subset_size=len(data))
         t2 = time.perf_counter()
