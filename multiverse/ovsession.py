@@ -14,6 +14,10 @@ Compile properties (OpenVINO "CPU device" guide, openvino 2026.4):
   not the ones the accuracy gate validated. Measured on all-MiniLM-L6-v2 NNCF int8 (SmoothQuant 0.5), cosine
   to PyTorch on the built-in texts: min 0.9614 f32 vs 0.9512 bf16. The hint is fixed here and recorded.
 
+* ``ENABLE_CPU_PINNING`` = ``NO``. Pinned inference threads wait for their own core when another process holds
+  it: on a loaded 2-core host MiniLM's p50 at 8 tokens was 16-20 ms pinned vs 2.8-3.1 ms unpinned, at similar
+  CPU time (``benchmarks/ov_recipes.py``). A server shares its cores with the HTTP loop and the tokenizer.
+
 ``session_config`` entries named ``openvino.<PROPERTY>`` override these; other (ONNX Runtime) entries are
 ignored. Needs the ``openvino`` distribution (the ``openvino`` extra); imported only when an IR is opened.
 """
@@ -29,7 +33,7 @@ import numpy as np
 
 #: ``session_config`` keys with this prefix are OpenVINO compile properties.
 PROPERTY_PREFIX = "openvino."
-DEFAULT_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+DEFAULT_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO"}
 
 
 @dataclass(frozen=True)

@@ -86,5 +86,6 @@ def test_compile_properties_default_to_f32_and_take_overrides():
     from multiverse.ovsession import compile_properties
 
     props = compile_properties(2, {"session.intra_op.allow_spinning": "0"})
-    assert props == {"INFERENCE_NUM_THREADS": "2", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    assert props == {"INFERENCE_NUM_THREADS": "2", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                     "ENABLE_CPU_PINNING": "NO"}
     assert compile_properties(1, {"openvino.INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
