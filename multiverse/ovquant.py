@@ -118,18 +118,25 @@ def require_ov(what: str = "OpenVINO int8") -> None:
 
 @contextlib.contextmanager
 def nncf_output_to_stderr():
-    """Send NNCF's progress bars (``rich``, written to ``sys.stdout``) and its log lines (a ``StreamHandler``
-    bound to the ``sys.stdout`` of import time) to stderr while the block runs, so stdout carries only the
-    command's own output."""
+    """While the block runs: NNCF's warnings and errors (a ``StreamHandler`` bound to the ``sys.stdout`` of import
+    time) go to stderr, its INFO lines (one per node it leaves unquantized) and its progress bars (``rich``, written
+    to ``sys.stdout``) are dropped, so stdout carries only the command's own output and a CI log only Multiverse's
+    progress lines."""
+    import io
+    import logging
+
     from nncf.common.logging import logger as nncf_logging
 
     handler = nncf_logging.stdout_handler
     previous, handler.stream = handler.stream, sys.stderr  # not setStream: it flushes the old stream, maybe closed
+    level = nncf_logging.nncf_logger.level
+    nncf_logging.nncf_logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         handler.stream = previous
+        nncf_logging.nncf_logger.setLevel(level)
 
 
 def convert(onnx_path: str | Path):
