@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from .choice import SAFETY_MARGIN
 from .errors import MissingExtraError, UsageError
 from .evaldata import EvalSet, subset
 from .extras import missing_distributions
@@ -92,3 +93,15 @@ def ffn_output_nodes(names: list[str]) -> list[str]:
     """Each encoder layer's FFN output projection (the MatMul after GELU: BERT/RoBERTa ``layer.N/output/dense``,
     DistilBERT ``layer.N/ffn/lin2``), whose input has the widest activation range of a layer."""
     return [n for n in names if re.search(r"/layers?\.\d+/(output/dense|ffn/lin2)/", n)]
+
+
+def openvino_phase(tuner, configs: list, budget: int) -> None:
+    """OpenVINO's candidates (:func:`openvino_configs`) in the tuner's INC loop (``tuning._Tuner``), within what is left of ``budget``: the first two (dynamic,
+    static) always, like phase 1's; the third (static with more nodes in fp32, slower) only when static did not
+    pass with margin."""
+    first = len(tuner.trials)
+    tuner.inc_loop(configs[:2], budget - (first - 1), "openvino", stop_at_first=False)
+    static = [t for t in tuner.trials[first:] if (t.config or {}).get("mode") == "static"]
+    if configs[2:] and not any(t.passed and t.validation.gate_loss <= SAFETY_MARGIN * t.validation.tolerance
+                               for t in static):
+        tuner.inc_loop(configs[2:], budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)

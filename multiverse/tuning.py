@@ -352,7 +352,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     is None and the most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_configs, runtimes
+    from .ovtuning import openvino_configs, openvino_phase, runtimes
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -378,7 +378,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
             tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
                            keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
         if use_ov and configs is None:
-            tuner.inc_loop(openvino_configs(exported), budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)
+            openvino_phase(tuner, openvino_configs(exported), budget)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
         if plan:
