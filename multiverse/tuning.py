@@ -36,8 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from .choice import (  # noqa: F401 (re-exported)
     FIDELITY_TRADE,
     LATENCY_TIE,
@@ -60,15 +58,21 @@ from .runtime import SPINNING, make_session, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
 from .tasks import get_task
-from .timing import interleaved, relative_costs
+from .candidate_timing import (  # noqa: F401 (re-exported)
+    LATENCY_BATCH,
+    LATENCY_SEQ_LEN,
+    LATENCY_SEQ_LENS,
+    RETIME_ROUNDS,
+    ROUND_SECONDS,
+    RUNS_PER_ROUND,
+    TRIAL_ROUNDS,
+    latency_call,
+    measure,
+    measure_p50,
+    timed_costs,
+)
 from .validate import model_inputs, reference_outputs, validate
 
-LATENCY_SEQ_LEN = 128
-LATENCY_BATCH = 1
-RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
-TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
-RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
-ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
 # ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
 # turn it off so that process CPU time measures a candidate's work (see multiverse.timing.interleaved).
 NO_SPINNING = {SPINNING: "0"}
@@ -77,25 +81,6 @@ SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0
 SENSITIVITY_ITEMS = 64
 FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes kept in fp32, tried in order
 CALIBRATION_ITEMS = 300
-
-
-def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN,
-                 batch: int = LATENCY_BATCH) -> Callable[[], object]:
-    """A no-argument call of ``predictor.predict`` (end to end: tokenize, run, post-process) on ``batch`` copies
-    of ``text`` cut to ``seq_len`` tokens (ranking: a pair of its first third and the whole)."""
-    cut = predictor.text_of_length(text, min(seq_len, predictor.max_length))
-    item = (cut[: len(cut) // 3], cut) if predictor.handler.requires_pairs else cut
-    items = [item] * batch
-    return lambda: predictor.predict(items)
-
-
-def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS,
-            runs_per_round: int = RUNS_PER_ROUND) -> tuple[float, float]:
-    """``(p50_ms, cpu_ms)`` of one candidate's :func:`latency_call`: the medians over ``rounds`` of each round's
-    median wall time and process CPU time per call (ms; :func:`multiverse.timing.interleaved`, up to 5 warm-up
-    calls, ``ROUND_SECONDS`` per round)."""
-    r = interleaved([latency_call(predictor, text)], rounds, runs_per_round, warmup_runs=5, round_seconds=ROUND_SECONDS)
-    return float(np.median(r.wall_ms[0])), float(np.median(r.cpu_ms[0]))
 
 
 def by_length(data: EvalSet) -> EvalSet:
@@ -109,11 +94,6 @@ def by_length(data: EvalSet) -> EvalSet:
     order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
     labels = None if data.labels is None else tuple(data.labels[i] for i in order)
     return replace(data, texts=tuple(data.texts[i] for i in order), labels=labels)
-
-
-def measure_p50(predictor: Predictor, text: str) -> float:
-    """Wall-clock p50 (ms) of :func:`latency_call`, as :func:`measure` takes it."""
-    return measure(predictor, text)[0]
 
 
 def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
@@ -252,14 +232,10 @@ class _Tuner:
         passing = [i for i, t in enumerate(self.trials) if t.passed]
         if len(passing) < 2:
             return
-        predictors = [self.predictor(self.models[i]) for i in passing]
-        r = interleaved([latency_call(p, self.latency_text) for p in predictors], rounds, RUNS_PER_ROUND,
-                        round_seconds=ROUND_SECONDS)
-        costs = relative_costs(r.cpu_ms)
-        for k, i in enumerate(passing):
-            self.trials[i] = replace(self.trials[i], p50_ms=float(np.median(r.wall_ms[k])), cpu_ms=costs[k],
-                                     p50_rounds_ms=tuple(round(x, 4) for x in r.wall_ms[k]),
-                                     cpu_rounds_ms=tuple(round(x, 4) for x in r.cpu_ms[k]))
+        timed = timed_costs([self.predictor(self.models[i]) for i in passing], self.latency_text, rounds)
+        for t, i in zip(timed, passing):
+            self.trials[i] = replace(self.trials[i], p50_ms=t["p50_ms"], cpu_ms=t["cpu_ms"],
+                                     p50_rounds_ms=t["wall_rounds_ms"], cpu_rounds_ms=t["cpu_rounds_ms"])
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
 
@@ -267,9 +243,8 @@ class _Tuner:
         """Trial ``j``'s CPU time per call over trial ``i``'s, timed in ``rounds`` interleaved rounds now: two
         trials timed minutes apart differ by more than the 10 % this decides (measured on a loaded host: one
         fallback timed 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
-        r = interleaved([latency_call(self.predictor(self.models[k]), self.latency_text) for k in (i, j)], rounds,
-                        RUNS_PER_ROUND, round_seconds=ROUND_SECONDS)
-        cost_i, cost_j = relative_costs(r.cpu_ms)
+        cost_i, cost_j = (t["cpu_ms"] for t in timed_costs([self.predictor(self.models[k]) for k in (i, j)],
+                                                            self.latency_text, rounds))
         return cost_j / cost_i
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
@@ -391,6 +366,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
                                  key=lambda i: tuner.trials[i].validation.gate_loss)]
     else:
         model = tuner.models[chosen]
-    latency = {"seq_len": LATENCY_SEQ_LEN, "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
-               "compared": "process CPU time per call (cpu_ms), interleaved rounds, ONNX Runtime spinning off"}
+    latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
+               "compared": "process CPU time per call (cpu_ms), geometric mean over seq_lens, interleaved rounds, "
+                           "ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

@@ -1,0 +1,67 @@
+"""How the tuner times a candidate: end to end (tokenize, run, post-process), batch 1, at a short and a long
+sequence length, in interleaved rounds, by process CPU time (``multiverse.timing.interleaved``), so that host
+drift and other processes' load cannot pick the winner (see ``tuning._Tuner.retime``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .inference import Predictor
+from .timing import interleaved, relative_costs
+
+LATENCY_SEQ_LEN = 128
+# Candidates are compared at a short and a long length (the cost is the geometric mean over both): which
+# runtime wins depends on the length. Measured on all-MiniLM-L6-v2 bundles as served, interleaved, 7 rounds, idle
+# host: OpenVINO dynamic int8 p50 over ONNX Runtime s8 per-channel α=0.7 1.61x at 8 tokens, 1.53x at 16, 0.91x
+# at 64, 0.92x at 128, 0.97x at 256. Timed at 128 only, the tuner shipped the OpenVINO one.
+LATENCY_SEQ_LENS = (16, LATENCY_SEQ_LEN)
+LATENCY_BATCH = 1
+RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
+TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
+RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
+ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
+
+
+def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN,
+                 batch: int = LATENCY_BATCH) -> Callable[[], object]:
+    """A no-argument call of ``predictor.predict`` (end to end: tokenize, run, post-process) on ``batch`` copies
+    of ``text`` cut to ``seq_len`` tokens (ranking: a pair of its first third and the whole)."""
+    cut = predictor.text_of_length(text, min(seq_len, predictor.max_length))
+    item = (cut[: len(cut) // 3], cut) if predictor.handler.requires_pairs else cut
+    items = [item] * batch
+    return lambda: predictor.predict(items)
+
+
+def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warmup_runs: int = 3,
+                seq_lens: Sequence[int] = LATENCY_SEQ_LENS) -> list[dict]:
+    """Time ``predictors`` in ``rounds`` interleaved rounds, each at every length of ``seq_lens``
+    (:func:`latency_call`; ``RUNS_PER_ROUND`` calls, ``ROUND_SECONDS`` per candidate, length and round).
+
+    Returns per predictor ``{"cpu_ms", "p50_ms", "cpu_rounds_ms", "wall_rounds_ms"}``: ``cpu_ms`` is the geometric
+    mean over lengths of :func:`multiverse.timing.relative_costs` of the CPU times at that length (process CPU
+    time per call, ms), what :func:`choose` compares; the rounds are each round's geometric mean over lengths,
+    ``p50_ms`` the median of the wall-clock rounds.
+    """
+    n, lens = len(predictors), list(seq_lens)
+    r = interleaved([latency_call(p, text, seq_len=s) for s in lens for p in predictors], rounds, RUNS_PER_ROUND,
+                    warmup_runs=warmup_runs, round_seconds=ROUND_SECONDS)
+    per_len = np.log([relative_costs(r.cpu_ms[k * n:(k + 1) * n]) for k in range(len(lens))])  # [length, candidate]
+    cpu = np.exp(np.log(np.asarray(r.cpu_ms, dtype=float)).reshape(len(lens), n, -1).mean(axis=0))  # [cand, round]
+    wall = np.exp(np.log(np.asarray(r.wall_ms, dtype=float)).reshape(len(lens), n, -1).mean(axis=0))
+    return [{"cpu_ms": float(np.exp(per_len[:, i].mean())), "p50_ms": float(np.median(wall[i])),
+             "cpu_rounds_ms": tuple(round(float(x), 4) for x in cpu[i]),
+             "wall_rounds_ms": tuple(round(float(x), 4) for x in wall[i])} for i in range(n)]
+
+
+def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS) -> tuple[float, float]:
+    """``(p50_ms, cpu_ms)`` of one candidate over ``LATENCY_SEQ_LENS`` (:func:`timed_costs`, up to 5 warm-up
+    calls per length)."""
+    t = timed_costs([predictor], text, rounds, warmup_runs=5)[0]
+    return t["p50_ms"], t["cpu_ms"]
+
+
+def measure_p50(predictor: Predictor, text: str) -> float:
+    """Wall-clock p50 (ms) of :func:`latency_call`, as :func:`measure` takes it."""
+    return measure(predictor, text)[0]
