@@ -110,10 +110,15 @@ class OvInt8Config(BaseModel):
 
 
 def require_ov(what: str = "OpenVINO int8") -> None:
-    """Raise MissingExtraError (exit code 2) when ``openvino``/``nncf`` are not installed; imports nothing."""
-    from .benchmark.openvino_system import require_openvino
+    """Raise MissingExtraError (exit code 2) when ``openvino``/``nncf`` are not installed, naming the ``optimize``
+    extra that brings them; imports nothing."""
+    from .errors import MissingExtraError
+    from .extras import missing_distributions
 
-    require_openvino(what)
+    missing = missing_distributions(("openvino", "nncf"))
+    if missing:
+        raise MissingExtraError(f"{what} needs OpenVINO and NNCF ({', '.join(missing)} not installed): "
+                                'pip install "multiverse[optimize]"')
 
 
 @contextlib.contextmanager

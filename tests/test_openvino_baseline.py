@@ -50,18 +50,11 @@ def test_openvino_system_agrees_with_transformers_and_is_cached(task, model_type
 
 
 def test_without_the_peers_extra_the_baseline_names_the_install_command(monkeypatch):
-    from importlib import metadata
+    from support.extras import hide_distribution
 
     from multiverse.benchmark.options import plan
 
-    real = metadata.version
-
-    def version(dist):
-        if dist == "nncf":
-            raise metadata.PackageNotFoundError(dist)
-        return real(dist)
-
-    monkeypatch.setattr(metadata, "version", version)
+    hide_distribution(monkeypatch, "nncf")
     assert "openvino" in BASELINES
     with pytest.raises(MissingExtraError, match=r"nncf not installed\): pip install \"multiverse\[peers\]\"") as exc:
         plan(baselines=["transformers,openvino"])

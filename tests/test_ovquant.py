@@ -141,18 +141,11 @@ def test_bad_calibration_or_unknown_node_is_a_quantization_error(fp32, tmp_path)
 
 
 def test_without_openvino_or_nncf_the_install_command_is_named(fp32, tmp_path, monkeypatch):
-    from importlib import metadata
+    from support.extras import hide_distribution
 
     from multiverse.ovquant import quantize_ov
 
-    real = metadata.version
-
-    def version(dist):
-        if dist == "nncf":
-            raise metadata.PackageNotFoundError(dist)
-        return real(dist)
-
-    monkeypatch.setattr(metadata, "version", version)
+    hide_distribution(monkeypatch, "nncf")
     with pytest.raises(MissingExtraError, match=r"nncf not installed\): pip install") as exc:
         quantize_ov(fp32, tmp_path, OvInt8Config(), [])
     assert exc.value.exit_code == 2
