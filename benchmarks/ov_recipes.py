@@ -12,17 +12,14 @@ Stages (``--stages``, comma-separated; each writes its section of ``--out``, the
 * ``attention``: the sweep's best presets with ``ScaledDotProductAttention`` inputs kept in floating point.
 * ``dynamic``: int8 weights (``nncf.compress_weights``) with the CPU plugin's run-time activation quantization
   per group of 32/64/128 channels, and 0 (off: weight-only int8).
-* ``sensitivity``: per weight MatMul, quantize all but it / only it. Cheap form: in one NNCF IR (mixed, SmoothQuant off)
-  the node's activation ``FakeQuantize`` is bypassed and its fp32 weight restored, no re-calibration.
-  Then real ``ignored_nodes`` builds with the most sensitive nodes in fp32.
-* ``accuracy-control``: ``nncf.quantize_with_accuracy_control`` with the min cosine to PyTorch on the scored
-  texts as metric (``max_drop`` 0.01: min cosine ≥ 0.99, at most 40 reverting iterations): what it reverts and
-  how long it takes.
+* ``sensitivity``: per weight MatMul, quantize all but it / only it (in one NNCF IR, mixed, SmoothQuant off, the
+  node's ``FakeQuantize`` bypassed and fp32 weight restored), then ``ignored_nodes`` builds of the most sensitive.
+* ``accuracy-control``: ``nncf.quantize_with_accuracy_control``, metric the min cosine to PyTorch on the scored
+  texts (``max_drop`` 0.01, at most 40 reverting iterations): what it reverts and how long it takes.
 * ``calibration``: the default and the best configuration at several calibration sizes.
-* ``speed``: the chosen configurations against the ORT bundle, end to end (tokenize, run, pool), batch 1,
-  2 threads, interleaved rounds (lengths above the model's limit are cut to it: MiniLM stops at 256 tokens); ONNX
-  Runtime with spinning on (serving default) and off (what the tuner times); p50 wall ms and process CPU ms per call (``time.process_time``), and OpenVINO
-  properties that might change CPU time (CPU pinning, TBB partitioner).
+* ``speed``: the chosen configurations against the ORT bundle, end to end, batch 1, 2 threads, interleaved
+  rounds (MiniLM stops at 256 tokens); ORT spinning on (serving) and off (tuner); p50 wall ms and process CPU ms
+  per call, and OpenVINO properties that might change CPU time (CPU pinning, TBB partitioner).
 * ``distilbert``: the sweep's configurations on the DistilBERT-base-shaped classifier (label agreement).
 
     python benchmarks/ov_recipes.py [--stages sweep,sensitivity,...] [--out benchmarks/results/ov_recipes.json]
