@@ -21,7 +21,6 @@ Stages (``--stages``, comma-separated; each writes its section of ``--out``, the
   rounds (MiniLM stops at 256 tokens); ORT spinning on (serving) and off (tuner); p50 wall ms and process CPU ms
   per call, and OpenVINO properties that might change CPU time (CPU pinning, TBB partitioner).
 * ``distilbert``: the sweep's configurations on the DistilBERT-base-shaped classifier (label agreement).
-
     python benchmarks/ov_recipes.py [--stages sweep,sensitivity,...] [--out benchmarks/results/ov_recipes.json]
 """
 
