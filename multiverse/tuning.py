@@ -143,7 +143,7 @@ class _Tuner:
 
     def build(self, config) -> OnnxModel:
         """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
-        of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on the eval data)."""
+        of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on ``ovtuning.calibration_set``)."""
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
         if isinstance(config, QuantConfig):
