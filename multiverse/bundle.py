@@ -274,7 +274,8 @@ class Inspection:
             ("runtime", f"{b.runtime_name}" + (f" {engine.get('version')}" if engine.get("version") else "")),
             ("precision", f"{m.get('precision')}" + (f": {shipped.get('label')}, {kept} node(s) kept in fp32"
                                                      if q and shipped.get("label") else "")),
-            ("fused ops", ", ".join(f"{k} {n}" for k, n in fam.items()) or "-"),
+            ("fused ops", "none: an OpenVINO IR of the unfused export (OpenVINO fuses when it compiles)"
+             if b.runtime_name == "OpenVINO" else ", ".join(f"{k} {n}" for k, n in fam.items()) or "-"),
             ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
                            f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
                            f"{'passed' if v.get('passed') else 'FAILED'}"),

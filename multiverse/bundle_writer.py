@@ -220,7 +220,8 @@ Optimised by Multiverse {m['versions']['multiverse']} (`multiverse optimize`) fo
 - Source: `{src['repo_id'] or src['local_path']}` revision `{src['revision'] or 'local'}`
 - Task: `{m['task']}`; precision: **{m['precision']}**; max sequence length {m.get('max_sequence_length')} tokens
 - Required CPU flags: {', '.join(tgt['required_flags']) or 'none'}
-- Fused ops: {', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
+- Fused ops: {'none (an OpenVINO IR of the unfused export: OpenVINO fuses when it compiles)' if engine == 'openvino'
+               else ', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
 
 ## Accuracy ({v.get('dataset')}, {v.get('n')} examples, tolerance {v.get('tolerance')})
 

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 from .choice import (  # noqa: F401 (re-exported)
     FIDELITY_TRADE,
+    cost_ms,
     LATENCY_TIE,
     SAFETY_MARGIN,
     Trial,
@@ -359,6 +360,15 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         if plan:
             sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision, runtime)
+    if runtime == "openvino" and chosen is not None:
+        reason = reason.replace("int8 requested: fastest passing int8 candidate", "--runtime openvino: the fastest "
+                                "passing OpenVINO candidate")
+        cost = cost_ms(tuner.trials, [0, chosen])
+        if cost[chosen] > cost[0]:
+            slower = (f"it is {cost[chosen] / cost[0]:.2f}x the CPU time of the fused fp32 ONNX Runtime graph on this "
+                      "host; --runtime auto would ship the faster one")
+            reason = f"{reason}; {slower}"
+            progress.warn(f"--runtime openvino: {tuner.trials[chosen].label} ships although {slower}")
     if sensitivity.get("skipped"):
         reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
     if chosen is None:
