@@ -77,7 +77,7 @@ def fallback_plan(trials: Sequence[Trial], precision: str = "auto", runtime: str
     if not any(trials[i].passed for i in int8):
         return "no int8 candidate passed", min(int8, key=lambda i: trials[i].validation.gate_loss)
     chosen, _ = choose(trials, precision, runtime)
-    if chosen is not None and chosen in int8 and not _robust(trials[chosen]):
+    if chosen is not None and chosen in int8 and not passed_with_margin(trials[chosen]):
         return (f"{trials[chosen].label} passed narrowly (gate loss {trials[chosen].validation.gate_loss:.2g} > "
                 f"{SAFETY_MARGIN:g} × tolerance)"), chosen
     return None
@@ -131,7 +131,7 @@ def cost_ms(trials: Sequence[Trial], indices: Sequence[int]) -> dict[int, float]
     return {i: trials[i].p50_ms for i in indices}
 
 
-def _robust(trial: Trial) -> bool:
+def passed_with_margin(trial: Trial) -> bool:
     """Passed with margin: gate loss ≤ ``SAFETY_MARGIN`` × the tolerance it was validated at."""
     return trial.validation.gate_loss <= SAFETY_MARGIN * trial.validation.tolerance
 
@@ -156,8 +156,8 @@ def _most_accurate_of_fastest(trials: Sequence[Trial], indices: Sequence[int]) -
               and trials[i].validation.divergence <= ratio * trials[pick].validation.divergence]
     if better:
         pick = min(better, key=key)
-    if not _robust(trials[pick]):  # a narrow pass: one with margin, as faithful and ≤ 10 % slower, ships instead
-        safer = [i for i in indices if _robust(trials[i]) and cost[i] <= cost[pick] * (1 + slower)
+    if not passed_with_margin(trials[pick]):  # a narrow pass: one with margin, as faithful and ≤ 10 % slower, ships instead
+        safer = [i for i in indices if passed_with_margin(trials[i]) and cost[i] <= cost[pick] * (1 + slower)
                  and trials[i].validation.divergence <= trials[pick].validation.divergence]
         if safer:
             pick = min(safer, key=key)

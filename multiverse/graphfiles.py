@@ -37,12 +37,14 @@ class ExternalTensor:
         location: file path relative to the graph's folder, exactly as written in the graph.
         offset: byte offset of the tensor's data in that file (0 when absent).
         length: byte length of the data, or None (then: to the end of the file).
+        element_type: an OpenVINO IR constant's ``element_type`` (``f32``, ``i8``, ...); None for ONNX.
     """
 
     name: str
     location: str
     offset: int
     length: int | None
+    element_type: str | None = None
 
 
 class GraphFormatError(ValueError):
@@ -150,7 +152,8 @@ def _ir_tensors(model_path: Path) -> list[ExternalTensor]:
         if layer.get("type") != "Const" or data is None or data.get("offset") is None:
             continue
         try:
-            found.append(ExternalTensor(layer.get("name", ""), location, int(data.get("offset")), int(data.get("size"))))
+            found.append(ExternalTensor(layer.get("name", ""), location, int(data.get("offset")), int(data.get("size")),
+                                        data.get("element_type")))
         except (TypeError, ValueError):
             raise GraphFormatError(f"constant {layer.get('name')!r} has a non-integer offset or size") from None
     return found

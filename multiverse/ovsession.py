@@ -91,6 +91,7 @@ class OpenVinoSession:
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", dict(self.properties))
         self._inputs = [Port(p.get_any_name()) for p in self.compiled.inputs]
+        self._input_names = frozenset(p.name for p in self._inputs)
         self._outputs = [Port(p.get_any_name()) for p in self.compiled.outputs]
         self._local = threading.local()
 
@@ -110,7 +111,7 @@ class OpenVinoSession:
         """One synchronous inference. ``feeds``: int64 arrays [batch, seq] by input name; returns the named
         outputs (all when None) as new float32 arrays, e.g. [batch, seq, hidden] or [batch, num_labels]."""
         request = self._request()
-        request.infer({k: v for k, v in feeds.items() if any(p.name == k for p in self._inputs)})
+        request.infer({k: v for k, v in feeds.items() if k in self._input_names})
         names = [p.name for p in self._outputs] if output_names is None else list(output_names)
         return [np.array(request.get_tensor(name).data, copy=True) for name in names]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
-from .choice import SAFETY_MARGIN
+from .choice import passed_with_margin
 from .errors import MissingExtraError, UsageError
-from .evaldata import EvalSet, subset
+from .evaldata import EvalSet
 from .extras import missing_distributions
 from .validate import model_inputs
 
@@ -63,8 +63,7 @@ def calibration_set(data: EvalSet) -> EvalSet:
 def calibration_feeds(predictor, data: EvalSet, n: int = CALIBRATION_ITEMS) -> list[dict]:
     """NNCF calibration samples: up to ``n`` evenly spaced examples of :func:`calibration_set` (ranking: pairs),
     each tokenized alone as the server runs it (``predictor.encode``: int64 [1, seq] arrays by input name)."""
-    calib = calibration_set(data)
-    items = model_inputs(subset(calib, n)) if not calib.groups else model_inputs(calib)
+    items = model_inputs(calibration_set(data))
     return [predictor.encode([x]).arrays for x in items[:: max(1, len(items) // n)][:n]]
 
 
@@ -114,6 +113,5 @@ def openvino_phase(tuner, configs: list, budget: int) -> None:
     first = len(tuner.trials)
     tuner.inc_loop(configs[:2], budget - (first - 1), "openvino", stop_at_first=False)
     static = [t for t in tuner.trials[first:] if (t.config or {}).get("mode") == "static"]
-    if configs[2:] and not any(t.passed and t.validation.gate_loss <= SAFETY_MARGIN * t.validation.tolerance
-                               for t in static):
+    if configs[2:] and not any(t.passed and passed_with_margin(t) for t in static):
         tuner.inc_loop(configs[2:], budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)

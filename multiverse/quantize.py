@@ -106,20 +106,13 @@ _IR_BYTES = {"f64": 8, "i64": 8, "u64": 8, "f32": 4, "i32": 4, "u32": 4, "f16": 
 
 def int8_weight_fraction(path: str | Path) -> float:
     """Fraction of weight elements (initializers; an OpenVINO IR's ``Const`` layers) stored as int8/uint8, in [0, 1]."""
-    from .graphfiles import is_openvino_ir
+    from .graphfiles import external_tensors, is_openvino_ir
 
     if is_openvino_ir(path):
-        import xml.etree.ElementTree as ET
-
-        counts = {"q": 0, "all": 0}
-        for layer in ET.parse(path).getroot().iter("layer"):
-            data = layer.find("data")
-            kind = None if data is None else data.get("element_type")
-            if layer.get("type") == "Const" and kind in _IR_BYTES and data.get("size"):
-                n = int(data.get("size")) // _IR_BYTES[kind]
-                counts["all"] += n
-                counts["q"] += n if kind in ("i8", "u8") else 0
-        return counts["q"] / counts["all"] if counts["all"] else 0.0
+        sizes = [(t.element_type, t.length // _IR_BYTES[t.element_type])
+                 for t in external_tensors(path) if t.element_type in _IR_BYTES and t.length]
+        total = sum(n for _, n in sizes)
+        return sum(n for kind, n in sizes if kind in ("i8", "u8")) / total if total else 0.0
     import numpy as np
     import onnx
 
