@@ -81,7 +81,7 @@ def rank(costs: dict[str, float]) -> list[str]:
 def measure(method: str, predictors: dict, text: str, rounds: int = 5) -> dict[str, float]:
     """Cost (ms) per candidate label by ``method`` (see the module docstring)."""
     from multiverse.timing import Budget, interleaved, median_ms, relative_costs
-    from multiverse.tuning import RUNS_PER_ROUND, latency_call
+    from multiverse.candidate_timing import RUNS_PER_ROUND, latency_call
 
     labels = list(predictors)
     if method == "sequential_wall":

@@ -109,7 +109,7 @@ def main() -> None:
 
     from multiverse.inference import Predictor
     from multiverse.timing import interleaved
-    from multiverse.tuning import latency_call
+    from multiverse.candidate_timing import latency_call
 
     work = Path(args.work or tempfile.mkdtemp(prefix="levers-"))
     ckpt, texts, graphs = build(None if args.model == "none" else args.model, work, args.static)

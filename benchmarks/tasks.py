@@ -67,7 +67,7 @@ def run_task(task: str, cache: Path, out: Path) -> dict:
     from multiverse.targets import get_target
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import support as fx
-    from multiverse.tuning import latency_call
+    from multiverse.candidate_timing import latency_call
 
     def measure_p50(predictor, text: str, min_seconds: float = 3.0) -> float:
         """Wall-clock p50 (ms) of the tuner's end-to-end call (tokenize + run + post-process, SEQ_LEN tokens)."""

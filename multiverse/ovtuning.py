@@ -79,14 +79,16 @@ def openvino_configs(exported) -> list:
     """The NNCF configurations the tuner tries on ``exported`` (the fp32 ``OnnxModel``), in order
     (``multiverse.ovquant.OvInt8Config``), each with the task head in fp32 (:func:`head_nodes`):
 
-    1. ``dynamic`` g32: int8 weights (``nncf.compress_weights``), activations quantized at run time per token in
-       groups of 32 channels by the CPU plugin. On all-MiniLM-L6-v2 (built-in texts) mean / min cosine 0.9990 /
-       0.9929, the only OpenVINO mode that met the gate there (``benchmarks/results/ov_recipes.json``).
-    2. ``static`` (NNCF's defaults for transformers: SmoothQuant 0.95, per-tensor activation scales calibrated on
+    1. ``static`` (NNCF's defaults for transformers: SmoothQuant 0.95, per-tensor activation scales calibrated on
        :func:`calibration_set`): 0.65-0.8x ONNX Runtime's CPU time per call from 64 tokens up on MiniLM, but mean / min
        cosine 0.9926 / 0.872 there; label agreement 1.0 on a DistilBERT-base-shaped classifier. The gate decides.
+       Tried first: when it passes with margin it is the cost the other candidates must come near to ship
+       (:func:`openvino_rest`, ``tuning.tune``).
+    2. ``dynamic`` g32: int8 weights (``nncf.compress_weights``), activations quantized at run time per token in
+       groups of 32 channels by the CPU plugin. On all-MiniLM-L6-v2 (built-in texts) mean / min cosine 0.9990 /
+       0.9929, the only OpenVINO mode that met the gate there (``benchmarks/results/ov_recipes.json``).
     3. ``static`` with each layer's FFN output projection in fp32 as well (:func:`ffn_output_nodes`): on a weak
-       BBC classifier (test accuracy 0.74) held-out label agreement 99.3 % vs 97.2 % for 2, at 1.67x vs 2.56x the
+       BBC classifier (test accuracy 0.74) held-out label agreement 99.3 % vs 97.2 % for 1, at 1.67x vs 2.56x the
        fp32 ONNX Runtime graph's CPU speed (``benchmarks/results/weak_head.json``).
     Other NNCF knobs (SmoothQuant α < 0.95, full bias correction, range estimators, accuracy control, per-node
     fp32 fallback: sensitivity is spread over every layer, best 0.9968 / 0.978 with 6 MatMuls in fp32) were
@@ -96,7 +98,7 @@ def openvino_configs(exported) -> list:
 
     names = node_names(convert(exported.path))
     head = tuple(head_nodes(names))
-    return [OvInt8Config(mode="dynamic", ignored_nodes=head), OvInt8Config(ignored_nodes=head),
+    return [OvInt8Config(ignored_nodes=head), OvInt8Config(mode="dynamic", ignored_nodes=head),
             OvInt8Config(ignored_nodes=head + tuple(ffn_output_nodes(names)))]
 
 
@@ -106,12 +108,24 @@ def ffn_output_nodes(names: list[str]) -> list[str]:
     return [n for n in names if re.search(r"/layers?\.\d+/(output/dense|ffn/lin2)/", n)]
 
 
-def openvino_phase(tuner, configs: list, budget: int) -> None:
-    """OpenVINO's candidates (:func:`openvino_configs`) in the tuner's INC loop (``tuning._Tuner``), within what is left of ``budget``: the first two (dynamic,
-    static) always, like phase 1's; the third (static with more nodes in fp32, slower) only when static did not
-    pass with margin."""
+def openvino_static(tuner, configs: list, budget: int) -> int | None:
+    """The first OpenVINO candidate (static int8, :func:`openvino_configs`) in the tuner's INC loop
+    (``tuning._Tuner``), within what is left of ``budget``. Returns its trial index when it passed with margin
+    (``choice.passed_with_margin``): the anchor whose cost decides which other candidates can still ship."""
     first = len(tuner.trials)
-    tuner.inc_loop(configs[:2], budget - (first - 1), "openvino", stop_at_first=False)
-    static = [t for t in tuner.trials[first:] if (t.config or {}).get("mode") == "static"]
-    if configs[2:] and not any(t.passed and passed_with_margin(t) for t in static):
-        tuner.inc_loop(configs[2:], budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)
+    tuner.inc_loop(configs[:1], budget - (first - 1), "openvino", stop_at_first=False)
+    done = tuner.trials[first:]
+    return first if done and done[0].passed and passed_with_margin(done[0]) else None
+
+
+def openvino_rest(tuner, configs: list, budget: int, static: int | None) -> None:
+    """The other OpenVINO candidates after :func:`openvino_static`, within what is left of ``budget``; none when
+    static int8 passed with margin (``static`` is its trial index). Dynamic g32 runs the same int8 weight GEMMs
+    plus a per-token activation quantization at run time, and static with the FFN outputs in fp32 runs more fp32
+    GEMMs: neither is faster than static. Measured, CPU time per call (16 and 128 tokens, interleaved): dynamic
+    1.36-1.46x static on a DistilBERT-base-shaped classifier; on all-MiniLM-L6-v2 dynamic is 0.91-0.97x ONNX
+    Runtime's int8 where static is 0.65-0.8x, and 1.5x at 8-16 tokens. ``choice.choose`` ships a slower
+    candidate only within ``FIDELITY_TRADE`` of the fastest, so building them would only cost build time."""
+    if static is not None or len(configs) < 2:
+        return
+    tuner.inc_loop(configs[1:], budget - (len(tuner.trials) - 1), "openvino", stop_at_first=False)

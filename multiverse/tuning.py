@@ -8,24 +8,21 @@ Multiverse feeds it ``1 − gate_loss`` with baseline 1, so INC's stop rule *is*
 (``ValidationReport.gate_loss``). INC 3.x ships no ONNX Runtime backend, so building,
 validating and timing each candidate is Multiverse's (the evaluation function).
 
-Phases, each one INC loop:
-1. the target's configuration, then the same with SmoothQuant activation smoothing at several
-   strengths α (``smooth.py``); the task head (pooler, classifier: :func:`head_nodes`) stays fp32.
-   These cost the same to run, so all of them run (INC's early stop off) and :func:`choose` ships
-   the most accurate of the equally fast: passing on a finite eval set by one example is luck;
-2. if none passed, or the one :func:`choose` would ship passed narrowly (gate loss >
-   ``SAFETY_MARGIN`` × τ): per-node sensitivity of that candidate (else of the lowest gate loss;
-   the output error, as normalised MSE against the fp32 graph, with each quantizable node
-   quantized alone, on a subset of the eval data), then the same candidate with the k most
-   sensitive nodes kept in fp32, for growing k (slower as k grows, so INC's stop at the first
-   candidate that reaches its target keeps the fastest; the target is τ, or ``SAFETY_MARGIN`` × τ
-   after a narrow pass, when fallbacks too slow to be chosen also stop the loop).
-
-Every candidate is validated on the full eval set and timed end to end on this host (sequence
-length 128, batch 1, the target's threads); before each choice the passing ones are re-timed in
-interleaved rounds (:meth:`_Tuner.retime`), so host drift between trials cannot pick the winner. Int8 is never shipped because it is int8
-(it is barely faster than fp32 without VNNI and at long sequences): the fused fp32 graph is a candidate too, and wins when no int8 candidate
-is both accurate and faster.
+Candidates, in this order (stage order lives in :func:`tune`), each validated on the full eval set and timed
+end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process CPU time):
+1. fp32, the fused graph: int8 ships only when it is accurate *and* faster;
+2. OpenVINO static int8 (``ovtuning``), when OpenVINO is tried: the fastest kind where it passes;
+3. the target's ONNX Runtime configuration, then the same with SmoothQuant strengths α (``smooth.py``), the task
+   head (:func:`head_nodes`) fp32 in all. They cost the same to run, so all run (INC's early stop off) and
+   :func:`choose` ships the most accurate of the equally fast; unless the first is too slow to ship beside a
+   static int8 that passed with margin (:meth:`_Tuner.phase1`);
+4. OpenVINO dynamic g32 and static with FFN outputs fp32, unless static passed with margin (``ovtuning``);
+5. if no int8 passed, or the one :func:`choose` would ship passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ):
+   per-node sensitivity of that ONNX Runtime candidate (normalised output MSE with each node quantized alone,
+   on a subset of the eval data), then the same with the k most sensitive nodes in fp32 for growing k (INC's
+   stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
+Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
+between trials cannot pick the winner.
 """
 
 from __future__ import annotations
@@ -34,23 +31,14 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from .choice import (  # noqa: F401 (re-exported)
-    FIDELITY_TRADE,
-    cost_ms,
-    LATENCY_TIE,
-    SAFETY_MARGIN,
-    Trial,
-    TuningReport,
-    choose,
-    fallback_plan,
-)
+from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
+from .choice import FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
-from .graphnodes import graph_bytes, single_node_graphs
-from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (re-exported)
+from .graphnodes import graph_bytes, head_nodes, output_nmse, quantizable_nodes, single_node_graphs
 from .incconfig import to_inc
 from .inference import Predictor
 from .progress import Progress
@@ -59,19 +47,6 @@ from .runtime import SPINNING, make_session, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
 from .tasks import get_task
-from .candidate_timing import (  # noqa: F401 (re-exported)
-    LATENCY_BATCH,
-    LATENCY_SEQ_LEN,
-    LATENCY_SEQ_LENS,
-    RETIME_ROUNDS,
-    ROUND_SECONDS,
-    RUNS_PER_ROUND,
-    TRIAL_ROUNDS,
-    latency_call,
-    measure,
-    measure_p50,
-    timed_costs,
-)
 from .validate import model_inputs, reference_outputs, validate
 
 # ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
@@ -82,6 +57,13 @@ SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0
 SENSITIVITY_ITEMS = 64
 FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes kept in fp32, tried in order
 CALIBRATION_ITEMS = 300
+# choose() ships a passing candidate at most FIDELITY_TRADE[0] slower than the fastest, and a narrow pass gives way
+# to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
+# more for the noise of one interleaved comparison (LATENCY_TIE).
+DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
+# Passing trials whose own CPU time is over RETIME_SPAN x the cheapest one's are not re-timed: one interleaved
+# trial timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
+RETIME_SPAN = 2.0
 
 
 def by_length(data: EvalSet) -> EvalSet:
@@ -219,8 +201,32 @@ class _Tuner:
             if (stop_at_first and monitor.need_stop()) or index + 1 >= budget:
                 break
 
+    def phase1(self, configs: Sequence[QuantConfig], budget: int, anchor: int | None,
+               keep_last_for: Callable[[], bool] | None = None) -> None:
+        """Phase 1 (one INC loop, every configuration run) within what is left of ``budget``. With an ``anchor``
+        (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone and the rest
+        only if its CPU time, timed interleaved with the anchor's, is at most ``DOMINATED`` × the anchor's: the
+        rest add SmoothQuant's Mul nodes to the same int8 GEMMs and cost at least as much (measured, re-timed
+        interleaved in two builds of a DistilBERT-base-shaped classifier: α=0.6-0.8 at 0.99-1.03x the unsmoothed
+        candidate's CPU time), and :func:`choose` cannot ship a candidate that much slower than a passing one."""
+        left = budget - (len(self.trials) - 1)
+        if anchor is None or len(configs) < 2 or left < 2:
+            self.inc_loop(configs, left, "configurations", stop_at_first=False, keep_last_for=keep_last_for)
+            return
+        first = len(self.trials)
+        self.inc_loop(configs[:1], left, "configurations", stop_at_first=False)
+        if len(self.trials) > first and self.trials[first].validation is not None:
+            ratio = self.ratio(anchor, first)
+            if ratio > DOMINATED:
+                self.progress.info(f"not trying {len(configs) - 1} smoothed variant(s) of {self.trials[first].label}: "
+                                   f"it takes {ratio:.2f}x the CPU time of {self.trials[anchor].label} (> "
+                                   f"{DOMINATED:.2f}x), too slow to ship beside it, and they cost at least as much")
+                return
+        self.inc_loop(configs[1:], budget - (len(self.trials) - 1), "configurations", stop_at_first=False,
+                      keep_last_for=keep_last_for)
+
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time every passing trial in ``rounds`` interleaved rounds (A B C, B C A, …; ``RUNS_PER_ROUND`` calls
+        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds`` interleaved rounds (A B C, B C A, …; ``RUNS_PER_ROUND`` calls
         each) and set its ``cpu_ms`` to :func:`multiverse.timing.relative_costs` of its rounds' CPU times (what
         :func:`choose` compares) and its ``p50_ms`` to the median of its rounds' wall-clock p50s.
 
@@ -231,6 +237,9 @@ class _Tuner:
         time a call waited for a core that another process held.
         """
         passing = [i for i, t in enumerate(self.trials) if t.passed]
+        cheapest = min((self.trials[i].cpu_ms for i in passing if self.trials[i].cpu_ms), default=None)
+        if cheapest:  # far slower than the cheapest (fp32 beside int8): no timing noise makes it the fastest
+            passing = [i for i in passing if not self.trials[i].cpu_ms or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
         if len(passing) < 2:
             return
         timed = timed_costs([self.predictor(self.models[i]) for i in passing], self.latency_text, rounds)
@@ -328,7 +337,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     is None and the most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_configs, openvino_phase, runtimes
+    from .ovtuning import openvino_configs, openvino_rest, openvino_static, runtimes
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -345,16 +354,19 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     if quantize and precision != "fp32":
         if note:
             progress.info(note)
+        ov_configs = openvino_configs(exported) if use_ov and configs is None else []
+        anchor = openvino_static(tuner, ov_configs, budget) if ov_configs else None
         if use_ort:
             head = head_nodes(fused, target.quantization)
-            # All phase-1 candidates run: they cost the same to execute, so which one ships is decided by
-            # accuracy (see choose), not by which passed first on a finite eval set. Phase 1 leaves the budget's
-            # last trial to phase 2 when nothing has passed with margin by then: a fallback of the best candidate
-            # is likelier to pass than one more smoothing strength.
-            tuner.inc_loop(configs or phase1_configs(target, head), budget, "configurations", stop_at_first=False,
-                           keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
-        if use_ov and configs is None:
-            openvino_phase(tuner, openvino_configs(exported), budget)
+            # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
+            # (see choose), not by which passed first on a finite eval set; unless the first, which the others
+            # cost at least as much as, is too slow to ship next to the anchor (tuner.phase1). Phase 1 leaves
+            # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
+            # best candidate is likelier to pass than one more smoothing strength.
+            tuner.phase1(configs or phase1_configs(target, head), budget, anchor,
+                         keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
+        if ov_configs:
+            openvino_rest(tuner, ov_configs, budget, anchor)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
         if plan:

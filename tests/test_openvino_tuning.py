@@ -52,7 +52,7 @@ def test_an_openvino_bundle_records_its_runtime_and_pins_it(ov_bundles):
     assert "(openvino " in (b.path / "README.md").read_text() and "model.xml" in (b.path / "README.md").read_text()
     result = CliRunner().invoke(app, ["inspect", str(b.path)])
     assert result.exit_code == 0, result.output
-    assert "OpenVINO" in result.output and "ov s8 dynamic g32" in result.output
+    assert "OpenVINO" in result.output and "ov s8 static" in result.output
     assert "none: an OpenVINO IR of the unfused export" in " ".join(result.output.split())
 
 

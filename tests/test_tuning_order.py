@@ -1,0 +1,71 @@
+"""Which candidates the tuner builds: a kind that cannot ship beside a faster one that passed with margin is not
+built (build time), with the rule checked against :func:`multiverse.choice.choose` itself."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from multiverse.choice import Trial, choose
+from multiverse.ovtuning import openvino_rest
+from multiverse.tuning import DOMINATED, _Tuner
+from multiverse.validate import Check, ValidationReport
+
+
+def _trial(label, config, cpu_ms, *, loss=0.0, nmse=0.01, passed=True):
+    check = Check("relative loss of accuracy", loss, 0.01, passed, loss)
+    v = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, 0.01, passed, (check,),
+                         {"logit_nmse": nmse})
+    return Trial(label, config, v, p50_ms=cpu_ms, cpu_ms=cpu_ms)
+
+
+class FakeTuner:
+    """What ``_Tuner.phase1`` and ``openvino_rest`` use: the trials, an INC loop that 'runs' configs, ``ratio``."""
+
+    def __init__(self, trials, costs):
+        self.trials, self.costs, self.loops, self.notes = list(trials), costs, [], []
+        self.progress = SimpleNamespace(info=self.notes.append)
+
+    def inc_loop(self, configs, budget, phase, stop_at_first=True, keep_last_for=None, **kw):
+        self.loops.append(list(configs))
+        for c in configs[:budget]:
+            self.trials.append(_trial(c, {"name": c}, self.costs[c]))
+
+    def ratio(self, i, j):
+        return self.trials[j].cpu_ms / self.trials[i].cpu_ms
+
+
+def _run_phase1(costs, anchor_cost):
+    fp32 = _trial("fp32", None, 30.0)
+    static = _trial("ov static", {"runtime": "openvino", "mode": "static"}, anchor_cost)
+    t = FakeTuner([fp32, static], costs)
+    _Tuner.phase1(t, ["plain", "a0.7", "a0.6"], budget=12, anchor=1)
+    return t
+
+
+def test_smoothed_variants_are_not_built_when_the_first_is_too_slow_to_ship_beside_the_anchor():
+    t = _run_phase1({"plain": 11.5, "a0.7": 11.6, "a0.6": 11.4}, anchor_cost=8.2)  # 1.40x: DistilBERT-base measured
+    assert [x.label for x in t.trials] == ["fp32", "ov static", "plain"]
+    assert "not trying 2 smoothed variant(s) of plain" in t.notes[0]
+    # had they been built (each costs ≥ 0.99x plain), choose() would not have shipped any of them
+    full = t.trials + [_trial("a0.7", {"name": "a0.7"}, 11.6, nmse=0.001), _trial("a0.6", {"name": "a0.6"}, 11.4)]
+    assert choose(full)[0] == 1
+
+
+def test_smoothed_variants_are_built_when_they_could_ship():
+    t = _run_phase1({"plain": 8.9, "a0.7": 9.1, "a0.6": 9.0}, anchor_cost=8.2)  # 1.09x: within FIDELITY_TRADE
+    assert [x.label for x in t.trials] == ["fp32", "ov static", "plain", "a0.7", "a0.6"] and not t.notes
+    assert 1.21 < DOMINATED < 1.3
+
+
+def test_without_an_anchor_phase1_is_one_loop_over_every_configuration():
+    t = FakeTuner([_trial("fp32", None, 30.0)], {"plain": 11.5, "a0.7": 11.6})
+    _Tuner.phase1(t, ["plain", "a0.7"], budget=12, anchor=None)
+    assert t.loops == [["plain", "a0.7"]]
+
+
+def test_openvino_dynamic_and_ffn_variants_only_when_static_did_not_pass_with_margin():
+    t = FakeTuner([_trial("fp32", None, 30.0)], {"dynamic": 12.0, "ffn": 10.0})
+    openvino_rest(t, ["static", "dynamic", "ffn"], budget=12, static=1)
+    assert t.loops == []
+    openvino_rest(t, ["static", "dynamic", "ffn"], budget=12, static=None)
+    assert t.loops == [["dynamic", "ffn"]]
