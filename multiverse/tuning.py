@@ -355,7 +355,9 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         if note:
             progress.info(note)
         ov_configs = openvino_configs(exported) if use_ov and configs is None else []
-        anchor = openvino_static(tuner, ov_configs, budget) if ov_configs else None
+        # a budget of one trial goes to ONNX Runtime, whose per-node fallback then says how many trials it needs
+        static_first = bool(ov_configs) and (budget > 1 or not use_ort)
+        anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
         if use_ort:
             head = head_nodes(fused, target.quantization)
             # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
@@ -366,6 +368,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
             tuner.phase1(configs or phase1_configs(target, head), budget, anchor,
                          keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
         if ov_configs:
+            anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
             openvino_rest(tuner, ov_configs, budget, anchor)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
