@@ -43,6 +43,7 @@ def test_an_openvino_bundle_records_its_runtime_and_pins_it(ov_bundles):
     assert b.spec.model_file == "model.xml" and b.external_data() == ["model.bin"] and b.passed
     assert m["runtime"]["engine"]["name"] == "openvino" and m["runtime"]["engine"]["version"]
     assert m["quantization"]["runtime"] == "openvino" and m["quantization"]["quantized_ops"]["int8_nodes"] > 0
+    assert m["quantization"]["frontend"] == "pytorch"  # the tuner converted the PyTorch model (ovfrontend)
     assert m["precision"] == "int8" and 0 < m["int8_weight_fraction"] <= 1
     pins = container.read_requirements(b.path / container.REQUIREMENTS)
     assert pins["openvino"] == m["runtime"]["engine"]["version"] and "onnxruntime" in pins
