@@ -49,6 +49,7 @@ from multiverse.graphnodes import head_nodes
 from multiverse.inference import Predictor
 from multiverse.quantize import quantize
 from multiverse.targets import get_target
+from multiverse.tasks.text_classification import expected_flip_rate as pairwise_flip_rate
 from multiverse.timing import interleaved, relative_costs
 from multiverse.tuning import NO_SPINNING
 from multiverse.validate import candidate_outputs, reference_outputs, score
@@ -210,7 +211,12 @@ def agreement_row(cand, data, ref, config) -> dict:
     margin = np.abs(ref.values[:, 1] - ref.values[:, 0])
     flips = np.flatnonzero(ref_lab != cand_lab)
     d_margin = (out.values[:, 1] - out.values[:, 0]) - (ref.values[:, 1] - ref.values[:, 0])
+    p_pairs, se_pairs = pairwise_flip_rate(ref.values, out.values)
     return {"agreement": round(float(np.mean(ref_lab == cand_lab)), 4), "flips": int(flips.size),
+            # estimates of the agreement users will see, from this split alone (the gate's view)
+            "expected_agreement_pairs": round(1 - p_pairs, 4), "expected_agreement_pairs_se": round(se_pairs, 4),
+            "expected_agreement_gaussian": round(1 - expected_flip_rate(margin, float(d_margin.std())), 4),
+            "logits": out.values.round(5).tolist(),
             "margin_noise_std": round(float(d_margin.std()), 5), "margin_shift_mean": round(float(d_margin.mean()), 5),
             "flipped_ref_margins": [round(float(margin[i]), 3) for i in flips][:20],
             "accuracy": round(rep.optimised, 4), "reference_accuracy": round(rep.reference, 4),
@@ -272,8 +278,14 @@ def main() -> None:
     for name, cand in cands.items():
         rows[name] = {split: agreement_row(cand, d, refs[split], base.config)
                       for split, d in (("validation", val), ("test", test))}
-        print(f"{name:60s} val {rows[name]['validation']['agreement']:.4f} test {rows[name]['test']['agreement']:.4f} "
+        v = rows[name]["validation"]
+        print(f"{name:60s} val {v['agreement']:.4f} expected {v['expected_agreement_pairs']:.4f} "
+              f"(se {v['expected_agreement_pairs_se']:.4f}) test {rows[name]['test']['agreement']:.4f} "
               f"acc {rows[name]['test']['accuracy']:.4f}", flush=True)
+    logits = {f"{name}|{split}": np.asarray(rows[name][split].pop("logits"), np.float32)
+              for name in rows for split in ("validation", "test")}
+    logits.update({f"reference|{split}": refs[split].values for split in refs})
+    np.savez_compressed(Path(args.work) / "logits.npz", **logits)  # for re-analysis without rebuilding
 
     m_test = refs["test"].values[:, 1] - refs["test"].values[:, 0]
     for name, row in rows.items():  # the test flip rate predicted from the validation margin noise
