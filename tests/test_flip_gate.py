@@ -88,4 +88,5 @@ def test_validate_prints_the_expected_agreement_and_what_it_is(tiny_bundles):
     assert r.exit_code == 0, r.output
     row = next(line for line in r.stdout.splitlines() if "expected_label_agreement " in line)
     assert re.search(r"expected_label_agreement\s*│\s*(0\.99[0-9]{2}|1\.0000)\s*│\s*0\.9900\s*│\s*pass", row), row
-    assert "agreement expected on new inputs" in " ".join(r.stdout.replace("│", " ").split())
+    note = " ".join(r.stdout.split("└")[-1].split())  # below the table, whole
+    assert "expected_label_agreement_method: expected_label_agreement is the agreement expected on new inputs" in note

@@ -14,8 +14,9 @@ from .base import Encoded, TaskParams, result_scores, top_result
 from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 
 OUTPUT = "logits"
-EXPECTED_AGREEMENT_NOTE = ("agreement expected on new inputs: every eval example's logit margin paired with every "
-                           "eval example's logit error (the observed agreement counts only the eval set's own flips)")
+EXPECTED_AGREEMENT_NOTE = ("expected_label_agreement is the agreement expected on new inputs: every eval example's "
+                           "logit margin tried with every eval example's logit error (n² pairs), where label_agreement "
+                           "counts only the eval set's own flips")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
