@@ -18,6 +18,11 @@ Candidates:
     per-token dynamic activation quantization (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 0 = off, 32, 64).
     Compiled with ``INFERENCE_PRECISION_HINT=f32`` (no bf16 on this host anyway), ``PERFORMANCE_HINT=LATENCY``.
 
+Agreement columns per split: the observed label agreement with PyTorch, and what the gate estimates users will see
+from that split alone: ``expected_agreement_pairs`` (± ``_se``), 1 − ``multiverse.tasks.text_classification.
+expected_flip_rate`` (every example's margin tried with every example's logit error), and ``expected_agreement_gaussian``
+(mean Φ(−|m| / σ) with σ the std of the margin error). Logits of every candidate go to ``WORK/logits.npz``.
+
 Speed: end-to-end call (tokenize, run, post-process) on one text cut to 128 tokens, batch 1, 2 threads, all
 candidates interleaved in one process (``multiverse.timing.interleaved``; ORT sessions with spinning off so that
 process CPU time is the work done); costs are ``relative_costs`` over the rounds; speed-up = fp32 fused cost /
@@ -228,6 +233,7 @@ def main() -> None:
     ap.add_argument("--bundle", help="bundle written by `multiverse optimize` on the fixture (the tuner's choice)")
     ap.add_argument("--only", nargs="*", default=[], help="NNCF candidate names to build (default: all)")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens of the timed text (default 128)")
     ap.add_argument("--max-drops", type=float, nargs="*", default=[0.01],
                     help="max_drop values (label agreement, absolute) of quantize_with_accuracy_control")
     ap.add_argument("--fallback-counts", type=int, nargs="*", default=[2, 6, 8],
@@ -293,8 +299,8 @@ def main() -> None:
             expected_flip_rate(m_test, row["validation"]["margin_noise_std"]), 4)
     from multiverse.evaldata import bbc_articles
 
-    text = base.text_of_length(" ".join(body for _, body, _ in bbc_articles()[:3]), SEQ_LEN)
-    assert len(base.encode([text]).arrays["input_ids"][0]) == SEQ_LEN
+    text = base.text_of_length(" ".join(body for _, body, _ in bbc_articles()[:3]), args.seq_len)
+    assert len(base.encode([text]).arrays["input_ids"][0]) == args.seq_len
     names = list(cands)
     load_before = os.getloadavg()
     r = interleaved([(lambda c=cands[n]: c.predict([text])) for n in names], args.rounds, 10, warmup_runs=5,
@@ -314,11 +320,11 @@ def main() -> None:
     import openvino
 
     doc = {"fixture": str(folder), "n_validation": len(val), "n_test": len(test), "threads": THREADS,
-           "seq_len": SEQ_LEN, "batch": 1, "rounds": args.rounds, "loadavg_before": load_before,
+           "seq_len": args.seq_len, "batch": 1, "rounds": args.rounds, "loadavg_before": load_before,
            "loadavg_after": load_after, "versions": {"onnxruntime": onnxruntime.__version__,
                                                       "openvino": openvino.__version__, "nncf": nncf.__version__},
            "candidates": rows, "ort_margin_sensitivity_sq0.8": sensitivity}
-    out = OUT if not args.only else OUT.with_name("weak_head-partial.json")
+    out = OUT if not args.only else OUT.with_name(f"weak_head-partial{'' if args.seq_len == SEQ_LEN else args.seq_len}.json")
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(out)
 

@@ -81,8 +81,15 @@ def test_gate_fails_a_candidate_whose_flips_are_expected_but_not_seen():
 
 
 def test_validate_prints_the_expected_agreement_and_what_it_is(tiny_bundles):
+    import json
+
     from multiverse.cli import app
     from typer.testing import CliRunner
+
+    manifest = json.loads((tiny_bundles["text-classification"] / "multiverse.json").read_text())
+    # the shipped candidate's record in the manifest (fp32 here: int8 is not faster than fp32 at hidden size 32)
+    assert {c["name"]: c["passed"] for c in manifest["validation"]["checks"]}["expected_label_agreement"]
+    assert manifest["validation"]["details"]["expected_label_agreement_se"] >= 0
 
     r = CliRunner().invoke(app, ["validate", str(tiny_bundles["text-classification"])])
     assert r.exit_code == 0, r.output
