@@ -54,7 +54,9 @@ from multiverse.graphnodes import head_nodes
 from multiverse.inference import Predictor
 from multiverse.quantize import quantize
 from multiverse.targets import get_target
-from multiverse.tasks.text_classification import expected_flip_rate as pairwise_flip_rate
+from multiverse.tasks.text_classification import (
+    expected_flip_rate as pairwise_flip_rate,
+)
 from multiverse.timing import interleaved, relative_costs
 from multiverse.tuning import NO_SPINNING
 from multiverse.validate import candidate_outputs, reference_outputs, score

@@ -83,8 +83,9 @@ def test_gate_fails_a_candidate_whose_flips_are_expected_but_not_seen():
 def test_validate_prints_the_expected_agreement_and_what_it_is(tiny_bundles):
     import json
 
-    from multiverse.cli import app
     from typer.testing import CliRunner
+
+    from multiverse.cli import app
 
     manifest = json.loads((tiny_bundles["text-classification"] / "multiverse.json").read_text())
     # the shipped candidate's record in the manifest (fp32 here: int8 is not faster than fp32 at hidden size 32)
