@@ -207,11 +207,14 @@ def validate(
         for c in report.checks:
             t.add_row(c.name, f"{c.value:.4f}", f"{c.threshold:.4f}", "pass" if c.passed else "FAIL")
         shown = {c.name for c in report.checks} | {report.metric}  # already rows above
+        notes = {k: v for k, v in report.details.items() if isinstance(v, str)}  # what a check means: below the table
         for k, v in report.details.items():
-            if k in shown:
+            if k in shown or k in notes:
                 continue
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v), "", "")
         _out().print(t)
+        for k, v in notes.items():
+            _out().print(f"{k}: {v}", highlight=False, soft_wrap=True)
     note = resolution_note(report.task, report.n, report.tolerance)
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
