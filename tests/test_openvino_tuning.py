@@ -24,17 +24,9 @@ from multiverse.tasks import TASKS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ov_bundles(tiny_checkpoints, tmp_path_factory):
-    """task → bundle built with ``--runtime openvino`` (OpenVINO candidates only; the smallest trial budget).
-
-    Tolerance 0.1: static int8 scales on these random hidden-32 encoders agree with PyTorch on only ~95 % of
-    labels (measured; ONNX Runtime's per-row dynamic scales pass at 0.01), and these tests pin the bundle and the
-    serving path, not the accuracy (the gate's own tests do)."""
-    from multiverse.pipeline import optimize
-
-    out = tmp_path_factory.mktemp("ov-bundles")
-    return {task: optimize(str(path), "native", out=out / task, runtime="openvino", max_trials=1, tolerance=0.1)
-            for task, path in tiny_checkpoints.items()}
+def ov_bundles(tiny_ov_bundles):
+    """task → bundle built with ``--runtime openvino`` (conftest's session-wide ``tiny_ov_bundles``)."""
+    return tiny_ov_bundles
 
 
 def test_an_openvino_bundle_records_its_runtime_and_pins_it(ov_bundles):

@@ -1,8 +1,8 @@
 """Real client packages against the server on 127.0.0.1 (uvicorn in a thread, the ``multiverse serve`` server
 path, tiny bundles): the official ``openai`` SDK, ``huggingface_hub.InferenceClient`` and ``infinity_client``
 use their own fixed paths (``/v1/embeddings`` with base64, ``/v1/models``, ``POST /`` by task, ``/embeddings``,
-``/models``), and their answers equal ``Predictor.predict`` on the same inputs. About 10 s (plus the shared
-tiny-bundle fixture)."""
+``/models``), and their answers equal ``Predictor.predict`` on the same inputs, for an ONNX Runtime bundle and for
+an OpenVINO IR bundle. About 10 s per runtime (plus the shared tiny-bundle fixtures)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,26 @@ from multiverse.serve.settings import ServeSettings
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Serving encoders on CPUs", "naïve café in Tokyo 東京"]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_bundles):
-    """task → (url, Predictor) for the feature-extraction, text- and token-classification tiny bundles."""
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def served(request, tiny_bundles):
+    """task → (url, Predictor) for the feature-extraction, text- and token-classification tiny bundles, built for
+    ONNX Runtime (``tiny_bundles``) and for OpenVINO (an IR bundle, conftest's ``tiny_ov_bundles``)."""
+    if request.param == "openvino":
+        pytest.importorskip("openvino")
+        ov = request.getfixturevalue("tiny_ov_bundles")
+        paths = {task: ov[task].path for task in ("feature-extraction", "text-classification", "token-classification")}
+    else:
+        paths = {task: Path(tiny_bundles[task]) for task in tiny_bundles}
     out, stack = {}, []
     try:
         for task in ("feature-extraction", "text-classification", "token-classification"):
-            path = Path(tiny_bundles[task])
+            path = paths[task]
             settings = ServeSettings(model_name=f"tiny-{task}")
             srv = ThreadServer(create_app(path, settings), settings).__enter__()
             stack.append(srv)
             srv.wait_ready(60)
             out[task] = (srv.url, Predictor.from_bundle(path))
+        out["runtime"] = request.param
         yield out
     finally:
         for srv in stack:
@@ -174,3 +182,30 @@ def test_tei_similarity_route_and_empty_sentences(served):
         assert r.status_code == 400 and "`sentences` is empty" in r.json()["error"]
         r = c.post("/similarity", json={"inputs": {"source_sentence": "\u200b", "sentences": ["x"]}})
         assert r.status_code == 400 and "source_sentence" in r.json()["error"]
+
+
+def test_info_models_and_metrics_name_the_runtime(served):
+    """``/info`` (TEI's fields unchanged, plus ``backend``, ``backend_version``, ``backend_version_built``),
+    infinity's ``/models`` ``backend`` and ``/metrics``' ``multiverse_runtime_info`` say which runtime serves the
+    model and its version; no help text claims ONNX Runtime for an OpenVINO bundle."""
+    import httpx
+
+    from multiverse.runtime import engine_version
+
+    runtime = served["runtime"]
+    url, predictor = served["feature-extraction"]
+    built = predictor.bundle.manifest["runtime"]["engine"]
+    assert built["name"] == runtime
+    with httpx.Client(base_url=url, timeout=30) as c:
+        info = c.get("/info").json()
+        models = c.get("/models").json()
+        metrics = c.get("/metrics").text
+    assert {"model_id", "model_sha", "model_dtype", "model_type", "max_input_length", "max_concurrent_requests",
+            "max_batch_tokens", "max_client_batch_size", "tokenization_workers", "version"} <= set(info)
+    assert info["backend"] == runtime and info["backend_version"] == engine_version(runtime)
+    assert info["backend_version"] and info["backend_version_built"] == built["version"]
+    assert models["data"][0]["backend"] == f"multiverse-{runtime}"
+    line = next(x for x in metrics.splitlines() if x.startswith("multiverse_runtime_info{"))
+    assert f'backend="{runtime}"' in line and f'version="{engine_version(runtime)}"' in line and line.endswith(" 1.0")
+    help_lines = [x for x in metrics.splitlines() if x.startswith("# HELP")]
+    assert not any("ONNX Runtime" in x and "OpenVINO" not in x for x in help_lines), help_lines
