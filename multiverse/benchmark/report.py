@@ -88,11 +88,13 @@ def _bundle_info(bundle) -> BundleInfo:
 
 
 def _runtime_info(bundle) -> dict:
-    """``{"name", "version", "version_built"}`` of the runtime that runs ``bundle`` (see ``BundleInfo.runtime``)."""
+    """``{"name", "version", "version_built"}`` of the runtime that runs ``bundle`` (see ``BundleInfo.runtime``):
+    OpenVINO for an IR (``model_file`` ending in ``.xml``), else ONNX Runtime."""
     from ..graphfiles import is_openvino_ir
     from ..runtime import engine_info
 
-    return engine_info("openvino" if is_openvino_ir(bundle.model_path) else "onnxruntime", bundle.manifest)
+    ir = is_openvino_ir(str(bundle.manifest.get("model_file") or "model.onnx"))
+    return engine_info("openvino" if ir else "onnxruntime", bundle.manifest)
 
 
 def _order(r: CellResult) -> tuple:
