@@ -105,7 +105,8 @@ def test_huggingface_inference_client_on_post_root(served):
         _close(sims, [float(vecs[0] @ vecs[i]) for i in (1, 2)])
 
         labels = InferenceClient(model=tc_url, timeout=30).text_classification(TEXTS[1])
-        want = tc.predict([TEXTS[1]]).results[0]
+        want = tc.predict([TEXTS[1]], {"top_k": None}).results[0]  # TEI's POST / answers every label
+        assert len(labels) == len(tc.config["id2label"]) > 1
         assert [x.label for x in labels] == [w["label"] for w in want]
         _close([x.score for x in labels], [w["score"] for w in want])
         two = InferenceClient(model=tc_url, timeout=30).text_classification(TEXTS[1], top_k=2)
@@ -122,7 +123,7 @@ def test_huggingface_inference_client_on_post_root(served):
 def test_clients_get_logits_truncation_errors_and_extra_fields_ignored(served):
     """``InferenceClient.text_classification(function_to_apply="none")`` gets the logits (as TEI's ``raw_scores``);
     ``feature_extraction(truncate=False)`` on a text over the token limit fails 422 ``InputTooLong`` (as TEI) and
-    succeeds with truncation; the OpenAI SDK's ``extra_body`` fields are ignored (as TEI and infinity ignore unknown
+    succeeds with truncation; a text over the server's character limit fails 422 ``TooManyCharacters`` either way; the OpenAI SDK's ``extra_body`` fields are ignored (as TEI and infinity ignore unknown
     fields)."""
     from huggingface_hub import InferenceClient
     from huggingface_hub.errors import HfHubHTTPError
@@ -147,6 +148,12 @@ def test_clients_get_logits_truncation_errors_and_extra_fields_ignored(served):
         assert info.value.response.json()["error_type"] == "InputTooLong"
         _close(np.asarray(client.feature_extraction(long_text, truncate=True)).reshape(-1),
                fe.predict([long_text]).results[0])
+        # Over the server's --max-chars (default 50,000) truncation cannot help: a distinct error saying so.
+        with pytest.raises(HfHubHTTPError) as info:
+            client.feature_extraction("word " * 12_000, truncate=True)
+        assert info.value.response.status_code == 422
+        body = info.value.response.json()
+        assert body["error_type"] == "TooManyCharacters" and "--max-chars" in body["error"], body
 
     openai = OpenAI(base_url=fe_url + "/v1", api_key="unused", max_retries=0, timeout=30)
     got = openai.embeddings.create(input=TEXTS, model="tiny", encoding_format="float",
@@ -209,3 +216,21 @@ def test_info_models_and_metrics_name_the_runtime(served):
     assert f'backend="{runtime}"' in line and f'version="{engine_version(runtime)}"' in line and line.endswith(" 1.0")
     help_lines = [x for x in metrics.splitlines() if x.startswith("# HELP")]
     assert not any("ONNX Runtime" in x and "OpenVINO" not in x for x in help_lines), help_lines
+
+
+def test_tei_predict_answers_every_label_best_first_unless_top_k_says(served):
+    """TEI's ``/predict`` has no ``top_k`` and answers all labels sorted by score (router/src/http/server.rs);
+    Multiverse's ``/predict`` does the same by default, and ``parameters.top_k`` still narrows it."""
+    import httpx
+
+    url, tc = served["text-classification"]
+    n_labels = len(tc.config["id2label"])
+    with httpx.Client(base_url=url, timeout=30) as c:
+        one = c.post("/predict", json={"inputs": TEXTS[1]}).json()
+        batch = c.post("/predict", json={"inputs": TEXTS, "raw_scores": True}).json()
+        top1 = c.post("/predict", json={"inputs": TEXTS[1], "parameters": {"top_k": 1}}).json()
+    assert len(one) == n_labels > 1 and [x["score"] for x in one] == sorted((x["score"] for x in one), reverse=True)
+    _close([x["score"] for x in one], [w["score"] for w in tc.predict([TEXTS[1]], {"top_k": None}).results[0]])
+    assert [len(r) for r in batch] == [n_labels] * len(TEXTS)
+    assert top1 == [one[0]]
+    assert len(tc.predict([TEXTS[1]]).results[0]) == 1  # the library keeps transformers' pipeline default

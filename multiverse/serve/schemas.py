@@ -99,7 +99,7 @@ class PredictRequest(BaseModel):
     inputs: Texts = Field(description="A text, a list of texts, or a list of [text, text_pair] pairs (ranking; "
                                       "sentence-pair classifiers).")
     parameters: dict[str, Any] | None = Field(
-        None, description="Task options. text-classification: `top_k` (int ≥ 1, default 1; null = all labels), "
+        None, description="Task options. text-classification: `top_k` (int ≥ 1; null or absent = all labels, as TEI), "
                           "`raw_scores` (bool, default false: probabilities; true: logits). feature-extraction: "
                           "`normalize` (bool, default from the bundle). ranking: `raw_scores` (bool, default false: "
                           "sigmoid). token-classification: `ignore_labels` (list of labels, default [\"O\"]), "

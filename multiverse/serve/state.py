@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import InputError, MultiverseError
+from ..errors import InputError, MultiverseError, TooManyCharacters
 from ..tasks import TASKS, Task, get_task
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
@@ -246,8 +246,9 @@ class ServerState:
                     raise ApiError(400, "EmptyInput", f"Input {i} of `{field}` is empty (nothing but whitespace, "
                                                       "control or zero-width characters); send some text.")
                 if n > max_chars:
-                    raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; this server accepts at most "
-                                                        f"{max_chars} per text (its --max-chars); send a shorter text.")
+                    raise TooManyCharacters(f"Input {i} has {n} characters; this server accepts at most {max_chars} "
+                                            "per text (its --max-chars), truncated or not: split or shorten the "
+                                            "text, or ask the operator to raise --max-chars.")
                 n_chars += n
         return items, n_chars
 
