@@ -57,6 +57,7 @@ def test_benchmark_an_openvino_bundle_with_the_openvino_baseline_and_a_profile(t
 
     assert rep["bundle"]["runtime"] == {"name": "openvino", "version": openvino_version(),
                                         "version_built": openvino_version()}
+    assert f"(openvino {openvino_version()})" in " ".join(res.output.split())  # the table title names the runtime
     prof = rep["profile"]
     assert prof["profiler"] == "openvino PERF_COUNT" and prof["note"] == OPENVINO_PROFILE_NOTE
     assert prof["seq_len"] == 16 and prof["end_to_end_ms"] > 0 and prof["kernel_ms"] > 0
