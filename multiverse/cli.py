@@ -267,7 +267,7 @@ def serve(
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body", help="Request body bytes (more: 413)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting for the model (more: 429)."),
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
-    max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per ONNX Runtime run; bigger requests are split."),
+    max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per model run (ONNX Runtime or OpenVINO); bigger requests are split."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds queued work gets to finish after SIGTERM; the rest gets 503 + Retry-After."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection gets to send a complete request head; else closed."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request gets to send its whole body; else 408."),

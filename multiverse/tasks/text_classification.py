@@ -197,7 +197,8 @@ class Handler:
             "raw_scores": "`raw_scores` must be true or false.",
             "function_to_apply": "`function_to_apply` must be \"softmax\", \"sigmoid\" or \"none\" (logits)."}
         top_k: Annotated[int, Field(ge=1, strict=False), BeforeValidator(_json_integer)] | None = Field(
-            1, description="How many labels per input, best first (default 1); null: all labels.")
+            1, description="How many labels per input, best first; null: all labels. Default over HTTP: all labels "
+                           "(as TEI's /predict); in the library (`Predictor.predict`): 1, as transformers' pipeline.")
         raw_scores: bool = Field(False, description="true: scores are the logits, without softmax or sigmoid (TEI); "
                                  "takes precedence over `function_to_apply`.")
         function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
@@ -207,6 +208,9 @@ class Handler:
 
     capability = "classify"
     root_wraps_single = True
+    #: TEI's ``/predict`` has no ``top_k``: it answers every label, best first (router/src/http/server.rs sorts all
+    #: of them), and so does its ``POST /``; the library keeps transformers' pipeline default (the best label).
+    http_defaults: ClassVar[dict] = {"top_k": None}
 
     def info(self, dim: int | None = None) -> dict:
         """``{"classifier": {"id2label": {"0": label, ...}, "label2id": {label: 0, ...}}}``."""
