@@ -121,8 +121,3 @@ def _port(ports, name: str):
         if name in port.get_names():
             return port
     raise KeyError(f"no port named {name!r} (got {[sorted(p.get_names()) for p in ports]})")
-
-
-def frontend(model) -> str:
-    """Which OpenVINO frontend an ``openvino.Model`` came from: ``pytorch`` (:func:`convert_pytorch`) or ``onnx``."""
-    return "pytorch" if model.has_rt_info(["multiverse", "frontend"]) else "onnx"

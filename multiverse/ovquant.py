@@ -271,8 +271,6 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out / IR_FILE), compress_to_fp16=False)  # int8 stays int8, the rest fp32
-    from .ovfrontend import frontend
-
     info = {"runtime": "openvino", "frontend": frontend(ov_model), **config.model_dump(mode="json"),
             "calibration_size": len(calibration),
             "quantized_ops": counts, "versions": {"openvino": ov.__version__, "nncf": nncf.__version__}}
@@ -312,3 +310,9 @@ def _nncf_quantize(ov_model, config: OvInt8Config, calibration: Sequence[dict[st
                              subset_size=len(data), fast_bias_correction=config.fast_bias_correction,
                              ignored_scope=scope,
                              advanced_parameters=ap.AdvancedQuantizationParameters(**advanced) if advanced else None)
+
+
+def frontend(model) -> str:
+    """Which OpenVINO frontend an ``openvino.Model`` came from: ``pytorch`` (``ovfrontend.convert_pytorch`` tags its
+    ``rt_info``) or ``onnx`` (:func:`convert`)."""
+    return "pytorch" if model.has_rt_info(["multiverse", "frontend"]) else "onnx"

@@ -37,7 +37,7 @@ def test_pytorch_ir_equals_onnx_runtime_and_keeps_the_export_names(converted, ta
     import onnx
     import openvino as ov
 
-    from multiverse.ovfrontend import frontend
+    from multiverse.ovquant import frontend
 
     fp32, ir = converted[task]
     model = ov.Core().read_model(str(ir.path))
