@@ -14,11 +14,13 @@ tokenization and post-processing of one request overlap the run of another). The
   ``INFERENCE_NUM_THREADS=threads`` (OpenVINO splits the threads between its streams; each worker thread has
   its own infer request, so ``streams`` runs are in flight). Precision (f32) and unpinned threads stay as the
   bundle's latency mode has them, so outputs are the same as ``Predictor.predict``'s (to float rounding).
-* **batching** stays as ``--batch-tokens`` says (off by default), per engine. Measured on the DistilBERT-base
-  shape (OpenVINO static int8 IR, 128 tokens, 8 clients, 2 cores, interleaved, load 10-16): two streams
-  19.9 req/s, two streams + ``batch_tokens`` 1024 19.6, one 2-thread engine + ``batch_tokens`` 1024 17.0,
-  OpenVINO's own ``AsyncInferQueue`` 18.5 (``benchmarks/peers_measure.py``). Merging adds nothing once
-  both cores run their own request, and it would make a result depend (to float rounding) on other clients.
+* **batching** stays as ``--batch-tokens`` says (off by default), per engine. Measured with the real engines in
+  process (8 concurrent clients, one 128-token text per request, 2 cores, interleaved rounds, load 10-16), on
+  the DistilBERT-base shape (OpenVINO static int8 IR): two streams 19.9 req/s, two streams + ``batch_tokens``
+  1024 19.6, one 2-thread engine + ``batch_tokens`` 1024 17.0, OpenVINO's own ``AsyncInferQueue`` 18.5; on
+  all-MiniLM-L6-v2 (ONNX Runtime dynamic int8, no merging possible): two streams 44.1 vs one 2-thread engine
+  19.1. Merging adds nothing once both cores run their own request, and it would make a result depend (to
+  float rounding) on other clients' texts. ``benchmarks/peers_measure.py`` times the mode against OpenVINO.
 
 Sources: OpenVINO "High-level Performance Hints" and "CPU Device" (streams, ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``),
 openvino 2026.4; ONNX Runtime "Thread management" (concurrent ``Run`` calls on one session).
