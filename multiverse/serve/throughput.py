@@ -20,7 +20,8 @@ tokenization and post-processing of one request overlap the run of another). The
   1024 19.6, one 2-thread engine + ``batch_tokens`` 1024 17.0, OpenVINO's own ``AsyncInferQueue`` 18.5; on
   all-MiniLM-L6-v2 (ONNX Runtime dynamic int8, no merging possible): two streams 44.1 vs one 2-thread engine
   19.1. Merging adds nothing once both cores run their own request, and it would make a result depend (to
-  float rounding) on other clients' texts. ``benchmarks/peers_measure.py`` times the mode against OpenVINO.
+  float rounding) on other clients' texts. ``benchmarks/peers_measure.py`` times the mode against OpenVINO's
+  own THROUGHPUT hint (``benchmarks/results/serve_throughput.md``).
 
 Sources: OpenVINO "High-level Performance Hints" and "CPU Device" (streams, ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``),
 openvino 2026.4; ONNX Runtime "Thread management" (concurrent ``Run`` calls on one session).
