@@ -54,6 +54,17 @@ def timed(cmd: list[str], log: Path) -> dict:
             "log": str(log)}
 
 
+def stages(log: Path) -> tuple[dict[str, float], list[str]]:
+    """Where a Multiverse build's time went, from its progress log: ``{stage: seconds}`` ("✓ export  done: … (10.7 s)")
+    and the tuner's trial labels in the order they ran."""
+    import re
+
+    text = log.read_text(errors="replace")
+    done = {m[1]: float(m[2]) for m in re.finditer(r"✓ (\w+)\s+done: .*\(([\d.]+) s\)$", text, re.M)}
+    trials = re.findall(r"^\[\s*[\d.]+s\]\s{3}(\S.*?)\s{2,}\S+ [\d.]+ \(gate loss", text, re.M)
+    return done, trials
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the DistilBERT-base shape)")
@@ -81,6 +92,8 @@ def main() -> None:
                 cmd = [sys.executable, "-c", MULTIVERSE, model, "--target", "icelake", "--overwrite",
                        "--out", str(work / f"multiverse-{rep}")]
             r = {"system": system, "repeat": rep, **timed(cmd, work / f"{system}-{rep}.log")}
+            if system == "multiverse":
+                r["stages_s"], r["trials"] = stages(Path(r["log"]))
             print(r, flush=True)
             runs.append(r)
     med = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in ("wall_s", "cpu_s")}

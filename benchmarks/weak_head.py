@@ -18,6 +18,11 @@ Candidates:
     per-token dynamic activation quantization (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 0 = off, 32, 64).
     Compiled with ``INFERENCE_PRECISION_HINT=f32`` (no bf16 on this host anyway), ``PERFORMANCE_HINT=LATENCY``.
 
+Agreement columns per split: the observed label agreement with PyTorch, and what the gate estimates users will see
+from that split alone: ``expected_agreement_pairs`` (± ``_se``), 1 − ``multiverse.tasks.text_classification.
+expected_flip_rate`` (every example's margin tried with every example's logit error), and ``expected_agreement_gaussian``
+(mean Φ(−|m| / σ) with σ the std of the margin error). Logits of every candidate go to ``WORK/logits.npz``.
+
 Speed: end-to-end call (tokenize, run, post-process) on one text cut to 128 tokens, batch 1, 2 threads, all
 candidates interleaved in one process (``multiverse.timing.interleaved``; ORT sessions with spinning off so that
 process CPU time is the work done); costs are ``relative_costs`` over the rounds; speed-up = fp32 fused cost /
@@ -49,6 +54,9 @@ from multiverse.graphnodes import head_nodes
 from multiverse.inference import Predictor
 from multiverse.quantize import quantize
 from multiverse.targets import get_target
+from multiverse.tasks.text_classification import (
+    expected_flip_rate as pairwise_flip_rate,
+)
 from multiverse.timing import interleaved, relative_costs
 from multiverse.tuning import NO_SPINNING
 from multiverse.validate import candidate_outputs, reference_outputs, score
@@ -210,7 +218,12 @@ def agreement_row(cand, data, ref, config) -> dict:
     margin = np.abs(ref.values[:, 1] - ref.values[:, 0])
     flips = np.flatnonzero(ref_lab != cand_lab)
     d_margin = (out.values[:, 1] - out.values[:, 0]) - (ref.values[:, 1] - ref.values[:, 0])
+    p_pairs, se_pairs = pairwise_flip_rate(ref.values, out.values)
     return {"agreement": round(float(np.mean(ref_lab == cand_lab)), 4), "flips": int(flips.size),
+            # estimates of the agreement users will see, from this split alone (the gate's view)
+            "expected_agreement_pairs": round(1 - p_pairs, 4), "expected_agreement_pairs_se": round(se_pairs, 4),
+            "expected_agreement_gaussian": round(1 - expected_flip_rate(margin, float(d_margin.std())), 4),
+            "logits": out.values.round(5).tolist(),
             "margin_noise_std": round(float(d_margin.std()), 5), "margin_shift_mean": round(float(d_margin.mean()), 5),
             "flipped_ref_margins": [round(float(margin[i]), 3) for i in flips][:20],
             "accuracy": round(rep.optimised, 4), "reference_accuracy": round(rep.reference, 4),
@@ -222,6 +235,7 @@ def main() -> None:
     ap.add_argument("--bundle", help="bundle written by `multiverse optimize` on the fixture (the tuner's choice)")
     ap.add_argument("--only", nargs="*", default=[], help="NNCF candidate names to build (default: all)")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens of the timed text (default 128)")
     ap.add_argument("--max-drops", type=float, nargs="*", default=[0.01],
                     help="max_drop values (label agreement, absolute) of quantize_with_accuracy_control")
     ap.add_argument("--fallback-counts", type=int, nargs="*", default=[2, 6, 8],
@@ -272,8 +286,14 @@ def main() -> None:
     for name, cand in cands.items():
         rows[name] = {split: agreement_row(cand, d, refs[split], base.config)
                       for split, d in (("validation", val), ("test", test))}
-        print(f"{name:60s} val {rows[name]['validation']['agreement']:.4f} test {rows[name]['test']['agreement']:.4f} "
+        v = rows[name]["validation"]
+        print(f"{name:60s} val {v['agreement']:.4f} expected {v['expected_agreement_pairs']:.4f} "
+              f"(se {v['expected_agreement_pairs_se']:.4f}) test {rows[name]['test']['agreement']:.4f} "
               f"acc {rows[name]['test']['accuracy']:.4f}", flush=True)
+    logits = {f"{name}|{split}": np.asarray(rows[name][split].pop("logits"), np.float32)
+              for name in rows for split in ("validation", "test")}
+    logits.update({f"reference|{split}": refs[split].values for split in refs})
+    np.savez_compressed(Path(args.work) / "logits.npz", **logits)  # for re-analysis without rebuilding
 
     m_test = refs["test"].values[:, 1] - refs["test"].values[:, 0]
     for name, row in rows.items():  # the test flip rate predicted from the validation margin noise
@@ -281,8 +301,8 @@ def main() -> None:
             expected_flip_rate(m_test, row["validation"]["margin_noise_std"]), 4)
     from multiverse.evaldata import bbc_articles
 
-    text = base.text_of_length(" ".join(body for _, body, _ in bbc_articles()[:3]), SEQ_LEN)
-    assert len(base.encode([text]).arrays["input_ids"][0]) == SEQ_LEN
+    text = base.text_of_length(" ".join(body for _, body, _ in bbc_articles()[:3]), args.seq_len)
+    assert len(base.encode([text]).arrays["input_ids"][0]) == args.seq_len
     names = list(cands)
     load_before = os.getloadavg()
     r = interleaved([(lambda c=cands[n]: c.predict([text])) for n in names], args.rounds, 10, warmup_runs=5,
@@ -302,11 +322,11 @@ def main() -> None:
     import openvino
 
     doc = {"fixture": str(folder), "n_validation": len(val), "n_test": len(test), "threads": THREADS,
-           "seq_len": SEQ_LEN, "batch": 1, "rounds": args.rounds, "loadavg_before": load_before,
+           "seq_len": args.seq_len, "batch": 1, "rounds": args.rounds, "loadavg_before": load_before,
            "loadavg_after": load_after, "versions": {"onnxruntime": onnxruntime.__version__,
                                                       "openvino": openvino.__version__, "nncf": nncf.__version__},
            "candidates": rows, "ort_margin_sensitivity_sq0.8": sensitivity}
-    out = OUT if not args.only else OUT.with_name("weak_head-partial.json")
+    out = OUT if not args.only else OUT.with_name(f"weak_head-partial{'' if args.seq_len == SEQ_LEN else args.seq_len}.json")
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(out)
 

@@ -108,7 +108,9 @@ class Bundle:
         try:
             return sorted({t.location for t in external_tensors(self.model_path)})
         except (GraphFormatError, OSError) as exc:
-            raise BundleError(f"{self.model_path} is not a readable ONNX graph ({exc}); rebuild the bundle.") from exc
+            kind = "OpenVINO IR" if self.runtime_name == "OpenVINO" else "ONNX"
+            raise BundleError(f"{self.model_path} is not a readable {kind} graph ({exc}); rebuild the bundle with "
+                              "`multiverse optimize`.") from exc
 
     def open_session(self, threads: int | None = 1):
         """Open the graph with its runtime as ``serve`` would (``runtime.make_session``: ONNX Runtime, or OpenVINO
@@ -124,6 +126,16 @@ class Bundle:
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             reason = " ".join(str(exc).split())[:400]
             raise BundleError(f"{self.runtime_name} cannot load {self.model_path}: {reason}. Rebuild the bundle.") from exc
+
+
+def format_bytes(n: int) -> str:
+    """A file size for people, in decimal units with three significant digits: ``812 B``, ``4.10 KB``,
+    ``17.4 MB``, ``2.24 GB`` (1 KB = 1000 bytes, as the sizes ``ls -h --si`` and the Hub show)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.{0 if value >= 100 else 1 if value >= 10 else 2}f} {unit}"
+    return f"{n} B"
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -210,7 +222,8 @@ def load(path: str | Path, *, verify: bool = True, expect_manifest_sha256: str |
         + _module_problems(root, manifest["files"]) if "refused" in p]
     if problems:
         raise BundleError(
-            f"Bundle {root} is corrupted ({'; '.join(problems[:5])}). Rebuild it with `multiverse optimize`."
+            f"Bundle {root} is corrupted ({'; '.join(problems[:5])}). Copy it again if a copy or download was cut "
+            "short, or rebuild it with `multiverse optimize`."
         )
     _inside(root, manifest.get("model_file", MODEL_FILE))
     return Bundle(root, manifest, digest)
@@ -262,8 +275,9 @@ class Inspection:
         elif self.load_error:
             loads = f"NO: {self.load_error}"
         else:
-            sizes = ", ".join(f"{f} {(b.path / f).stat().st_size / 1e9:.2f} GB" for f in self.external_data)
-            loads = f"yes ({b.runtime_name} opened it" + (f"; external data: {sizes})" if self.external_data else ")")
+            files = ", ".join(f"{f} {format_bytes((b.path / f).stat().st_size)}"
+                              for f in (b.spec.model_file, *self.external_data))
+            loads = f"yes ({b.runtime_name} opened it; {files})"
         kept = len(q.get("nodes_to_exclude") or q.get("ignored_nodes") or ())
         engine = (m.get("runtime") or {}).get("engine") or {}
         return [
@@ -282,7 +296,8 @@ class Inspection:
             ("manifest sha256", f"{b.manifest_sha256}" + (" (matches --expect-sha256)" if pinned else
                                                          " (pin it: serve --manifest-sha256 / inspect --expect-sha256)")),
             ("files", f"intact (sha256 of {len(m['files'])} files verified, none unlisted)" if not self.problems
-             else "CORRUPTED: " + "; ".join(self.problems)),
+             else "CORRUPTED: " + "; ".join(self.problems) + ". Copy the bundle again if a copy or download was cut "
+             "short, or rebuild it with `multiverse optimize`."),
             ("loads", loads),
             ("this host", "can run it" if not self.missing_flags else f"lacks {', '.join(self.missing_flags)}"),
         ]

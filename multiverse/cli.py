@@ -207,11 +207,14 @@ def validate(
         for c in report.checks:
             t.add_row(c.name, f"{c.value:.4f}", f"{c.threshold:.4f}", "pass" if c.passed else "FAIL")
         shown = {c.name for c in report.checks} | {report.metric}  # already rows above
+        notes = {k: v for k, v in report.details.items() if isinstance(v, str)}  # what a check means: below the table
         for k, v in report.details.items():
-            if k in shown:
+            if k in shown or k in notes:
                 continue
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v), "", "")
         _out().print(t)
+        for k, v in notes.items():
+            _out().print(f"{k}: {v}", highlight=False, soft_wrap=True)
     note = resolution_note(report.task, report.n, report.tolerance)
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
@@ -266,7 +269,7 @@ def serve(
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
     performance_hint: str = typer.Option("latency", "--performance-hint", help="latency: one request at a time on every thread | throughput: one run in flight per stream, one thread each (OpenVINO IRs: its THROUGHPUT hint)."),
     streams: Optional[int] = typer.Option(None, "--streams", help="Runs in flight with --performance-hint throughput (default: one per thread)."),
-    max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per ONNX Runtime run; bigger requests are split."),
+    max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per model run (ONNX Runtime or OpenVINO); bigger requests are split."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds queued work gets to finish after SIGTERM; the rest gets 503 + Retry-After."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection gets to send a complete request head; else closed."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request gets to send its whole body; else 408."),

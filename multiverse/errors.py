@@ -108,6 +108,15 @@ class InputTooLong(InputError):
     error_type = "InputTooLong"
 
 
+class TooManyCharacters(InputError):
+    """A text (or one side of a pair) has more characters than the server accepts per text (``--max-chars``),
+    checked before tokenizing and whatever ``truncate`` says: truncation cannot help, since the server refuses to
+    tokenize it. TEI answers its own character limit 422 ("`inputs` must have less than N characters"); so does
+    Multiverse. The client should split or shorten the text; the operator can raise ``--max-chars``."""
+
+    error_type = "TooManyCharacters"
+
+
 class ImageError(MultiverseError):
     """A container image could not be built: no working container engine, the build or save failed."""
 

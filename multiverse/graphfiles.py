@@ -234,10 +234,15 @@ def check_external_data(model_path: str | os.PathLike, root: str | os.PathLike |
         return [f"{model_path.name} is not a readable {kind} graph ({exc})"]
     problems: list[str] = []
     sizes: dict[str, int | None] = {}
+    negative: list[ExternalTensor] = []
+    past_end: dict[str, list[ExternalTensor]] = {}
     for t in tensors:
         why = unsafe_location(t.location)
         if why:
             problems.append(f"external data of tensor {t.name!r} has {why} ({t.location!r}); refused")
+            continue
+        if t.offset < 0 or (t.length is not None and t.length < 0):
+            negative.append(t)
             continue
         if t.location not in sizes:
             path = (base / t.location).resolve()
@@ -250,10 +255,17 @@ def check_external_data(model_path: str | os.PathLike, root: str | os.PathLike |
                 problems.append(f"missing external data file {t.location!r} (tensor {t.name!r})")
                 continue
         size = sizes[t.location]
-        if size is None:
-            continue
-        end = t.offset + (t.length or 0)
-        if t.offset < 0 or (t.length is not None and t.length < 0) or end > size:
-            problems.append(f"tensor {t.name!r} needs bytes {t.offset}..{end} of {t.location!r}, "
-                            f"which has {size} bytes (truncated or wrong file)")
+        if size is not None and t.offset + (t.length or 0) > size:
+            past_end.setdefault(t.location, []).append(t)
+    if negative:
+        t = negative[0]
+        problems.append(f"{model_path.name} gives {len(negative)} tensor(s) a negative offset or size (first: "
+                        f"{t.name!r}, offset {t.offset}, size {t.length}), which no writer produces: the graph file "
+                        "is corrupted or was edited")
+    for location, short in past_end.items():
+        first = short[0]
+        need = max(t.offset + (t.length or 0) for t in short)
+        problems.append(f"{location!r} is truncated or not the file written with {model_path.name}: it has "
+                        f"{sizes[location]} bytes, and {len(short)} tensor(s) read past its end (up to byte {need}; "
+                        f"first: {first.name!r} at bytes {first.offset}..{first.offset + (first.length or 0)})")
     return problems

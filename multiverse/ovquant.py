@@ -234,7 +234,8 @@ def quantized_op_counts(model) -> dict[str, int]:
 
 def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
                 calibration: Sequence[dict[str, np.ndarray]]) -> OnnxModel:
-    """NNCF static int8 of ``model`` (the fp32 ONNX export) into ``out_dir/model.xml`` + ``model.bin``.
+    """NNCF int8 of ``model`` into ``out_dir/model.xml`` + ``model.bin``. ``model``: the fp32 ONNX export
+    (converted by :func:`convert`), or one whose ``path`` is an fp32 IR (e.g. ``ovfrontend.pytorch_ir``'s).
 
     ``calibration``: tokenized batches, each ``{input name: int64 [batch, seq]}`` (extra keys are dropped);
     every item is used (``subset_size = len(calibration)``); mode ``dynamic`` needs none. NNCF's progress and log lines go to stderr.
@@ -247,7 +248,7 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     if not calibration and config.mode == "static":
         raise QuantizationError("NNCF needs calibration inputs and got none: pass at least one tokenized batch "
                                 "(typically 100-300 texts of mixed lengths from the eval data).")
-    ov_model = convert(model.path)
+    ov_model = _as_ov_model(model)
     known = set(node_names(ov_model))
     unknown = [n for n in config.ignored_nodes if n not in known]
     if unknown:
@@ -270,7 +271,10 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out / IR_FILE), compress_to_fp16=False)  # int8 stays int8, the rest fp32
-    info = {"runtime": "openvino", **config.model_dump(mode="json"), "calibration_size": len(calibration),
+    from .ovfrontend import frontend
+
+    info = {"runtime": "openvino", "frontend": frontend(ov_model), **config.model_dump(mode="json"),
+            "calibration_size": len(calibration),
             "quantized_ops": counts, "versions": {"openvino": ov.__version__, "nncf": nncf.__version__}}
     return replace(model, path=out / IR_FILE, stage="int8", quantization=info)
 

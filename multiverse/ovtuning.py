@@ -1,8 +1,9 @@
 """OpenVINO + NNCF int8 as the tuner's second runtime (``optimize --runtime auto|onnxruntime|openvino``).
 
-The candidates are ``multiverse.ovquant.OvInt8Config``: NNCF post-training static int8 of the *exported* fp32
-ONNX graph (OpenVINO does its own fusion; the ORT-fused graph's ``com.microsoft`` ops are not for it), calibrated
-on the built-in texts (:func:`calibration_set`). They go through the same INC loop, the same gate (``validate``, run through the same
+The candidates are ``multiverse.ovquant.OvInt8Config``: NNCF int8 of the fp32 model as OpenVINO's PyTorch
+frontend converts it (:func:`openvino_source`; the *exported*, unfused ONNX graph when that fails: OpenVINO does
+its own fusion, the ORT-fused graph's ``com.microsoft`` ops are not for it), calibrated on the built-in texts
+(:func:`calibration_set`). They go through the same INC loop, the same gate (``validate``, run through the same
 ``Predictor``: ``runtime.make_session`` opens the IR with OpenVINO) and the same interleaved timing and choice as
 ONNX Runtime's candidates, so an OpenVINO bundle ships only when it passes and is the fastest at equal fidelity.
 """
@@ -67,16 +68,39 @@ def calibration_feeds(predictor, data: EvalSet, n: int = CALIBRATION_ITEMS) -> l
     return [predictor.encode([x]).arrays for x in items[:: max(1, len(items) // n)][:n]]
 
 
+#: An encoder layer's module path in OpenVINO node names: ``/encoder/layer.3/...`` (ONNX frontend: the ONNX
+#: export's node names) and ``__module.encoder.layer.3.attention...`` (PyTorch frontend: the traced module path).
+LAYER = r"layers?[./]\d+[./]"
+
+
 def head_nodes(names: list[str]) -> list[str]:
-    """The task head among an exported graph's quantizable OpenVINO nodes (``ovquant.node_names``): every node
-    outside the encoder's ``layer.N`` / ``layers.N`` modules (Hugging Face module paths survive export as node
-    names: ``/bert/pooler/dense/Gemm/WithoutBiases``, ``/classifier/MatMul``, ``/pre_classifier/...``). They stay
-    fp32, as the ONNX Runtime candidates' heads do: a few hundred MACs per sequence, and the output's error."""
-    return [n for n in names if not re.search(r"/layers?\.\d+/", n)]
+    """The task head among an encoder's quantizable OpenVINO nodes (``ovquant.node_names``): every node outside
+    the encoder's ``layer.N`` / ``layers.N`` modules (Hugging Face module paths survive as node names in both
+    frontends: ``/bert/pooler/dense/Gemm/WithoutBiases``, ``/classifier/MatMul``,
+    ``__module.pre_classifier/aten::linear/MatMul``). They stay fp32, as the ONNX Runtime candidates' heads do: a
+    few hundred MACs per sequence, and the output's error."""
+    return [n for n in names if not re.search(LAYER, n)]
+
+
+def openvino_source(ckpt, exported, workdir, progress):
+    """What the OpenVINO candidates quantize: the checkpoint converted by OpenVINO's PyTorch frontend
+    (``ovfrontend.pytorch_ir``: fewer kernels per attention block than the ONNX frontend's graph, same outputs to
+    1e-4) as an fp32 IR in ``workdir``, or ``exported`` (the fp32 ONNX export, converted by the ONNX frontend)
+    when that conversion fails, with a progress line saying so."""
+    from .errors import QuantizationError
+    from .ovfrontend import pytorch_ir
+
+    progress.activity("converting the PyTorch model with OpenVINO")
+    try:
+        return pytorch_ir(ckpt.path, ckpt.task, exported, workdir)
+    except QuantizationError as exc:
+        progress.info(f"OpenVINO candidates start from the ONNX export: {exc}")
+        return exported
 
 
 def openvino_configs(exported) -> list:
-    """The NNCF configurations the tuner tries on ``exported`` (the fp32 ``OnnxModel``), in order
+    """The NNCF configurations the tuner tries on ``exported`` (the fp32 ``OnnxModel``: ONNX export or
+    :func:`openvino_source`'s IR), in order
     (``multiverse.ovquant.OvInt8Config``), each with the task head in fp32 (:func:`head_nodes`):
 
     1. ``static`` (NNCF's defaults for transformers: SmoothQuant 0.95, per-tensor activation scales calibrated on
@@ -94,9 +118,9 @@ def openvino_configs(exported) -> list:
     fp32 fallback: sensitivity is spread over every layer, best 0.9968 / 0.978 with 6 MatMuls in fp32) were
     measured and not kept.
     """
-    from .ovquant import OvInt8Config, convert, node_names
+    from .ovquant import OvInt8Config, node_names
 
-    names = node_names(convert(exported.path))
+    names = node_names(exported)
     head = tuple(head_nodes(names))
     return [OvInt8Config(ignored_nodes=head), OvInt8Config(mode="dynamic", ignored_nodes=head),
             OvInt8Config(ignored_nodes=head + tuple(ffn_output_nodes(names)))]
@@ -105,7 +129,7 @@ def openvino_configs(exported) -> list:
 def ffn_output_nodes(names: list[str]) -> list[str]:
     """Each encoder layer's FFN output projection (the MatMul after GELU: BERT/RoBERTa ``layer.N/output/dense``,
     DistilBERT ``layer.N/ffn/lin2``), whose input has the widest activation range of a layer."""
-    return [n for n in names if re.search(r"/layers?\.\d+/(output/dense|ffn/lin2)/", n)]
+    return [n for n in names if re.search(LAYER + r"(output[./]dense|ffn[./]lin2)/", n)]
 
 
 def openvino_static(tuner, configs: list, budget: int) -> int | None:

@@ -158,6 +158,25 @@ def u8s8_gemm_saturates() -> bool:
     return saturates
 
 
+def engine_version(name: str) -> str | None:
+    """The version of runtime ``name`` (``onnxruntime`` or ``openvino``) installed in this process, e.g. ``1.23.2``
+    or ``2026.4.1``; None when it is not installed. Imports nothing new (OpenVINO's is read from its metadata)."""
+    if name == "openvino":
+        from .ovsession import openvino_version
+
+        return openvino_version()
+    return ort.__version__
+
+
+def engine_info(name: str, manifest: dict | None = None) -> dict:
+    """The runtime that runs a bundle: ``{"name": name, "version": engine_version(name), "version_built": ...}``,
+    ``version_built`` being the version the bundle's ``manifest`` records under ``runtime.engine`` (the one that
+    validated it), None when the manifest records none or another runtime."""
+    recorded = ((manifest or {}).get("runtime") or {}).get("engine") or {}
+    return {"name": name, "version": engine_version(name),
+            "version_built": recorded.get("version") if recorded.get("name", name) == name else None}
+
+
 def make_session(
     model_path: str | os.PathLike | bytes,
     threads: int | None = None,

@@ -337,7 +337,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     is None and the most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_configs, openvino_rest, openvino_static, runtimes
+    from .ovtuning import openvino_configs, openvino_rest, openvino_source, openvino_static, runtimes
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -347,6 +347,8 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if use_ov and configs is None and quantize and precision != "fp32":
+        exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
     tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
     tuner.run("fp32 (fused)", fused, None, "baseline")
     budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials

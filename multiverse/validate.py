@@ -55,7 +55,8 @@ class ValidationReport:
         reference, optimised: its value for the PyTorch model and the candidate.
         relative_loss: (reference − optimised) / reference.
         checks: every gated check; ``passed`` is all of them.
-        details: secondary numbers (min cosine, agreement, macro-F1 ...).
+        details: secondary numbers (min cosine, agreement, macro-F1 ...) and, as strings, what a check means
+            (``multiverse validate`` prints those below its table).
     """
 
     dataset: str

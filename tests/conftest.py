@@ -37,18 +37,39 @@ def tiny_bundles(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     return {task: optimize(str(path), TARGET, out=out / task).path for task, path in tiny_checkpoints.items()}
 
 
+class _LazyBundles(dict):
+    """task → bundle, each built by ``build(task)`` on first use (a test that needs one task's bundle does not pay
+    for the others)."""
+
+    def __init__(self, build):
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, task):
+        self[task] = bundle = self._build(task)
+        return bundle
+
+
 @pytest.fixture(scope="session")
-def tiny_ov_bundle(tiny_checkpoints, tmp_path_factory) -> Path:
-    """The tiny feature-extraction checkpoint built with ``--runtime openvino`` (an IR bundle: ``model.xml`` +
-    ``model.bin``), one trial. Tolerance 0.1: static int8 on these random hidden-32 encoders is not what the
-    tests that use it check (the gate's own tests do)."""
+def tiny_ov_bundles(tiny_checkpoints, tmp_path_factory) -> dict:
+    """task → :class:`~multiverse.bundle.Bundle` of the tiny checkpoint built with ``--runtime openvino`` (an IR
+    bundle: ``model.xml`` + ``model.bin``; OpenVINO candidates only, one trial), built when a test first asks for
+    that task. Tolerance 0.1: static int8 scales on these random hidden-32 encoders agree with PyTorch on only
+    ~95 % of labels (ONNX Runtime's per-row dynamic scales pass at 0.01), and the tests that use these pin the
+    bundle and the serving path, not the accuracy (the gate's own tests do)."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from multiverse.pipeline import optimize
 
-    out = tmp_path_factory.mktemp("ov-bundle")
-    return optimize(str(tiny_checkpoints["feature-extraction"]), TARGET, out=out, runtime="openvino", max_trials=1,
-                    tolerance=0.1).path
+    out = tmp_path_factory.mktemp("ov-bundles")
+    return _LazyBundles(lambda task: optimize(str(tiny_checkpoints[task]), TARGET, out=out / task,
+                                              runtime="openvino", max_trials=1, tolerance=0.1))
+
+
+@pytest.fixture(scope="session")
+def tiny_ov_bundle(tiny_ov_bundles) -> Path:
+    """The folder of the feature-extraction bundle of :func:`tiny_ov_bundles`."""
+    return tiny_ov_bundles["feature-extraction"].path
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,10 @@ def test_cli_benchmark_writes_the_report_and_prints_its_path(tiny_bundle, tmp_pa
     assert rep["profile"]["ops"] and rep["profile"]["seq_len"] == 16 and rep["profile"]["end_to_end_ms"] > 0
     assert rep["profile"]["profiler"] == "onnxruntime" and not any(n.startswith("--profile") for n in rep["notes"])
     assert (out / "report.csv").read_text().startswith("system,cores,seq_len")
+    import onnxruntime
+
+    assert rep["bundle"]["runtime"] == {"name": "onnxruntime", "version": onnxruntime.__version__,
+                                        "version_built": onnxruntime.__version__}
 
 
 def test_cli_benchmark_rejects_bad_grids(tiny_bundle):
@@ -94,3 +98,24 @@ def test_a_system_that_cannot_be_built_fails_its_cells_not_the_run(tiny_bundle):
     assert rep["accuracy"] == {} and any(n.startswith("accuracy comparison failed: BenchmarkError: Unknown system")
                                          for n in rep["notes"])
     assert rep["speedups"] == []
+
+
+@pytest.mark.parametrize("args, why, fix", [
+    (["--cores", "4096"], "needs 4096 physical cores", "--cores at most"),
+    (["--seq-lens", "100000"], "sequence length 100000 exceeds the model's limit", "--seq-lens at most"),
+])
+def test_cli_benchmark_where_every_cell_is_skipped_is_a_usage_error(tiny_bundle, tmp_path, args, why, fix):
+    """A grid this host or model cannot run at all exits 2 (a usage error, as a bad option value) before anything
+    is built, saying why each cell was skipped and which option values work; no empty report is written."""
+    from typer.testing import CliRunner
+
+    from multiverse.cli import app
+
+    out = tmp_path / "none"
+    cmd = ["benchmark", str(tiny_bundle), "--seq-lens", "8", "--batch-sizes", "1", "--baseline", "none",
+           "--no-accuracy", "--out", str(out), *args]
+    res = CliRunner().invoke(app, cmd)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Every benchmark cell would be skipped" in text and why in text and fix in text
+    assert not (out / "report.json").exists()

@@ -68,6 +68,9 @@ def test_inspect_intact_bundle(copy):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["intact"] and doc["host_can_run"] and doc["manifest"]["task"] == "text-classification"
+    # the graph's size in a unit that fits it (a tiny ONNX graph is some hundred KB, not "0.00 GB")
+    text = " ".join(CliRunner().invoke(app, ["inspect", str(copy)]).output.split())
+    assert f"model.onnx {bundle.format_bytes((copy / 'model.onnx').stat().st_size)}" in text and " GB" not in text
 
 
 def test_unknown_schema_and_unsafe_paths_refused(copy):

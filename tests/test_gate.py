@@ -120,7 +120,9 @@ def test_choose_prefers_the_more_accurate_of_equally_fast_candidates():
 
     trials = [trial(None, 10.0, 0.0), trial({"q": 1}, 5.0, 0.009), trial({"q": 2}, 5.2, 0.001), trial({"q": 3}, 6.0, 0.0)]
     idx, why = choose(trials)
-    assert idx == 2 and "most accurate within 5%" in why  # 5.2 ≤ 5.0 × 1.05; 6.0 is really slower
+    assert idx == 2 and "takes 4.0% more p50 than t (within the 5% timing noise)" in why  # 5.2 ≤ 5.0 × 1.05; 6.0 is slower
+    assert "that one passed narrowly (gate loss 0.009 > 0.5 × tolerance), this one with margin" in why and not why.startswith("fastest")
+    assert choose(trials[:2])[1].startswith("fastest passing candidate by p50, 2.00× faster than fp32")
     assert choose(trials, precision="int8")[0] == 2
     assert choose([trial(None, 10.0, 0.0), trial({"q": 1}, 9.8, 0.005)])[0] == 0  # 2 % faster is noise: fp32 ships
     # A lucky accuracy gain does not beat agreement with the reference model.
@@ -189,7 +191,9 @@ def test_choose_trades_up_to_10_percent_p50_for_half_the_divergence():
     fp32 = trial(None, 14.0, 0.0)
     # WNUT: unsmoothed 7.00 ms / NMSE 0.0040 against smoothed 7.32 ms / 0.0015 (4.6 % slower, 0.37×)
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.32, 0.0015)])[0] == 2
-    assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0015)])[0] == 2  # 8.6 % slower
+    idx, why = choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0015)])  # 8.6 % slower
+    assert idx == 2 and "takes 8.6% more p50 than t (within 10%): this one is more faithful" in why
+    assert "(divergence 0.0015 vs 0.004)" in why
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.8, 0.0015)])[0] == 1  # 11 %: too slow
     assert choose([fp32, trial({"q": 0}, 7.0, 0.004), trial({"q": 1}, 7.6, 0.0025)])[0] == 1  # 0.63×: not enough
 

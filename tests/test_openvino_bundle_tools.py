@@ -53,6 +53,11 @@ def test_benchmark_an_openvino_bundle_with_the_openvino_baseline_and_a_profile(t
     assert {s["baseline"] for s in rep["speedups"]} == {"transformers", "openvino"}
     # The OpenVINO bundle's outputs are compared with PyTorch like any bundle's (tiny random encoder: no bar here).
     assert rep["accuracy"]["multiverse"]["n"] > 10 and "openvino" in rep["accuracy"]
+    from multiverse.ovsession import openvino_version
+
+    assert rep["bundle"]["runtime"] == {"name": "openvino", "version": openvino_version(),
+                                        "version_built": openvino_version()}
+    assert f"(openvino {openvino_version()})" in " ".join(res.output.split())  # the table title names the runtime
     prof = rep["profile"]
     assert prof["profiler"] == "openvino PERF_COUNT" and prof["note"] == OPENVINO_PROFILE_NOTE
     assert prof["seq_len"] == 16 and prof["end_to_end_ms"] > 0 and prof["kernel_ms"] > 0

@@ -1,6 +1,6 @@
 """The OpenAPI document is as strict as the server: a bounded schemathesis run (the real fuzzer, its CLI, all
 its checks: no 5xx, documented statuses and content types, responses match their schemas, schema-valid
-requests accepted, schema-invalid ones rejected) against each task's tiny bundle, served by the
+requests accepted, schema-invalid ones rejected) against each task's tiny bundle (and the feature-extraction OpenVINO IR bundle), served by the
 ``multiverse serve`` server path in a thread. About 100 generated cases per operation plus schemathesis'
 coverage cases: 25-30 s on a quiet 2-core machine (90 s measured with the load average at 20)."""
 
@@ -21,16 +21,24 @@ _SELECT = {"feature-extraction": [], "ranking": ["--include-method", "POST"],
            "text-classification": ["--include-method", "POST"], "token-classification": ["--include-method", "POST"]}
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_schemathesis_finds_no_violation_and_no_5xx(tiny_bundles, task, tmp_path):
+@pytest.mark.parametrize("runtime, task", [("onnxruntime", task) for task in TASKS]
+                         + [("openvino", "feature-extraction")])
+def test_schemathesis_finds_no_violation_and_no_5xx(request, runtime, task, tmp_path):
     # The one rule no schema can state is the token limit with `truncate: false` (422 InputTooLong). The tiny
     # WordPiece vocab gives at most one token per character, so with 60 characters a text, or a pair plus its
     # 3 special tokens (123), never exceeds the 128-token limit and every schema-valid request is answered.
+    # The OpenVINO IR bundle gets the feature-extraction run (every route that task opens, the GET routes too),
+    # with fewer generated cases: the schema is the task's, what differs is the runtime under the same requests.
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+        path, examples = request.getfixturevalue("tiny_ov_bundles")[task].path, "10"
+    else:
+        path, examples = Path(request.getfixturevalue("tiny_bundles")[task]), "100"
     settings = ServeSettings(max_batch=8, max_chars=60, warmup=False)
-    with ThreadServer(create_app(Path(tiny_bundles[task]), settings), settings) as srv:
+    with ThreadServer(create_app(path, settings), settings) as srv:
         srv.wait_ready(60)
         cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{srv.url}/openapi.json", "--checks", "all",
-               "--max-examples", "100", "--seed", "7", "--workers", "1", "--phases", "coverage,fuzzing",
+               "--max-examples", examples, "--seed", "7", "--workers", "1", "--phases", "coverage,fuzzing",
                "--request-timeout", "20", "--report-dir", str(tmp_path), *_SELECT[task]]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
                              cwd=tmp_path)  # schemathesis keeps a .schemathesis/ cache in its working folder

@@ -93,6 +93,22 @@ def expand(cores: Sequence[int], seq_lens: Sequence[int], batch_sizes: Sequence[
     return cells
 
 
+def require_runnable(cells: Sequence[Cell], *, available_cores: int, max_length: int | None) -> None:
+    """Raise UsageError (exit 2) when every cell of the grid would be skipped, naming each reason and the option
+    values this host and model allow (``--cores`` up to ``available_cores``, ``--seq-lens`` up to
+    ``max_length`` tokens): a run that measures nothing is a mistake in the command line, not a result."""
+    if not cells or any(not c.skipped for c in cells):
+        return
+    reasons = sorted({c.skip_reason for c in cells})
+    fixes = []
+    if any(c.cores > available_cores for c in cells):
+        fixes.append(f"--cores at most {available_cores}")
+    if max_length is not None and any(c.seq_len > max_length for c in cells):
+        fixes.append(f"--seq-lens at most {max_length}")
+    raise UsageError(f"Every benchmark cell would be skipped ({'; '.join(reasons)}), so nothing would be measured. "
+                     f"Choose {' and '.join(fixes) or 'a grid this host can run'}.")
+
+
 def cpu_topology(cpus: Iterable[int] | None = None) -> dict[tuple[str, str], list[int]]:
     """Allowed logical CPUs grouped by physical core: ``{(package_id, core_id): [cpu, ...]}``, in CPU order."""
     if cpus is None:

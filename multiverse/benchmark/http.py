@@ -90,7 +90,7 @@ def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_s
     """
     from ..bundle import load
     from . import report as report_mod
-    from .grid import expand
+    from .grid import expand, require_runnable
     from .runner import BenchProgress
     from .texts import TextCutter, corpus
 
@@ -98,6 +98,7 @@ def run_http(url: str, bundle_path: str | Path, seq_lens: Sequence[int], batch_s
     b = load(bundle_path, verify=False)
     cutter = TextCutter(b.path, b.manifest.get("max_sequence_length"))
     cells = expand([1], seq_lens, batch_sizes, available_cores=1, max_length=cutter.max_length)
+    require_runnable(cells, available_cores=1, max_length=cutter.max_length)
     system = HttpSystem(url, api_key)
     system.wait_ready()
     info = system.info()

@@ -84,7 +84,17 @@ def _bundle_info(bundle) -> BundleInfo:
                       precision=m.get("precision"), model_type=model.get("model_type"),
                       num_layers=model.get("num_layers"), hidden_size=model.get("hidden_size"),
                       num_heads=model.get("num_heads"), source=src.get("repo_id") or src.get("local_path"),
-                      max_sequence_length=m.get("max_sequence_length"))
+                      max_sequence_length=m.get("max_sequence_length"), runtime=_runtime_info(bundle))
+
+
+def _runtime_info(bundle) -> dict:
+    """``{"name", "version", "version_built"}`` of the runtime that runs ``bundle`` (see ``BundleInfo.runtime``):
+    OpenVINO for an IR (``model_file`` ending in ``.xml``), else ONNX Runtime."""
+    from ..graphfiles import is_openvino_ir
+    from ..runtime import engine_info
+
+    ir = is_openvino_ir(str(bundle.manifest.get("model_file") or "model.onnx"))
+    return engine_info("openvino" if ir else "onnxruntime", bundle.manifest)
 
 
 def _order(r: CellResult) -> tuple:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .grid import expand, pick_cpus
+from .grid import expand, pick_cpus, require_runnable
 from .schema import CellResult
 from .workers import (PinnedProcess, TaskFailed, WorkerLost, build_system, compare_systems, profile_multiverse,
                       time_slice)
@@ -102,7 +102,8 @@ def run_grid(bundle_path: str | Path, spec: GridSpec, *, checkpoint: str | Path 
         work_dir: where the optimum baseline is built and cached (default ``~/.cache/multiverse/benchmark``).
         available_cores: override ``runtime.physical_cores()`` (tests).
 
-    Raises BundleError/IsaMismatchError for a bundle this host cannot load, UsageError for a bad grid, and
+    Raises BundleError/IsaMismatchError for a bundle this host cannot load, UsageError for a bad grid (one whose
+    every cell this host or model cannot run included, before anything is built), and
     BenchmarkError when a requested baseline cannot be built. A failing cell is reported with
     ``status: error``; cells the host cannot run with ``status: skipped``.
     """
@@ -129,6 +130,7 @@ def run_grid(bundle_path: str | Path, spec: GridSpec, *, checkpoint: str | Path 
     available = available_cores or physical_cores()
     cutter = TextCutter(b.path, b.manifest.get("max_sequence_length"))
     cells = expand(spec.cores, spec.seq_lens, spec.batch_sizes, available_cores=available, max_length=cutter.max_length)
+    require_runnable(cells, available_cores=available, max_length=cutter.max_length)
     runnable = [c for c in cells if not c.skipped]
 
     optimum_info = None

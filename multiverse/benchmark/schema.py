@@ -9,7 +9,8 @@ Document (``schema: "multiverse-benchmark/1"``); keys marked ``?`` are left out 
                "available_cores"?},
       "versions": {"multiverse", "onnxruntime", "torch", "transformers", "optimum-onnx", ...},
       "bundle": {"path", "task", "target", "precision", "model_type", "num_layers", "hidden_size", "num_heads",
-                 "source", "max_sequence_length"},
+                 "source", "max_sequence_length", "runtime": {"name": "onnxruntime" | "openvino", "version",
+                 "version_built"}},
       "checkpoint": original checkpoint folder (the baselines' model) or null,
       "optimum": {"path", "recipe", "workaround", ...} or null,
       "config": {"cores", "seq_lens", "batch_sizes", "systems", "budget": {...}},
@@ -83,6 +84,10 @@ class BundleInfo(_Part):
     num_heads: int | None
     source: str | None
     max_sequence_length: int | None
+    #: The runtime that ran the bundle: ``name`` (``onnxruntime`` | ``openvino``), ``version`` (installed in the
+    #: benchmark's process) and ``version_built`` (the manifest's ``runtime.engine.version``, the one that validated
+    #: it; null when not recorded). None only in reports written before this field existed.
+    runtime: dict[str, str | None] | None = None
 
 
 class GridConfig(_Part):

@@ -8,14 +8,17 @@ _OWN = ("multiverse", "multiverse-http")
 
 
 def table(report: Report | dict, title: str | None = None):
-    """A rich Table: one row per cell and system (p50/p90/p99/mean ms, req/s, samples/s, speed-up vs each baseline,
-    and the server's p50 for rows measured over HTTP)."""
+    """A rich Table titled with the bundle's source, its runtime and version (``onnxruntime 1.23.2``) and the CPU:
+    one row per cell and system (p50/p90/p99/mean ms, req/s, samples/s, speed-up vs each baseline, and the server's
+    p50 for rows measured over HTTP)."""
     from rich.table import Table
 
     rep = Report.of(report)
     sp = {(s.cores, s.seq_len, s.batch_size, s.baseline): s.p50 for s in rep.speedups}
     bases = [s for s in rep.config.systems if s not in _OWN]
-    t = Table(title=title or f"{rep.bundle.source} on {rep.host.cpu}", title_style="bold")
+    runtime = rep.bundle.runtime or {}
+    engine = f" ({runtime.get('name')} {runtime.get('version') or ''})".replace(" )", ")") if runtime else ""
+    t = Table(title=title or f"{rep.bundle.source}{engine} on {rep.host.cpu}", title_style="bold")
     for col in ("cores", "seq", "batch", "system", "p50 ms", "p90 ms", "p99 ms", "mean ms", "req/s", "samples/s"):
         t.add_column(col, justify="right" if col != "system" else "left")
     for base in bases:

@@ -160,7 +160,7 @@ def create_app(source: Any, settings: ServeSettings | None = None) -> FastAPI:
         tei = req.model_dump(include={"raw_scores", "truncate", "truncation_direction"}, exclude_none=True)
         if tei.get("raw_scores") is False and "raw_scores" not in state.spec.Params.model_fields:
             del tei["raw_scores"]  # TEI's default, accepted whatever the task
-        params = state.check_params(req.parameters)
+        params = {**state.spec.http_defaults, **state.check_params(req.parameters)}
         params.update(state.check_params(tei))  # checked apart: a valid top-level field must not hide a bad one
         res = await state.run(items, params)
         single = isinstance(req.inputs, str)

@@ -7,6 +7,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,8 +28,10 @@ class Metrics:
     ``multiverse_tokenization_duration_seconds``, ``multiverse_queue_duration_seconds``,
     ``multiverse_inference_duration_seconds``, ``multiverse_postprocess_duration_seconds``,
     ``multiverse_compute_duration_seconds`` (tokenize + inference + postprocess),
-    ``multiverse_batch_rows`` (rows per ONNX Runtime run), ``multiverse_inputs_total``,
-    ``multiverse_tokens_total``, ``multiverse_queue_size``, ``multiverse_ready``.
+    ``multiverse_batch_rows`` (rows per model run), ``multiverse_inputs_total``,
+    ``multiverse_tokens_total``, ``multiverse_queue_size``, ``multiverse_ready``, and
+    ``multiverse_runtime_info{backend,version,version_built}`` (constant 1, Prometheus' info-metric
+    convention: the runtime that runs the model, ``onnxruntime`` or ``openvino``, set when the model is loaded).
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -44,19 +47,24 @@ class Metrics:
                                   buckets=_BUCKETS, registry=r)
         self.queue = Histogram("multiverse_queue_duration_seconds", "Time waiting for the model (seconds).",
                                buckets=_BUCKETS, registry=r)
-        self.inference = Histogram("multiverse_inference_duration_seconds", "ONNX Runtime run time (seconds).",
+        self.inference = Histogram("multiverse_inference_duration_seconds",
+                                   "Model run time in the inference runtime, ONNX Runtime or OpenVINO "
+                                   "(multiverse_runtime_info names it) (seconds).",
                                    buckets=_BUCKETS, registry=r)
         self.postprocess = Histogram("multiverse_postprocess_duration_seconds", "Post-processing time (seconds).",
                                      buckets=_BUCKETS, registry=r)
         self.compute = Histogram("multiverse_compute_duration_seconds",
                                  "Pipeline time: tokenization + inference + post-processing (seconds).",
                                  buckets=_BUCKETS, registry=r)
-        self.batch_rows = Histogram("multiverse_batch_rows", "Rows per ONNX Runtime run.",
+        self.batch_rows = Histogram("multiverse_batch_rows", "Rows per model run (ONNX Runtime or OpenVINO).",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
         self.inputs = Counter("multiverse_inputs", "Inputs (texts or pairs) processed.", registry=r)
         self.tokens = Counter("multiverse_tokens", "Real (non-pad) tokens processed.", registry=r)
         self.queue_size = Gauge("multiverse_queue_size", "Requests waiting for the inference worker.", registry=r)
         self.ready = Gauge("multiverse_ready", "1 when the model is loaded and warmed up.", registry=r)
+        self.runtime = Info("multiverse_runtime", "The inference runtime that runs the model (backend: onnxruntime "
+                            "or openvino; version: the one running; version_built: the one that validated the "
+                            "bundle).", registry=r)
         self._route_seconds = {route: self.request_seconds.labels(route) for route in ROUTES + ("other",)}
         self._counts: dict[tuple[str, int], object] = {}
 
@@ -73,6 +81,13 @@ class Metrics:
             counter = self._counts[key] = self.requests.labels(route, str(status))
         counter.inc()
         self._route_seconds[route].observe(seconds)
+
+    def set_runtime(self, runtime: dict) -> None:
+        """Set ``multiverse_runtime_info`` from ``ServerState.runtime_document()`` (``backend``,
+        ``backend_version``, ``backend_version_built``; None becomes "")."""
+        self.runtime.info({"backend": str(runtime.get("backend") or ""),
+                           "version": str(runtime.get("backend_version") or ""),
+                           "version_built": str(runtime.get("backend_version_built") or "")})
 
     def observe_result(self, result, n_inputs: int) -> None:
         """Record the stage times of one pipeline :class:`~multiverse.serve.engine.Result`."""

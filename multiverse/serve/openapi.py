@@ -48,7 +48,8 @@ sent to a single-text model, a route that does not fit the model's task), 429 ov
 after a moment), 503 not ready, or `ShuttingDown` with `Retry-After` while draining on SIGTERM (retry on another
 instance), 500 internal error (details only in the server log).
 Texts longer than the model's token limit are truncated, unless the request says `truncate: false`: then 422
-`InputTooLong` (as TEI). Unknown top-level fields of a request body are ignored (as TEI and infinity do); unknown
+`InputTooLong` (as TEI): shorten the text or allow truncation. A text over the server's `--max-chars` is 422
+`TooManyCharacters` whatever `truncate` says: split the text. Unknown top-level fields of a request body are ignored (as TEI and infinity do); unknown
 keys of `/predict`'s `parameters` are 422.
 """
 

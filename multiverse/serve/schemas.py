@@ -24,7 +24,8 @@ TIMING_HEADERS = {
                       f"in {TIMING_UNIT}. Queueing is not included (see x-queue-time).",
     "x-tokenization-time": f"Tokenization time in {TIMING_UNIT}.",
     "x-queue-time": f"Time waiting for the inference worker in {TIMING_UNIT}.",
-    "x-inference-time": f"ONNX Runtime run time in {TIMING_UNIT} (the whole batch when batched with other requests).",
+    "x-inference-time": f"Model run time (ONNX Runtime or OpenVINO) in {TIMING_UNIT} (the whole batch when batched "
+                        "with other requests).",
     "x-postprocess-time": f"Post-processing time in {TIMING_UNIT}.",
     "x-compute-tokens": "Real (non-pad) tokens of this request after truncation (integer).",
     "x-compute-characters": "Characters of this request's texts (integer).",
@@ -98,7 +99,7 @@ class PredictRequest(BaseModel):
     inputs: Texts = Field(description="A text, a list of texts, or a list of [text, text_pair] pairs (ranking; "
                                       "sentence-pair classifiers).")
     parameters: dict[str, Any] | None = Field(
-        None, description="Task options. text-classification: `top_k` (int ≥ 1, default 1; null = all labels), "
+        None, description="Task options. text-classification: `top_k` (int ≥ 1; null or absent = all labels, as TEI), "
                           "`raw_scores` (bool, default false: probabilities; true: logits). feature-extraction: "
                           "`normalize` (bool, default from the bundle). ranking: `raw_scores` (bool, default false: "
                           "sigmoid). token-classification: `ignore_labels` (list of labels, default [\"O\"]), "

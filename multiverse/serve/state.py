@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import InputError, MultiverseError
+from ..errors import InputError, MultiverseError, TooManyCharacters
 from ..tasks import TASKS, Task, get_task
 from .engine import Engine, NotRunning, Overloaded, Result
 from .metrics import Metrics
@@ -69,8 +69,23 @@ class ServerState:
 
     @property
     def runtime_engine(self) -> str:
-        """``onnxruntime`` or ``openvino``: the runtime the bundle's manifest records (ONNX Runtime when it says none)."""
-        return ((self.manifest.get("runtime") or {}).get("engine") or {}).get("name") or "onnxruntime"
+        """``onnxruntime`` or ``openvino``: the runtime of the loaded session, else the one the bundle's manifest
+        records (ONNX Runtime when it says none)."""
+        session = getattr(self.predictor, "session", None)
+        if session is not None and hasattr(session, "get_inputs"):
+            return "openvino" if type(session).__name__ == "OpenVinoSession" else "onnxruntime"
+        recorded = ((self.manifest.get("runtime") or {}).get("engine") or {}).get("name")
+        return recorded or ("openvino" if str(self.manifest.get("model_file", "")).endswith(".xml") else "onnxruntime")
+
+    def runtime_document(self) -> dict:
+        """``/info``'s runtime fields: ``backend`` (``onnxruntime`` | ``openvino``), ``backend_version`` (the version
+        this server runs) and ``backend_version_built`` (the version the manifest records under
+        ``runtime.engine``: the one that validated the bundle; null when the manifest does not say)."""
+        from ..runtime import engine_info
+
+        runtime = engine_info(self.runtime_engine, self.manifest)
+        return {"backend": runtime["name"], "backend_version": runtime["version"],
+                "backend_version_built": runtime["version_built"]}
 
     @property
     def spec(self) -> type[Task] | None:
@@ -114,6 +129,7 @@ class ServerState:
             self.predictor, self.engine = predictor, engine
             self.ready = True
             self.metrics.ready.set(1)
+            self.metrics.set_runtime(self.runtime_document())
             log.info("model ready: %s (%s), %s %s threads", self.model_name, self.task, self.threads,
                      getattr(b, "runtime_name", "ONNX Runtime"))
         except BaseException as exc:
@@ -243,8 +259,9 @@ class ServerState:
                     raise ApiError(400, "EmptyInput", f"Input {i} of `{field}` is empty (nothing but whitespace, "
                                                       "control or zero-width characters); send some text.")
                 if n > max_chars:
-                    raise ApiError(422, "InputTooLong", f"Input {i} has {n} characters; this server accepts at most "
-                                                        f"{max_chars} per text (its --max-chars); send a shorter text.")
+                    raise TooManyCharacters(f"Input {i} has {n} characters; this server accepts at most {max_chars} "
+                                            "per text (its --max-chars), truncated or not: split or shorten the "
+                                            "text, or ask the operator to raise --max-chars.")
                 n_chars += n
         return items, n_chars
 
@@ -354,6 +371,7 @@ def info_document(state: ServerState) -> dict:
         "max_body_bytes": s.max_body_bytes,
         "tokenization_workers": 1,
         "threads": state.threads,
+        **state.runtime_document(),
         "host": state.host_info,
         "ready": state.ready,
         "timing_unit": TIMING_UNIT,

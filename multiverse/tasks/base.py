@@ -235,6 +235,8 @@ class Task(Protocol):
             OpenAI ``/v1/embeddings`` for ``embed``; TEI ``/rerank`` for ``rerank``).
         root_wraps_single: ``POST /`` (the Hugging Face Inference API, what ``InferenceClient`` calls) answers
             a single string with a one-element list of results, as that API does for text-classification.
+        http_defaults: parameter values the server's ``/predict`` and ``POST /`` use when a request does not
+            send them, where TEI's default differs from the library's (text-classification: every label).
     """
 
     name: ClassVar[str]
@@ -255,6 +257,7 @@ class Task(Protocol):
     Params: ClassVar[type[TaskParams]]
     capability: ClassVar[str]
     root_wraps_single: ClassVar[bool]
+    http_defaults: ClassVar[dict]
 
     def __init__(self, model_dir: str | Path, config: dict) -> None: ...
 

@@ -316,6 +316,7 @@ class Handler:
 
     capability = "embed"
     root_wraps_single = False
+    http_defaults: ClassVar[dict] = {}
 
     def info(self, dim: int | None = None) -> dict:
         """``{"embedding": {"pooling": "mean", "dim": dim}}`` (pooling modes joined with ``+`` when several)."""

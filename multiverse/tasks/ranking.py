@@ -129,6 +129,7 @@ class Handler:
 
     capability = "rerank"
     root_wraps_single = False
+    http_defaults: ClassVar[dict] = {}
 
     def info(self, dim: int | None = None) -> dict:
         """``{"reranker": {"id2label": {"0": label, ...}}}``."""

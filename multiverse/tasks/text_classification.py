@@ -14,6 +14,9 @@ from .base import Encoded, TaskParams, result_scores, top_result
 from .evaluation import EvalSet, TaskOutputs, TaskScore, bound, need_column, need_labels, row_value
 
 OUTPUT = "logits"
+EXPECTED_AGREEMENT_NOTE = ("expected_label_agreement is the agreement expected on new inputs: every eval example's "
+                           "logit margin tried with every eval example's logit error (n² pairs), where label_agreement "
+                           "counts only the eval set's own flips")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -123,8 +126,15 @@ class Handler:
         """Relative loss of accuracy (labelled) or of label agreement with the reference ≤ τ; with labels
         also label agreement with the reference ≥ 1 − 2τ (accuracy alone lets flips cancel out: two
         examples flipped in opposite directions cost no accuracy). The 2τ mirrors min cosine; at
-        τ = 0.005 the bar is accuracy loss ≤ 0.5 % and agreement ≥ 99 %. Details: ``label_agreement``,
-        ``logit_nmse`` and with labels the macro-F1 of both models."""
+        τ = 0.005 the bar is accuracy loss ≤ 0.5 % and agreement ≥ 99 %.
+
+        Also ``expected_label_agreement`` ≥ the same agreement bar (1 − 2τ labelled, 1 − τ without labels):
+        1 − :func:`expected_flip_rate`, the agreement expected on new inputs, estimated from every pair of an
+        eval example's logit margin and another's logit error. A flip count on n examples passes a candidate
+        whose true flip rate is above the bar whenever the few near-boundary inputs happen not to flip
+        (measured on a weak BBC head: 213 validation texts, 0 flips; 1.9 % flips on 425 held-out texts).
+        Details: ``label_agreement``, ``expected_label_agreement`` and its standard error
+        ``expected_label_agreement_se``, ``logit_nmse`` and with labels the macro-F1 of both models."""
         ref_ids, cand_ids = reference.values.argmax(-1), candidate.values.argmax(-1)
         details = {"label_agreement": float((ref_ids == cand_ids).mean()),
                    "logit_nmse": metrics.nmse(reference.values, candidate.values)}
@@ -138,9 +148,14 @@ class Handler:
             metric, r, o = "label_agreement", 1.0, details["label_agreement"]
         loss = metrics.relative_loss(r, o)
         checks = (bound(f"relative loss of {metric}", loss, tolerance, loss, False),)
+        share = 2 if data.labels is not None else 1  # flips allowed: 2τ with labels (as label_agreement), else τ
         if data.labels is not None:
             agree = details["label_agreement"]
             checks += (bound("label_agreement", agree, 1 - 2 * tolerance, (1 - agree) / 2),)
+        flip_rate, se = expected_flip_rate(reference.values, candidate.values)
+        details.update(expected_label_agreement=1 - flip_rate, expected_label_agreement_se=se,
+                       expected_label_agreement_method=EXPECTED_AGREEMENT_NOTE)
+        checks += (bound("expected_label_agreement", 1 - flip_rate, 1 - share * tolerance, flip_rate / share),)
         return TaskScore(metric, r, o, checks, details)
 
     @classmethod
@@ -182,7 +197,8 @@ class Handler:
             "raw_scores": "`raw_scores` must be true or false.",
             "function_to_apply": "`function_to_apply` must be \"softmax\", \"sigmoid\" or \"none\" (logits)."}
         top_k: Annotated[int, Field(ge=1, strict=False), BeforeValidator(_json_integer)] | None = Field(
-            1, description="How many labels per input, best first (default 1); null: all labels.")
+            1, description="How many labels per input, best first; null: all labels. Default over HTTP: all labels "
+                           "(as TEI's /predict); in the library (`Predictor.predict`): 1, as transformers' pipeline.")
         raw_scores: bool = Field(False, description="true: scores are the logits, without softmax or sigmoid (TEI); "
                                  "takes precedence over `function_to_apply`.")
         function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
@@ -192,8 +208,52 @@ class Handler:
 
     capability = "classify"
     root_wraps_single = True
+    #: TEI's ``/predict`` has no ``top_k``: it answers every label, best first (router/src/http/server.rs sorts all
+    #: of them), and so does its ``POST /``; the library keeps transformers' pipeline default (the best label).
+    http_defaults: ClassVar[dict] = {"top_k": None}
 
     def info(self, dim: int | None = None) -> dict:
         """``{"classifier": {"id2label": {"0": label, ...}, "label2id": {label: 0, ...}}}``."""
         labels = {str(k): v for k, v in (self.config.get("id2label") or {}).items()}
         return {"classifier": {"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}}
+
+
+def expected_flip_rate(reference: np.ndarray, candidate: np.ndarray, max_pairs: int = 4_000_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Expected share of top-1 labels that differ between two models on inputs like the eval set's, and its
+    standard error: ``(p, se)``, both in [0, 1].
+
+    ``reference``, ``candidate``: float [n, num_labels] logits of the same n inputs. Every reference example i
+    (its logits ``r_i``, top-1 class ``t_i``) is paired with every candidate error ``e_j = c_j − r_j``; the pair
+    flips when ``argmax(r_i + e_j) ≠ t_i``, i.e. when some class's error relative to ``t_i``'s exceeds i's
+    logit margin over that class. ``p`` is the mean over the n × n pairs: the empirical margin distribution
+    convolved with the empirical error distribution, which assumes the error does not depend on the margin (the
+    diagonal i = j is the observed flip count). A count of flips on n examples moves by 1/n per example and is
+    0 by luck when a few near-boundary inputs happen to be missing; the n² pairs see every near-boundary margin
+    against every error. When n² > ``max_pairs`` a seeded random subset of ``max_pairs // n`` errors is used.
+    ``se``: the two-sample U-statistic's standard error from its Hoeffding decomposition,
+    ``sqrt(var_i(a_i) / n + var_j(b_j) / m)`` with ``a_i``, ``b_j`` the row and column means of the pair
+    matrix (Hoeffding 1948; Lehmann, *Elements of Large-Sample Theory*, §6.1).
+    Raises ValueError for arrays of different or non-2-D shapes, or no rows.
+    """
+    ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if ref.shape != cand.shape or ref.ndim != 2 or not len(ref):
+        raise ValueError(f"logits must be two equal [n, num_labels] arrays with n ≥ 1, got {ref.shape} and {cand.shape}.")
+    n = len(ref)
+    errors = cand - ref
+    m = min(n, max(1, max_pairs // n))
+    if m < n:
+        errors = errors[np.sort(np.random.default_rng(seed).choice(n, m, replace=False))]
+    top = ref.argmax(-1)
+    flips = np.zeros((n, m), dtype=bool)
+    for t in np.unique(top):
+        rows = np.flatnonzero(top == t)
+        margin = ref[rows, t][:, None] - ref[rows]           # [r, C], ≥ 0, 0 at class t
+        push = errors - errors[:, t][:, None]                  # [m, C]: how far error j lifts each class over t
+        step = max(1, 2_000_000 // (m * ref.shape[1]))
+        for k in range(0, len(rows), step):
+            flips[rows[k:k + step]] = (push[None, :, :] > margin[k:k + step, None, :]).any(-1)
+    p = float(flips.mean())
+    a, b = flips.mean(1), flips.mean(0)
+    se = float(np.sqrt(a.var() / n + b.var() / m))
+    return p, se

@@ -263,6 +263,7 @@ class Handler:
 
     capability = "classify"
     root_wraps_single = False
+    http_defaults: ClassVar[dict] = {}
 
     def info(self, dim: int | None = None) -> dict:
         """``{"token_classifier": {"id2label": {"0": label, ...}}}``."""
