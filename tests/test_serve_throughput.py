@@ -82,14 +82,17 @@ def _concurrent_posts(url: str, route: str, texts: list[str], clients: int = 6) 
 
 
 def _assert_equal_to_predict(served: list, bundle) -> None:
-    """Each served one-text answer equals ``Predictor.predict`` on that text (latency settings) to 1e-4."""
+    """Each served one-text answer equals ``Predictor.predict`` on that text (latency settings, the task's HTTP
+    default parameters) to 1e-4."""
     from test_batch_invariance import max_abs_diff
 
     from multiverse.inference import Predictor
+    from multiverse.tasks import get_task
 
     predictor = Predictor.from_bundle(bundle)
+    params = get_task(predictor.task).http_defaults  # what the routes pass when a request names no parameters
     for text, got in zip(TEXTS, served):
-        want = json.loads(json.dumps(predictor.predict([text]).results, default=float))
+        want = json.loads(json.dumps(predictor.predict([text], params).results, default=float))
         assert max_abs_diff(got, want) <= 1e-4, text
 
 
