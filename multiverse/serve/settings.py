@@ -130,6 +130,6 @@ def _hint_checks(s: ServeSettings) -> list[tuple[bool, str]]:
         (s.streams is None or s.performance_hint == "throughput",
          f"--streams {s.streams} needs --performance-hint throughput (the latency hint runs one request at a time)."),
         (s.streams is None or s.threads is None or s.streams <= s.threads,
-         f"--streams {s.streams} exceeds --threads {s.threads}: each stream needs at least one thread. Lower "
-         "--streams or raise --threads."),
+         (f"--streams {s.streams} exceeds --threads {s.threads}: each stream needs at least one thread. Lower "
+          "--streams or raise --threads.")),
     ]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from .engine import Engine, Overloaded
 from .settings import ServeSettings
 
+
 @dataclass(frozen=True)
 class ThroughputPlan:
     """What the throughput mode runs.
@@ -126,7 +127,8 @@ class EnginePool:
         import time
 
         end = time.monotonic() + max(0.0, float(timeout))
-        return all([e.join(max(0.0, end - time.monotonic())) for e in self.engines])
+        joined = [e.join(max(0.0, end - time.monotonic())) for e in self.engines]  # every engine, no short cut
+        return all(joined)
 
     @property
     def draining(self) -> bool:
