@@ -3,12 +3,13 @@
 * :func:`fidelity`: every system's outputs against the PyTorch model (``transformers`` pipeline) on the
   built-in texts (``multiverse.evaldata.builtin``), cut to the model's limit: label agreement for classifiers,
   mean / min cosine for embeddings (``multiverse.benchmark.baselines.compare_accuracy``).
-* :func:`throughput`: requests per second at one sequence length from one client that keeps the engine busy:
-  Multiverse as ``multiverse serve`` runs it (one ``Predictor`` with ``threads`` intra-op threads, requests one
-  after another), Multiverse as ``threads`` single-thread engines side by side (Python threads; ONNX Runtime
-  releases the GIL), and OpenVINO with ``PERFORMANCE_HINT: THROUGHPUT`` (its streams, an ``AsyncInferQueue``
-  of ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``). Every request is end to end (tokenize, run, post-process);
-  the configurations are timed in interleaved rounds.
+* :func:`throughput`: requests per second at one sequence length, one text per request, end to end (tokenize,
+  run, post-process): Multiverse as ``multiverse serve`` runs it by default (one ``Predictor`` with ``threads``
+  intra-op threads, one client, requests one after another); Multiverse as ``multiverse serve
+  --performance-hint throughput`` runs it (the server's own engines, :mod:`multiverse.serve.throughput`, in
+  process without HTTP, with ``2 × streams`` concurrent clients on an asyncio loop, as the routes submit);
+  and OpenVINO with ``PERFORMANCE_HINT: THROUGHPUT`` (its streams, an ``AsyncInferQueue`` of
+  ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``). The configurations are timed in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -83,6 +84,44 @@ def _loop(call, texts: list, seconds: float) -> int:
     return n
 
 
+class _ServedForThroughput:
+    """``multiverse serve BUNDLE --performance-hint throughput --threads cores`` without HTTP: the server's predictor
+    and engine pool (:mod:`multiverse.serve.throughput`), driven by ``2 × streams`` clients that each submit one
+    request and await it, on one asyncio loop (as the HTTP routes do)."""
+
+    def __init__(self, bundle: str, cores: int):
+        from multiverse.serve import throughput
+        from multiverse.serve.settings import ServeSettings
+
+        self.settings = ServeSettings(performance_hint="throughput", threads=cores)
+        self.predictor, self.plan = throughput.load_predictor(bundle, self.settings)
+        self.clients = 2 * self.plan.streams
+        self.label = (f"multiverse (serve --performance-hint throughput: {self.plan.streams} streams, "
+                      f"{self.clients} clients)")
+        self.pool = throughput.make_engine(self.predictor, self.settings, self.plan.streams, self.plan.batch_tokens)
+        self.pool.start()  # one pool for every round, as a server keeps its engines
+
+    def loop(self, texts: list, seconds: float) -> int:
+        """Requests completed in ``seconds`` s."""
+        import asyncio
+
+        pool = self.pool
+
+        async def main() -> int:
+            loop, end, done = asyncio.get_running_loop(), time.perf_counter() + seconds, [0]
+
+            async def client(i: int) -> None:
+                while time.perf_counter() < end:
+                    await pool.submit([texts[i % len(texts)]], {}, loop)
+                    done[0] += 1
+                    i += self.clients
+
+            await asyncio.gather(*(client(c) for c in range(self.clients)))
+            return done[0]
+
+        return asyncio.run(main())
+
+
 def _throughput_child(bundle: str, checkpoint: str, task: str, cores: int, texts: list, seconds: float,
                       rounds: int, openvino_dir: str) -> dict:
     from openvino import AsyncInferQueue
@@ -91,7 +130,7 @@ def _throughput_child(bundle: str, checkpoint: str, task: str, cores: int, texts
     from multiverse.inference import Predictor
 
     serial = Predictor.from_bundle(bundle, threads=cores)
-    engines = [Predictor.from_bundle(bundle, threads=1) for _ in range(cores)]
+    serve_tp = _ServedForThroughput(bundle, cores)
     ov = OpenVinoSystem(openvino_dir, checkpoint, task, cores, hint="THROUGHPUT")
     nireq = int(ov.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = AsyncInferQueue(ov.compiled, nireq)
@@ -106,10 +145,6 @@ def _throughput_child(bundle: str, checkpoint: str, task: str, cores: int, texts
     def multiverse_serial(s):
         return _loop(lambda x: serial.predict(x), texts, s)
 
-    def multiverse_engines(s):
-        with cf.ThreadPoolExecutor(len(engines)) as pool:
-            return sum(pool.map(lambda e: _loop(lambda x: e.predict(x), texts, s), engines))
-
     def openvino(s):
         done[0], i, end = 0, 0, time.perf_counter() + s
         while time.perf_counter() < end:
@@ -120,22 +155,29 @@ def _throughput_child(bundle: str, checkpoint: str, task: str, cores: int, texts
         return done[0]
 
     configs = {"multiverse (serve: 1 engine × %d threads)" % cores: multiverse_serial,
-               "multiverse (%d engines × 1 thread)" % cores: multiverse_engines,
+               serve_tp.label: lambda s: serve_tp.loop(texts, s),
                "openvino (THROUGHPUT hint)": openvino}
     for fn in configs.values():  # warm-up
         fn(0.3)
     counts = {k: 0 for k in configs}
     elapsed = {k: 0.0 for k in configs}
+    per_round: dict[str, list[float]] = {k: [] for k in configs}
     names = list(configs)
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            counts[k] += configs[k](seconds / rounds)
-            elapsed[k] += time.perf_counter() - t0
+            n = configs[k](seconds / rounds)
+            dt = time.perf_counter() - t0
+            counts[k] += n
+            elapsed[k] += dt
+            per_round[k].append(round(n / dt, 1))
+    serve_tp.pool.stop(5.0)
     return {"req_per_s": {k: round(counts[k] / elapsed[k], 2) for k in names}, "requests": counts,
+            "req_per_s_per_round": per_round,
             "seconds": {k: round(v, 2) for k, v in elapsed.items()}, "openvino_infer_requests": nireq,
             "openvino_streams": int(ov.compiled.get_property("NUM_STREAMS")),
             "openvino_inference_precision": ov.inference_precision, "rounds": rounds,
+            "multiverse_streams": serve_tp.plan.streams, "multiverse_clients": serve_tp.clients,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 

@@ -267,6 +267,8 @@ def serve(
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body", help="Request body bytes (more: 413)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting for the model (more: 429)."),
     batch_tokens: int = typer.Option(0, "--batch-tokens", help="Server-side batching budget in padded tokens (0: off)."),
+    performance_hint: str = typer.Option("latency", "--performance-hint", help="latency: one request at a time on every thread | throughput: one run in flight per stream, one thread each (OpenVINO IRs: its THROUGHPUT hint)."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="Runs in flight with --performance-hint throughput (default: one per thread)."),
     max_run_tokens: int = typer.Option(4096, "--max-run-tokens", help="Padded tokens per model run (ONNX Runtime or OpenVINO); bigger requests are split."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds queued work gets to finish after SIGTERM; the rest gets 503 + Retry-After."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection gets to send a complete request head; else closed."),
@@ -283,7 +285,8 @@ def serve(
     try:
         run(bundle, host=host, port=port, threads=threads, api_key=api_key, allow_isa_mismatch=allow_isa_mismatch,
             max_batch=max_batch, max_chars=max_chars, max_body_bytes=max_body, max_queue=max_queue,
-            batch_tokens=batch_tokens, max_run_tokens=max_run_tokens, max_batch_tokens=max_batch_tokens,
+            batch_tokens=batch_tokens, performance_hint=performance_hint, streams=streams,
+            max_run_tokens=max_run_tokens, max_batch_tokens=max_batch_tokens,
             graceful_timeout=graceful_timeout, header_timeout=header_timeout, body_timeout=body_timeout,
             keep_alive_timeout=keep_alive_timeout, max_connections=max_connections, log_level=log_level,
             manifest_sha256=manifest_sha256)

@@ -71,7 +71,7 @@ class OpenVinoSession:
         threads: ``INFERENCE_NUM_THREADS``.
         session_config: see :func:`compile_properties`.
     ``run`` may be called from several threads: each thread gets its own ``InferRequest`` (a request is not
-    thread-safe; the compiled model is). Outputs are copied out of the request's buffers, which the next
+    thread-safe; the compiled model is), kept until the session is released. Outputs are copied out of the request's buffers, which the next
     inference on that request overwrites.
 
     Raises MissingExtraError when ``openvino`` is not installed; OpenVINO's own exceptions when the IR does not
@@ -93,7 +93,8 @@ class OpenVinoSession:
         self._inputs = [Port(p.get_any_name()) for p in self.compiled.inputs]
         self._input_names = frozenset(p.name for p in self._inputs)
         self._outputs = [Port(p.get_any_name()) for p in self.compiled.outputs]
-        self._local = threading.local()
+        self._requests: dict[int, object] = {}  # thread id → InferRequest (see _request)
+        self._lock = threading.Lock()
 
     def get_inputs(self) -> list[Port]:
         return list(self._inputs)
@@ -102,9 +103,14 @@ class OpenVinoSession:
         return list(self._outputs)
 
     def _request(self):
-        request = getattr(self._local, "request", None)
+        """The calling thread's infer request. Requests live as long as the session, not as their thread: a
+        worker thread that ends (a server's engine stopping) does not destroy an OpenVINO request on its way
+        out, and a later thread with the same id reuses it (live threads have distinct ids)."""
+        key = threading.get_ident()
+        request = self._requests.get(key)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            with self._lock:
+                request = self._requests.setdefault(key, self.compiled.create_infer_request())
         return request
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -54,6 +54,11 @@ class ServeSettings:
             (uvicorn's ``timeout_keep_alive``).
         max_connections: open HTTP connections; a connection beyond it gets 503 with
             ``Retry-After`` at once and is closed.
+        performance_hint: ``latency`` (default: one request at a time on all ``threads``) or
+            ``throughput`` (``streams`` runs in flight, each on ``threads // streams`` threads; OpenVINO IRs
+            compiled with OpenVINO's THROUGHPUT hint; see :mod:`multiverse.serve.throughput`).
+        streams: model runs in flight under ``performance_hint="throughput"`` (default: one per thread);
+            must not exceed ``threads``, and is a usage error with the latency hint.
         warmup: run a few inferences (short, batched and longest) before reporting ready.
         model_name: name reported by ``/info`` and ``/v1/embeddings`` (default: the bundle's source).
         log_level: uvicorn log level.
@@ -76,6 +81,8 @@ class ServeSettings:
     body_timeout: float = 30.0
     keep_alive_timeout: float = 30.0
     max_connections: int = 512
+    performance_hint: str = "latency"
+    streams: int | None = None
     warmup: bool = True
     model_name: str | None = None
     log_level: str = "info"
@@ -97,6 +104,7 @@ class ServeSettings:
             (self.keep_alive_timeout > 0, f"--keep-alive-timeout {self.keep_alive_timeout} must be > 0 seconds."),
             (self.max_connections >= 1, f"--max-connections {self.max_connections} must be ≥ 1."),
             (self.api_key is None or len(self.api_key) > 0, "--api-key must not be empty."),
+            *_hint_checks(self),
         ]
         for ok, message in checks:
             if not ok:
@@ -107,3 +115,21 @@ class ServeSettings:
         d = asdict(self)
         d["api_key"] = self.api_key is not None
         return d
+
+
+#: ``--performance-hint`` values (OpenVINO's hint names, lower case).
+PERFORMANCE_HINTS = ("latency", "throughput")
+
+
+def _hint_checks(s: ServeSettings) -> list[tuple[bool, str]]:
+    """The ``performance_hint`` / ``streams`` checks of :class:`ServeSettings` as (ok, message) pairs."""
+    return [
+        (s.performance_hint in PERFORMANCE_HINTS,
+         f"--performance-hint {s.performance_hint!r} must be one of: {', '.join(PERFORMANCE_HINTS)}."),
+        (s.streams is None or s.streams >= 1, f"--streams {s.streams} must be ≥ 1."),
+        (s.streams is None or s.performance_hint == "throughput",
+         f"--streams {s.streams} needs --performance-hint throughput (the latency hint runs one request at a time)."),
+        (s.streams is None or s.threads is None or s.streams <= s.threads,
+         (f"--streams {s.streams} exceeds --threads {s.threads}: each stream needs at least one thread. Lower "
+          "--streams or raise --threads.")),
+    ]

@@ -49,6 +49,7 @@ class ServerState:
         self.manifest: dict = {}
         self.task: str | None = None
         self.threads: int | None = settings.threads
+        self.streams = 1  # model runs in flight (performance_hint="throughput": see _throughput_predictor)
         self.host_info: dict = {}
         self.draining = False
         self._drain_expired = False
@@ -95,10 +96,12 @@ class ServerState:
     def load(self) -> None:
         """Load the predictor (unless given), warm it up, start the engine, then report ready."""
         try:
-            predictor = self.predictor
+            predictor, pool = self.predictor, None
             if predictor is None:
                 if callable(self.source) and not isinstance(self.source, (str, Path)):
                     predictor = self.source()
+                elif self.settings.performance_hint == "throughput":
+                    predictor, pool = self._throughput_predictor()
                 else:
                     from ..inference import Predictor
 
@@ -115,8 +118,9 @@ class ServerState:
             if self.spec.capability == "embed" and self.dim is None:
                 self.dim = len(predictor.predict(["dim"]).results[0])
             s = self.settings
-            engine = Engine(predictor, max_queue=s.max_queue, batch_tokens=s.batch_tokens, max_rows=s.max_batch,
-                            max_run_tokens=s.max_run_tokens, max_request_tokens=s.max_batch_tokens)
+            engine = pool(predictor) if pool is not None else Engine(
+                predictor, max_queue=s.max_queue, batch_tokens=s.batch_tokens, max_rows=s.max_batch,
+                max_run_tokens=s.max_run_tokens, max_request_tokens=s.max_batch_tokens)
             engine.start()
             if self.threads is None:
                 from ..runtime import physical_cores
@@ -133,6 +137,15 @@ class ServerState:
             log.error("could not load the model: %s", exc, exc_info=not isinstance(exc, MultiverseError))
             if self.on_fatal is not None:
                 self.on_fatal(exc)
+
+    def _throughput_predictor(self):
+        """``performance_hint="throughput"``: the predictor compiled for streams, and a callable making the
+        :class:`~multiverse.serve.throughput.EnginePool` around it (see :mod:`multiverse.serve.throughput`)."""
+        from . import throughput
+
+        predictor, plan = throughput.load_predictor(self.source, self.settings)
+        self.streams = plan.streams
+        return predictor, lambda p: throughput.make_engine(p, self.settings, plan.streams, plan.batch_tokens)
 
     def _warmup(self, predictor) -> None:
         """A few runs before ready: short single texts, a small batch, then runs at the ``max_run_tokens`` budget
