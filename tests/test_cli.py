@@ -94,7 +94,10 @@ def test_gate_failure_exits_3_with_json(tiny_checkpoints, tmp_path):
 
 
 def test_foreign_target_warns_and_builds(tiny_checkpoints, tmp_path):
-    r = run("optimize", tiny_checkpoints["text-classification"], "--target", "arm64", "--out", tmp_path, "--json")
+    # τ 0.05: the random tiny head has many near-boundary labels, so at 0.01 no int8 candidate meets the expected
+    # label agreement (int8 is forced for a foreign target); this test pins the warning, not the gate
+    r = run("optimize", tiny_checkpoints["text-classification"], "--target", "arm64", "--out", tmp_path, "--json",
+            "--tolerance", "0.05")
     assert r.exit_code == 0, r.output
     assert "lacks arch:aarch64" in r.stderr
     doc = json.loads(r.stdout)
