@@ -87,7 +87,7 @@ class BundleInfo(_Part):
     #: The runtime that ran the bundle: ``name`` (``onnxruntime`` | ``openvino``), ``version`` (installed in the
     #: benchmark's process) and ``version_built`` (the manifest's ``runtime.engine.version``, the one that validated
     #: it; null when not recorded). None only in reports written before this field existed.
-    runtime: dict[str, str | None] | None = None
+    runtime: dict[str, str | None] | None = Field(None, exclude_if=lambda v: v is None)  # old reports stay byte for byte
 
 
 class GridConfig(_Part):
