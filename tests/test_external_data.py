@@ -178,6 +178,7 @@ def test_optimize_ships_external_data_it_writes(tiny_checkpoints, tmp_path, monk
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     r = CliRunner().invoke(app, ["optimize", str(tiny_checkpoints["feature-extraction"]), "--out", str(tmp_path),
                                  "--precision", precision, "--max-trials", "2",  # int8: a smoothed graph is saved too
+                                 "--runtime", "onnxruntime",  # ONNX graphs' external data (OpenVINO's IR: its own test)
                                  "--eval-limit", "40", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
