@@ -74,6 +74,7 @@ def test_work_folder_defaults_to_tmpdir(tmp_path, monkeypatch):
 UNWIND = """
 import os, signal, time
 from multiverse import workdir
+from multiverse.errors import Interrupted
 before = signal.getsignal(signal.SIGTERM)
 try:
     with workdir.unwind_on_signals():
