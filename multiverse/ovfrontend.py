@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import QuantizationError
 from .export import OnnxModel, _quiet_loggers
-from .ovquant import IR_FILE, require_ov
+from .ovquant import IR_FILE, no_telemetry, require_ov
 
 #: The conversion check's batches and their longest row: shapes are dynamic in both graphs, so what the check
 #: must see is padded rows next to longer ones; measured on the DistilBERT-base shape at load 15, all six probe
@@ -66,7 +66,8 @@ def convert_pytorch(checkpoint: str | Path, task: str, exported: OnnxModel):
                 str(checkpoint), dtype=torch.float32).eval()
         sample = TextTokenizer(exported.model_dir).encode(items, inputs).arrays
         with torch.no_grad(), _quiet_loggers():  # the tracer's TracerWarnings, transformers' config notes
-            converted = ov.convert_model(model, example_input={k: torch.from_numpy(sample[k]) for k in inputs})
+            with no_telemetry():
+                converted = ov.convert_model(model, example_input={k: torch.from_numpy(sample[k]) for k in inputs})
         in_ports = [_port(converted.inputs, name) for name in inputs]
         out_ports = [_port(converted.outputs, name) for name in outputs]
         for port, name in zip(in_ports + out_ports, inputs + outputs):
@@ -85,6 +86,7 @@ def pytorch_ir(checkpoint: str | Path, task: str, exported: OnnxModel, out_dir: 
     ``PROBE_BATCHES`` of ``export.probe_batches`` (4 built-in texts each, right-padded, cut at ``PROBE_TOKENS``),
     OpenVINO (f32 inference) and ONNX Runtime outputs must agree to ``tolerance`` over real tokens. Returns ``exported`` with ``path`` the IR (what :func:`quantize_ov`
     and :func:`node_names` take). Raises QuantizationError when the conversion fails or the outputs differ."""
+    require_ov()  # imports openvino without its telemetry (extras.import_openvino)
     import onnxruntime as ort
     import openvino as ov
 

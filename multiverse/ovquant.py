@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import QuantizationError
+from .extras import import_openvino, no_telemetry  # noqa: F401 (no_telemetry re-exported)
 from .export import OnnxModel
 
 IR_FILE = "model.xml"
@@ -119,6 +120,7 @@ def require_ov(what: str = "OpenVINO int8") -> None:
     if missing:
         raise MissingExtraError(f"{what} needs OpenVINO and NNCF ({', '.join(missing)} not installed): "
                                 'pip install "multiverse[optimize]"')
+    import_openvino()  # the first import of openvino in the process: without its import-time telemetry event
 
 
 @contextlib.contextmanager
@@ -157,7 +159,8 @@ def convert(onnx_path: str | Path):
     onnx_path = Path(onnx_path)
     try:
         graph = onnx.load(str(onnx_path), load_external_data=False).graph
-        model = ov.convert_model(str(onnx_path))
+        with no_telemetry():
+            model = ov.convert_model(str(onnx_path))
     except Exception as exc:
         raise QuantizationError(
             f"OpenVINO could not convert {onnx_path} ({type(exc).__name__}: {exc}). Give it the unfused fp32 export "
@@ -255,8 +258,9 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
         raise QuantizationError(f"ignored_nodes names no quantizable node of {model.path}: {unknown[:3]}. "
                                 "Take names from multiverse.ovquant.node_names(model).")
     try:
-        quantized = (_nncf_compress(ov_model, config) if config.mode == "dynamic"
-                     else _nncf_quantize(ov_model, config, calibration))
+        with no_telemetry():  # NNCF's first import in the process happens here too
+            quantized = (_nncf_compress(ov_model, config) if config.mode == "dynamic"
+                         else _nncf_quantize(ov_model, config, calibration))
     except Exception as exc:
         raise QuantizationError(
             f"NNCF failed on {model.path} with {config.label()} ({type(exc).__name__}: {exc}). "

@@ -80,7 +80,9 @@ class OpenVinoSession:
 
     def __init__(self, model_path: str | os.PathLike, threads: int, session_config: Mapping[str, str] | None = None):
         try:
-            import openvino as ov
+            from .extras import import_openvino
+
+            ov = import_openvino()
         except ImportError as exc:
             from .errors import MissingExtraError
 

@@ -9,6 +9,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenVINO's converter sends a telemetry event (a forked process) when openvino is first imported, as the test
+# modules' importorskip does at collection: import it first as Multiverse does, without telemetry
+try:
+    from multiverse.extras import import_openvino
+
+    import_openvino()
+except ImportError:
+    pass
 
 from pathlib import Path  # noqa: E402
 

@@ -4,6 +4,8 @@ NNCF writes nothing to stdout, and without openvino/nncf the install command is 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,32 @@ def test_without_openvino_or_nncf_the_install_command_is_named(fp32, tmp_path, m
     with pytest.raises(MissingExtraError, match=r"nncf not installed\): pip install") as exc:
         quantize_ov(fp32, tmp_path, OvInt8Config(), [])
     assert exc.value.exit_code == 2
+
+
+TELEMETRY_PROBE = """
+import multiprocessing, sys
+started = []
+start = multiprocessing.Process.start
+multiprocessing.Process.start = lambda self: (started.append(self._target), start(self))[1]
+from multiverse.ovquant import OvInt8Config, convert, node_names, quantize_ov
+from multiverse.export import OnnxModel
+from pathlib import Path
+fp32 = OnnxModel(path=Path(sys.argv[1]), model_dir=Path(sys.argv[1]).parent, stage="fp32", opset=18)
+model = convert(fp32.path)
+feeds = [{i.get_any_name(): __import__("numpy").ones((1, 8), dtype="int64") for i in model.inputs}]
+quantize_ov(fp32, sys.argv[2], OvInt8Config(), feeds)
+print(len(started))
+"""
+
+
+def test_openvino_and_nncf_send_no_telemetry(fp32, tmp_path):
+    """openvino-telemetry forks a process per event (openvino's import, each conversion, each NNCF call) to send it
+    to Google Analytics; offline such a child hung a build at exit. A fresh interpreter converts and quantizes with
+    none started."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI")}
+    proc = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, str(fp32.path), str(tmp_path / "q")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "0", proc.stdout[-2000:] + proc.stderr[-2000:]

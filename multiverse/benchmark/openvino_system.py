@@ -88,12 +88,16 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
     t0 = time.perf_counter()
     work = out.parent / f"{out.name}.tmp-{time.time_ns()}"
     try:
-        import nncf
-        import openvino as ov
         import torch
         import transformers
 
-        from ..ovquant import nncf_output_to_stderr
+        from ..extras import import_openvino
+        from ..ovquant import nncf_output_to_stderr, no_telemetry
+
+        ov = import_openvino()
+
+        with no_telemetry():  # NNCF's first import in the process: no telemetry (see no_telemetry)
+            import nncf
         from ..tasks import TextTokenizer, get_task
 
         if threads:
@@ -104,7 +108,7 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
         names = _model_inputs(model)
         sample = tok.encode([("A short example.", "Another one.") if get_task(task).requires_pairs
                              else "A short example sentence for tracing."], names).arrays
-        with torch.no_grad():
+        with torch.no_grad(), no_telemetry():
             ov_model = ov.convert_model(model, example_input={k: torch.from_numpy(sample[k]) for k in names})
         if len(ov_model.inputs) != len(names):
             raise BenchmarkError(f"the converted model has {len(ov_model.inputs)} inputs, the tokenizer gives {names}")
@@ -113,7 +117,7 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
         t1 = time.perf_counter()
         items = calibration_inputs(task, subset_size)
         data = [tok.encode([x], names).arrays for x in items]
-        with nncf_output_to_stderr():  # NNCF's progress bars and log lines: stdout carries only the report path
+        with nncf_output_to_stderr(), no_telemetry():  # NNCF's progress bars and log lines go, stdout keeps the path
             quantized = nncf.quantize(ov_model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
                                       subset_size=len(data))
         t2 = time.perf_counter()
@@ -154,7 +158,9 @@ class OpenVinoSystem:
 
     def __init__(self, model_dir: str | Path, checkpoint: str | Path, task: str, threads: int, hint: str = "LATENCY"):
         require_openvino()
-        import openvino as ov
+        from ..extras import import_openvino
+
+        ov = import_openvino()
 
         from ..tasks import TextTokenizer, make_handler
 
