@@ -71,9 +71,11 @@ class ServerState:
     def runtime_engine(self) -> str:
         """``onnxruntime`` or ``openvino``: the runtime of the loaded session, else the one the bundle's manifest
         records (ONNX Runtime when it says none)."""
+        from ..ovsession import OpenVinoSession  # imports no openvino
+
         session = getattr(self.predictor, "session", None)
         if session is not None and hasattr(session, "get_inputs"):
-            return "openvino" if type(session).__name__ == "OpenVinoSession" else "onnxruntime"
+            return "openvino" if isinstance(session, OpenVinoSession) else "onnxruntime"
         recorded = ((self.manifest.get("runtime") or {}).get("engine") or {}).get("name")
         return recorded or ("openvino" if str(self.manifest.get("model_file", "")).endswith(".xml") else "onnxruntime")
 
