@@ -76,31 +76,50 @@ class Bundle:
     def required_flags(self) -> list[str]:
         return list(self.spec.target.required_flags)
 
-    def missing_flags(self) -> list[str]:
-        """CPU flags (and ``arch:<name>``) the target needs and this host lacks."""
-        from .targets import missing_isa
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO computes the layers that are not int8 in, as validated: ``f32`` or ``bf16``
+        (``quantization.inference_precision``; ``f32`` for ONNX Runtime bundles and when not recorded)."""
+        return self.spec.quantization.inference_precision if self.spec.quantization else "f32"
 
-        return missing_isa(self.spec.target.arch, self.required_flags)
+    def missing_flags(self) -> list[str]:
+        """CPU flags (and ``arch:<name>``) the target and the :attr:`inference_precision` need and this host lacks."""
+        from .targets import PRECISION_FLAGS, missing_isa
+
+        needed = dict.fromkeys([*self.required_flags, *PRECISION_FLAGS[self.inference_precision]])
+        return missing_isa(self.spec.target.arch, list(needed))
 
     def session_config(self, allow_isa_mismatch: bool = False) -> dict[str, str]:
-        """ORT session entries for this host.
+        """Session entries for this host: the target's ONNX Runtime entries and, for an OpenVINO IR validated in
+        bf16, ``openvino.INFERENCE_PRECISION_HINT=bf16`` (``ovsession.precision_config``).
 
-        Raises IsaMismatchError when the host lacks the target's flags, unless
+        Raises IsaMismatchError when the host lacks the target's flags (or, for bf16, ``avx512_bf16``), unless
         ``allow_isa_mismatch``; then ``session.x64quantprecision=1`` is added: without VNNI, ONNX
         Runtime's u8s8 int8 GEMM sums pairs of products in 16 bits, which saturate, and that entry
-        selects its full-precision kernel.
+        selects its full-precision kernel; and a bf16 IR on a host without bf16 is compiled at f32.
         """
+        from .ovsession import precision_config
+        from .targets import PRECISION_FLAGS
+
         config = dict(self.spec.target.session)
         missing = self.missing_flags()
+        precision = self.inference_precision
+        lacks_precision = bool(set(missing) & set(PRECISION_FLAGS[precision]))
         if missing:
             if not allow_isa_mismatch:
+                why = (f" (its OpenVINO IR was validated computing its non-int8 layers in {precision})"
+                       if lacks_precision else "")
                 raise IsaMismatchError(
                     f"Bundle {self.path} was built for target {self.spec.target.name!r}, which needs "
-                    f"{', '.join(missing)} that this CPU lacks. Re-run `multiverse optimize ... --target native` "
-                    "on this host, or pass --allow-isa-mismatch (slower, full-precision int8 GEMM)."
+                    f"{', '.join(missing)} that this CPU lacks{why}. Re-run `multiverse optimize ... --target native` "
+                    "on this host, or pass --allow-isa-mismatch (slower, full-precision int8 GEMM"
+                    + (f"; the {precision} layers run in f32, so outputs differ from the validated ones)."
+                       if lacks_precision else ").")
                 )
             if "arch:" not in " ".join(missing):
                 config["session.x64quantprecision"] = "1"
+        if not lacks_precision:
+            config.update(precision_config(self.manifest.get("quantization")))
         return config
 
     def external_data(self) -> list[str]:
@@ -285,7 +304,8 @@ class Inspection:
             ("source", f"{m['source'].get('repo_id') or m['source'].get('local_path')} "
                        f"@ {m['source'].get('revision') or 'local'}"),
             ("target", f"{m['target']['name']} (needs {', '.join(m['target']['required_flags']) or '-'})"),
-            ("runtime", f"{b.runtime_name}" + (f" {engine.get('version')}" if engine.get("version") else "")),
+            ("runtime", f"{b.runtime_name}" + (f" {engine.get('version')}" if engine.get("version") else "")
+             + (f", inference precision {b.inference_precision}" if b.runtime_name == "OpenVINO" else "")),
             ("precision", f"{m.get('precision')}" + (f": {shipped.get('label')}, {kept} node(s) kept in fp32"
                                                      if q and shipped.get("label") else "")),
             ("fused ops", "none: an OpenVINO IR of the unfused export (OpenVINO fuses when it compiles)"

@@ -218,7 +218,9 @@ Optimised by Multiverse {m['versions']['multiverse']} (`multiverse optimize`) fo
 ({tgt.get('description', '')}).
 
 - Source: `{src['repo_id'] or src['local_path']}` revision `{src['revision'] or 'local'}`
-- Task: `{m['task']}`; precision: **{m['precision']}**; max sequence length {m.get('max_sequence_length')} tokens
+- Task: `{m['task']}`; precision: **{m['precision']}**{
+    f" (OpenVINO inference precision {(m.get('quantization') or {}).get('inference_precision', 'f32')})"
+    if engine == 'openvino' else ''}; max sequence length {m.get('max_sequence_length')} tokens
 - Required CPU flags: {', '.join(tgt['required_flags']) or 'none'}
 - Fused ops: {'none (an OpenVINO IR of the unfused export: OpenVINO fuses when it compiles)' if engine == 'openvino'
                else ', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}

@@ -65,6 +65,15 @@ class TargetSpec(_Open):
     session: dict[str, str] = Field(default_factory=dict)
 
 
+class QuantizationSpec(_Open):
+    """``quantization``: the shipped candidate's int8 configuration (None for fp32). The loader reads
+    ``inference_precision``: the precision OpenVINO computes the layers that are not int8 in (``bf16`` only in
+    bundles for targets whose CPUs all have it, ``targets.Target.inference_precisions``); ``f32`` when absent
+    (ONNX Runtime bundles, and OpenVINO bundles written before it was recorded)."""
+
+    inference_precision: Literal["f32", "bf16"] = "f32"
+
+
 class SourceSpec(_Open):
     """``source``: where the original checkpoint came from (for ``validate`` and ``/info``)."""
 
@@ -90,6 +99,7 @@ class Manifest(_Open):
     files: dict[RelPath, Sha256Hex]
     max_sequence_length: Annotated[int, Field(gt=0)] | None = None
     precision: str | None = None
+    quantization: QuantizationSpec | None = None
     validation: dict | None = None
     content_sha256: Sha256Hex
 

@@ -243,7 +243,8 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     ``calibration``: tokenized batches, each ``{input name: int64 [batch, seq]}`` (extra keys are dropped);
     every item is used (``subset_size = len(calibration)``); mode ``dynamic`` needs none. NNCF's progress and log lines go to stderr.
     Returns a new OnnxModel with ``path`` the IR, stage ``int8`` and ``quantization`` =
-    ``{"runtime": "openvino", **config, "calibration_size", "quantized_ops": {...}}``.
+    ``{"runtime": "openvino", **config, "inference_precision": "f32", "calibration_size", "quantized_ops": {...}}``
+    (``inference_precision``: what OpenVINO compiles the IR's other layers in, ``ovsession.precision_config``).
     Raises MissingExtraError without openvino/nncf; QuantizationError on an empty calibration set (static), an unknown
     ignored node, a NNCF failure or a result with nothing quantized.
     """
@@ -276,7 +277,7 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out / IR_FILE), compress_to_fp16=False)  # int8 stays int8, the rest fp32
     info = {"runtime": "openvino", "frontend": frontend(ov_model), **config.model_dump(mode="json"),
-            "calibration_size": len(calibration),
+            "inference_precision": "f32", "calibration_size": len(calibration),
             "quantized_ops": counts, "versions": {"openvino": ov.__version__, "nncf": nncf.__version__}}
     return replace(model, path=out / IR_FILE, stage="int8", quantization=info)
 

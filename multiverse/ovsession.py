@@ -13,6 +13,10 @@ Compile properties (OpenVINO "CPU device" guide, openvino 2026.4):
   AVX-512 BF16 or AMX and f32 elsewhere, so the same IR would give different outputs on different hosts, and
   not the ones the accuracy gate validated. Measured on all-MiniLM-L6-v2 NNCF int8 (SmoothQuant 0.5), cosine
   to PyTorch on the built-in texts: min 0.9614 f32 vs 0.9512 bf16. The hint is fixed here and recorded.
+  A bundle built for a target whose CPUs all have bf16 (``targets.Target.inference_precisions``) may record
+  ``quantization.inference_precision = bf16`` (the tuner validated it so); :func:`precision_config` turns that
+  into ``openvino.INFERENCE_PRECISION_HINT = bf16``, and a session asked for bf16 that OpenVINO compiles at
+  another precision (a CPU or process without bf16) is refused rather than run at a precision nobody validated.
 
 * ``ENABLE_CPU_PINNING`` = ``NO``. Pinned inference threads wait for their own core when another process holds
   it: on a loaded 2-core host MiniLM's p50 at 8 tokens was 16-20 ms pinned vs 2.8-3.1 ms unpinned, at similar
@@ -34,6 +38,9 @@ import numpy as np
 #: ``session_config`` keys with this prefix are OpenVINO compile properties.
 PROPERTY_PREFIX = "openvino."
 DEFAULT_PROPERTIES = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO"}
+#: ``INFERENCE_PRECISION_HINT`` values a candidate or bundle may record (``quantization.inference_precision``).
+INFERENCE_PRECISIONS = ("f32", "bf16")
+PRECISION_KEY = PROPERTY_PREFIX + "INFERENCE_PRECISION_HINT"
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,23 @@ def compile_properties(threads: int, session_config: Mapping[str, str] | None = 
     return props
 
 
+def inference_precision(quantization: Mapping | None) -> str:
+    """The OpenVINO inference precision a candidate's or bundle's quantization record asks for:
+    ``quantization["inference_precision"]`` (``f32`` or ``bf16``), ``f32`` when it records none (ONNX Runtime
+    candidates, OpenVINO bundles written before the key existed). Raises ValueError for another value."""
+    precision = str((quantization or {}).get("inference_precision") or "f32")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"inference_precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
+    return precision
+
+
+def precision_config(quantization: Mapping | None) -> dict[str, str]:
+    """``session_config`` entries for :func:`inference_precision` of ``quantization``: ``{}`` for f32 (already
+    :data:`DEFAULT_PROPERTIES`), ``{"openvino.INFERENCE_PRECISION_HINT": "bf16"}`` for bf16."""
+    precision = inference_precision(quantization)
+    return {} if precision == "f32" else {PRECISION_KEY: precision}
+
+
 class OpenVinoSession:
     """An OpenVINO IR compiled for the CPU, called like an ``onnxruntime.InferenceSession``.
 
@@ -74,8 +98,9 @@ class OpenVinoSession:
     thread-safe; the compiled model is), kept until the session is released. Outputs are copied out of the request's buffers, which the next
     inference on that request overwrites.
 
-    Raises MissingExtraError when ``openvino`` is not installed; OpenVINO's own exceptions when the IR does not
-    compile (callers wrap them in their stage's error).
+    Raises MissingExtraError when ``openvino`` is not installed; IsaMismatchError when the properties ask for a
+    lower inference precision (bf16) than OpenVINO compiled (it falls back to f32 on a CPU without bf16); OpenVINO's
+    own exceptions when the IR does not compile (callers wrap them in their stage's error).
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: int, session_config: Mapping[str, str] | None = None):
@@ -92,11 +117,24 @@ class OpenVinoSession:
         self.properties = compile_properties(threads, session_config)
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", dict(self.properties))
+        asked, got = self.properties["INFERENCE_PRECISION_HINT"].lower(), self.precision
+        if asked != "f32" and got != asked:
+            from .errors import IsaMismatchError
+
+            raise IsaMismatchError(f"{model_path} was validated with OpenVINO inference precision {asked}, and OpenVINO "
+                                   f"compiles it at {got} in this process (this CPU lacks {asked}): run it on a CPU "
+                                   f"with {asked}, or rebuild the bundle for this host (`multiverse optimize ... "
+                                   "--target native`).")
         self._inputs = [Port(p.get_any_name()) for p in self.compiled.inputs]
         self._input_names = frozenset(p.name for p in self._inputs)
         self._outputs = [Port(p.get_any_name()) for p in self.compiled.outputs]
         self._requests: dict[int, object] = {}  # thread id → InferRequest (see _request)
         self._lock = threading.Lock()
+
+    @property
+    def precision(self) -> str:
+        """The inference precision OpenVINO compiled with (``f32``, ``bf16``): its ``INFERENCE_PRECISION_HINT``."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def get_inputs(self) -> list[Port]:
         return list(self._inputs)

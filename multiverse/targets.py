@@ -21,6 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import RecipeError
 
+#: The ``/proc/cpuinfo`` flag of AVX-512 BF16 (Cooper Lake, Sapphire Rapids and later Xeons, AMD Zen 4): what
+#: OpenVINO's CPU plugin needs to run layers in bf16 (oneDNN's ``avx512_core_bf16`` ISA; without it the plugin
+#: compiles at f32 whatever ``INFERENCE_PRECISION_HINT`` asks). A target that requires it gets bf16 candidates.
+BF16_FLAG = "avx512_bf16"
+#: CPU flags an OpenVINO inference precision needs on the host that runs it (f32 needs none).
+PRECISION_FLAGS = {"f32": (), "bf16": (BF16_FLAG,)}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +91,12 @@ class Target(_Strict):
     @property
     def has_vnni(self) -> bool:
         return "avx512_vnni" in self.isa.required_flags or "avx_vnni" in self.isa.required_flags
+
+    @property
+    def inference_precisions(self) -> tuple[str, ...]:
+        """OpenVINO inference precisions a bundle for this target may be compiled with: ``("f32", "bf16")`` when the
+        target requires :data:`BF16_FLAG` (every CPU it runs on has bf16), else ``("f32",)``."""
+        return ("f32", "bf16") if BF16_FLAG in self.isa.required_flags else ("f32",)
 
 
 class EvalSpec(_Strict):

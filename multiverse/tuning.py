@@ -16,7 +16,7 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    head (:func:`head_nodes`) fp32 in all. They cost the same to run, so all run (INC's early stop off) and
    :func:`choose` ships the most accurate of the equally fast; unless the first is too slow to ship beside a
    static int8 that passed with margin (:meth:`_Tuner.phase1`);
-4. OpenVINO dynamic g32 and static with FFN outputs fp32, unless static passed with margin (``ovtuning``);
+4. OpenVINO dynamic g32 and static with FFN outputs fp32, unless static passed with margin; bf16 variants (``ovtuning``);
 5. if no int8 passed, or the one :func:`choose` would ship passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ):
    per-node sensitivity of that ONNX Runtime candidate (normalised output MSE with each node quantized alone,
    on a subset of the eval data), then the same with the k most sensitive nodes in fp32 for growing k (INC's
@@ -42,6 +42,7 @@ from .export import OnnxModel
 from .graphnodes import graph_bytes, head_nodes, output_nmse, quantizable_nodes, single_node_graphs
 from .incconfig import to_inc
 from .inference import Predictor
+from .ovsession import precision_config
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import SPINNING, make_session, physical_cores
@@ -139,8 +140,9 @@ class _Tuner:
             self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
         return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
-    def predictor(self, model: OnnxModel) -> Predictor:
-        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads, session_config=self.session)
+    def predictor(self, model: OnnxModel) -> Predictor:  # an OpenVINO IR compiles at its recorded inference precision
+        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads,
+                         session_config={**self.session, **precision_config(model.quantization)})
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
@@ -332,16 +334,15 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         configs: explicit ONNX Runtime int8 candidates (skips the phases; still one INC loop).
         precision: ``auto`` (latency-aware), ``int8`` or ``fp32``; see :func:`choose`.
         max_trials: int8 trial budget (default 12), shared by the phases in order (ONNX Runtime configurations,
-            OpenVINO, fp32 fallback); sensitivity measurements are not counted.
+            OpenVINO (bf16 variants included), fp32 fallback); sensitivity measurements are not counted.
         exported: the exported (unfused) fp32 graph, which OpenVINO candidates quantize.
         runtime: ``auto`` (ONNX Runtime and, when openvino/nncf are installed and ``exported`` is given, OpenVINO
-            candidates), ``onnxruntime`` or ``openvino`` (only OpenVINO candidates may ship); see
-            :func:`multiverse.ovtuning.runtimes`.
-    Returns ``(model, report)``: the fastest passing candidate; when none passes, ``report.chosen``
-    is None and the most accurate candidate's model is returned (the pipeline's gate decides).
+            candidates), ``onnxruntime`` or ``openvino`` (only OpenVINO ones may ship; ``ovtuning.runtimes``).
+    Returns ``(model, report)``: the fastest passing candidate; when none passes, ``report.chosen`` is None and the
+    most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_configs, openvino_rest, openvino_source, openvino_static, runtimes
+    from .ovtuning import openvino_bf16, openvino_configs, openvino_rest, openvino_source, openvino_static, runtimes
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -349,8 +350,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         use_ov, note = False, "OpenVINO candidates skipped (no exported graph given)"
     if runtime == "openvino":
         precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
     if use_ov and configs is None and quantize and precision != "fp32":
         exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
     tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
@@ -376,6 +376,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         if ov_configs:
             anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
             openvino_rest(tuner, ov_configs, budget, anchor)
+            openvino_bf16(tuner, budget)
         tuner.retime()
         plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
         if plan:

@@ -91,6 +91,15 @@ def test_isa_mismatch_refused_unless_allowed(copy):
     assert Predictor.from_bundle(b, allow_isa_mismatch=True).predict(["fine"]).results
 
 
+def test_an_onnx_runtime_bundle_records_no_inference_precision_and_asks_for_none(copy):
+    b = bundle.load(copy)
+    assert b.inference_precision == "f32" and not any("INFERENCE_PRECISION" in k for k in b.session_config())
+    _edit(copy, lambda m: m.update(quantization={**(m.get("quantization") or {}), "inference_precision": "f16"}),
+          reseal=True)
+    with pytest.raises(BundleError, match="quantization.inference_precision"):
+        bundle.load(copy)
+
+
 def test_write_is_atomic_on_failure(tmp_path, copy):
     with pytest.raises(BundleError, match="missing.onnx"):
         bundle.write(tmp_path / "new", model=tmp_path / "missing.onnx", model_dir=copy, manifest={"task": "x"},

@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 from multiverse import bundle  # noqa: E402
 from multiverse.cli import app  # noqa: E402
 from multiverse.inference import Predictor  # noqa: E402
+from multiverse.targets import BF16_FLAG, host_flags  # noqa: E402
 
 TEXTS = ["Thanks!", "OpenVINO runs the same graph as ONNX Runtime here.", "short", "a b c d e f g h i j k l m n o p"]
 
@@ -144,3 +145,78 @@ def test_compile_properties_default_to_f32_and_take_overrides():
     assert props == {"INFERENCE_NUM_THREADS": "2", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                      "ENABLE_CPU_PINNING": "NO"}
     assert compile_properties(1, {"openvino.INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
+# ---- inference precision: bf16 only where the bundle says so and the CPU has it ----------------------------
+ZEN4_FLAGS = ["avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+
+
+def _bf16_bundle(exported, tmp_path, required_flags=ZEN4_FLAGS, precision="bf16"):
+    """The feature-extraction IR written as a bundle whose manifest says OpenVINO validated it at ``precision``."""
+    fp32, ir = exported["feature-extraction"]
+    manifest = {**_manifest("feature-extraction"), "precision": "int8",
+                "target": {"name": "zen4", "arch": "x86_64", "required_flags": list(required_flags), "session": {}},
+                "quantization": {"runtime": "openvino", "mode": "static", "inference_precision": precision}}
+    return bundle.write(tmp_path / f"b-{precision}", model=ir, model_dir=fp32.model_dir, manifest=manifest,
+                        readme="r", dockerfile="d")
+
+
+def _host_without_bf16(monkeypatch):
+    from multiverse import targets
+
+    flags = targets.host_flags() - {targets.BF16_FLAG, "amx_bf16"}
+    monkeypatch.setattr(targets, "host_flags", lambda: flags | {"avx512f", "avx512bw", "avx512_vnni"})
+
+
+@pytest.mark.parametrize("required_flags", [ZEN4_FLAGS, []], ids=["zen4-target", "target-without-the-flag"])
+def test_a_bf16_bundle_refuses_a_host_without_bf16(exported, tmp_path, monkeypatch, required_flags):
+    from multiverse.errors import IsaMismatchError
+    from multiverse.ovsession import PRECISION_KEY
+
+    b = _bf16_bundle(exported, tmp_path, required_flags)
+    _host_without_bf16(monkeypatch)
+    assert b.inference_precision == "bf16" and b.missing_flags() == ["avx512_bf16"]
+    with pytest.raises(IsaMismatchError) as info:
+        Predictor.from_bundle(b)
+    message = str(info.value)
+    assert "avx512_bf16" in message and "validated computing its non-int8 layers in bf16" in message
+    assert "--target native" in message and "\n" not in message
+    # --allow-isa-mismatch runs it, at f32 (said so in the message above), never asking OpenVINO for bf16
+    assert PRECISION_KEY not in b.session_config(allow_isa_mismatch=True)
+    assert Predictor.from_bundle(b, allow_isa_mismatch=True).session.precision == "f32"
+    result = CliRunner().invoke(app, ["inspect", str(b.path), "--json"])
+    doc = json.loads(result.stdout)
+    assert doc["loads"] and not doc["host_can_run"] and doc["missing_flags"] == ["avx512_bf16"]
+
+
+def test_an_openvino_session_asked_for_bf16_refuses_to_run_at_f32(exported, monkeypatch):
+    """Whatever /proc/cpuinfo says: when OpenVINO compiles a bf16-validated IR at f32 (a CPU or process without
+    bf16), the session is refused rather than run at a precision the gate did not validate."""
+    from multiverse.errors import IsaMismatchError
+    from multiverse.ovsession import PRECISION_KEY, OpenVinoSession
+
+    _, ir = exported["feature-extraction"]
+    monkeypatch.setattr(OpenVinoSession, "precision", property(lambda self: "f32"))
+    with pytest.raises(IsaMismatchError, match="validated with OpenVINO inference precision bf16"):
+        OpenVinoSession(ir, 1, {PRECISION_KEY: "bf16"})
+    assert OpenVinoSession(ir, 1, {}).properties["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+@pytest.mark.skipif(BF16_FLAG not in host_flags(), reason="this CPU has no AVX-512 BF16")
+def test_a_bf16_bundle_compiles_in_bf16_where_the_cpu_has_it(exported, tmp_path):
+    from multiverse.ovsession import PRECISION_KEY
+
+    b16, b32 = _bf16_bundle(exported, tmp_path), _bf16_bundle(exported, tmp_path, precision="f32")
+    assert b16.session_config() == {PRECISION_KEY: "bf16"} and b32.session_config() == {}
+    p16, p32 = Predictor.from_bundle(b16), Predictor.from_bundle(b32)
+    assert (p16.session.precision, p32.session.precision) == ("bf16", "f32")
+    enc = p32.encode(TEXTS)
+    a, b = p16.run_batched(enc), p32.run_batched(enc)
+    assert 0 < np.abs(a - b).max() < 0.1 * np.abs(b).max()  # bf16 rounding: close, not equal
+    text = " ".join(CliRunner().invoke(app, ["inspect", str(b16.path)]).output.split())
+    assert "inference precision bf16" in text and "can run it" in text
+
+
+def test_an_unknown_inference_precision_is_refused_by_the_schema(exported, tmp_path):
+    with pytest.raises(bundle.BundleError, match="quantization.inference_precision"):
+        _bf16_bundle(exported, tmp_path, precision="f16")

@@ -4,6 +4,7 @@ and an OpenVINO bundle serves every route with batch-invariant results."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from multiverse.cli import app  # noqa: E402
 from multiverse.inference import Predictor  # noqa: E402
 from multiverse.serve.app import create_app  # noqa: E402
 from multiverse.serve.settings import ServeSettings  # noqa: E402
+from multiverse.targets import BF16_FLAG, host_flags  # noqa: E402
 from multiverse.tasks import TASKS, get_task  # noqa: E402
 
 
@@ -103,3 +105,80 @@ def test_auto_without_openvino_says_so_and_ships_onnx(tiny_checkpoints, tmp_path
     assert not (tmp_path / "x").exists()
     assert bundle.load(b.path).passed
     assert np.isfinite(Predictor.from_bundle(b).predict(["a"]).results[0][0]["score"])
+
+
+# ---- bf16 variants of the OpenVINO candidates (targets whose CPUs all have bf16) ---------------------------
+@dataclass(frozen=True)
+class _Model:
+    """What ``openvino_bf16`` reads of a trial's model (an ``OnnxModel`` in the tuner)."""
+
+    quantization: dict | None
+
+
+def _bf16_tuner(target: str):
+    from types import SimpleNamespace
+
+    from multiverse.choice import Trial
+    from multiverse.targets import get_target
+    from multiverse.validate import Check, ValidationReport
+
+    def trial(label, config, passed):
+        v = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0, 0.0, 0.01, passed,
+                             (Check("c", 1.0, 0.9, passed),))
+        return Trial(label, config, v, p50_ms=1.0, cpu_ms=1.0)
+
+    ov = {"runtime": "openvino", "inference_precision": "f32"}
+    trials = [trial("fp32", None, True), trial("ov static", {**ov, "mode": "static"}, True),
+              trial("ov dynamic", {**ov, "mode": "dynamic"}, False), trial("plain", {"weight_type": "int8"}, True),
+              trial("ov ffn", {**ov, "mode": "static", "ignored_nodes": ["x"]}, True)]
+    tuner = SimpleNamespace(target=get_target(target), trials=trials, notes=[], runs=[],
+                            models=[_Model(t.config) for t in trials])
+    tuner.progress = SimpleNamespace(info=tuner.notes.append)
+    tuner.run = lambda label, model, config, phase: tuner.runs.append((label, model.quantization, config, phase))
+    return tuner
+
+
+def test_bf16_variants_of_passing_openvino_candidates_only_on_bf16_targets(monkeypatch):
+    from multiverse import targets
+    from multiverse.ovtuning import openvino_bf16
+
+    monkeypatch.setattr(targets, "host_flags", lambda: frozenset({"avx512f", "avx512_vnni", targets.BF16_FLAG}))
+    for name in ("icelake", "skylake", "sapphirerapids"):  # no bf16 flag in the target: nothing built, nothing said
+        tuner = _bf16_tuner(name)
+        openvino_bf16(tuner, budget=12)
+        assert tuner.runs == [] and tuner.notes == [], name
+    tuner = _bf16_tuner("zen4")
+    openvino_bf16(tuner, budget=12)
+    assert [(label, phase) for label, *_, phase in tuner.runs] == [("ov static bf16", "openvino bf16"),
+                                                                  ("ov ffn bf16", "openvino bf16")]
+    for _, quantization, config, _ in tuner.runs:  # the same IR, compiled at bf16, recorded as such
+        assert quantization == config and quantization["inference_precision"] == "bf16"
+    assert tuner.models[1].quantization["inference_precision"] == "f32"  # the f32 trial's record is unchanged
+    tuner = _bf16_tuner("zen4")
+    openvino_bf16(tuner, budget=5)  # 4 int8 trials used: room for one more
+    assert [label for label, *_ in tuner.runs] == ["ov static bf16"]
+    monkeypatch.setattr(targets, "host_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    tuner = _bf16_tuner("zen4")
+    openvino_bf16(tuner, budget=12)  # a zen4 build on a host without bf16 cannot validate a bf16 candidate
+    assert tuner.runs == [] and "lacks avx512_bf16" in tuner.notes[0]
+
+
+@pytest.mark.skipif(BF16_FLAG not in host_flags(), reason="this CPU has no AVX-512 BF16")
+@pytest.mark.parametrize("target", ["zen4", "icelake"])
+def test_the_manifest_records_the_inference_precision_the_shipped_candidate_was_validated_at(tiny_checkpoints,
+                                                                                              tmp_path, target):
+    from multiverse.pipeline import optimize
+
+    b = optimize(str(tiny_checkpoints["text-classification"]), target, out=tmp_path, runtime="openvino",
+                 max_trials=2, tolerance=0.1)
+    trials = b.manifest["tuning"]["trials"]
+    precisions = [(t["config"] or {}).get("inference_precision") for t in trials]
+    if target == "icelake":  # unchanged: no bf16 candidate, f32 everywhere
+        assert precisions == [None, "f32"] and b.manifest["quantization"]["inference_precision"] == "f32"
+    else:
+        assert precisions == [None, "f32", "bf16"] and trials[2]["label"] == trials[1]["label"] + " bf16"
+        assert trials[2]["validation"] and trials[2]["phase"] == "openvino bf16"
+        shipped = trials[b.manifest["tuning"]["chosen"]]["config"]["inference_precision"]
+        assert b.manifest["quantization"]["inference_precision"] == shipped
+    p = Predictor.from_bundle(b)
+    assert p.session.precision == b.inference_precision == b.manifest["quantization"]["inference_precision"]

@@ -3,7 +3,8 @@
 import pytest
 
 from multiverse.errors import RecipeError
-from multiverse.targets import detect_native, get_target, load_model_recipes, load_targets, missing_flags
+from multiverse.targets import (BF16_FLAG, PRECISION_FLAGS, detect_native, get_target, load_model_recipes, load_targets,
+                                missing_flags)
 
 REQUIRED = {"icelake", "cascadelake", "sapphirerapids", "skylake", "haswell", "zen4", "arm64"}
 
@@ -34,6 +35,15 @@ def test_native_detection_from_flags():
     assert detect_native(frozenset({"asimd", "asimddp"}), "aarch64").name == "arm64"
     with pytest.raises(RecipeError):
         detect_native(frozenset(), "riscv64")
+
+
+def test_only_targets_whose_cpus_all_have_bf16_get_bf16_inference():
+    targets = load_targets()
+    assert targets["zen4"].inference_precisions == ("f32", "bf16") and PRECISION_FLAGS["bf16"] == (BF16_FLAG,)
+    for name in ("icelake", "cascadelake", "sapphirerapids", "skylake", "haswell", "zen3", "arm64"):
+        assert targets[name].inference_precisions == ("f32",), name
+    for t in targets.values():  # the precision follows the required flags, nothing else
+        assert ("bf16" in t.inference_precisions) == (BF16_FLAG in t.isa.required_flags), t.name
 
 
 def test_aliases_and_unknown_target():
