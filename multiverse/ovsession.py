@@ -121,10 +121,10 @@ class OpenVinoSession:
         if asked != "f32" and got != asked:
             from .errors import IsaMismatchError
 
-            raise IsaMismatchError(f"{model_path} was validated with OpenVINO inference precision {asked}, and OpenVINO "
-                                   f"compiles it at {got} in this process (this CPU lacks {asked}): run it on a CPU "
-                                   f"with {asked}, or rebuild the bundle for this host (`multiverse optimize ... "
-                                   "--target native`).")
+            raise IsaMismatchError(f"{model_path} asks for OpenVINO inference precision {asked}, and OpenVINO compiles "
+                                   f"it at {got} in this process (this CPU lacks {asked}); a bundle validated at {asked} "
+                                   f"runs only at {asked}: run it on a CPU with {asked}, or rebuild the bundle for this "
+                                   "host (`multiverse optimize ... --target native`).")
         self._inputs = [Port(p.get_any_name()) for p in self.compiled.inputs]
         self._input_names = frozenset(p.name for p in self._inputs)
         self._outputs = [Port(p.get_any_name()) for p in self.compiled.outputs]

@@ -173,6 +173,7 @@ def openvino_bf16(tuner, budget: int) -> None:
     from dataclasses import replace
 
     from .choice import trial_runtime
+    from .errors import IsaMismatchError
     from .targets import BF16_FLAG, missing_isa
 
     if "bf16" not in tuner.target.inference_precisions:
@@ -184,5 +185,9 @@ def openvino_bf16(tuner, budget: int) -> None:
               and (t.config or {}).get("inference_precision", "f32") == "f32"]
     for i in passed[:max(0, budget - (len(tuner.trials) - 1))]:
         quantization = {**tuner.models[i].quantization, "inference_precision": "bf16"}
-        tuner.run(f"{tuner.trials[i].label} bf16", replace(tuner.models[i], quantization=quantization), quantization,
-                  "openvino bf16")
+        try:
+            tuner.run(f"{tuner.trials[i].label} bf16", replace(tuner.models[i], quantization=quantization),
+                      quantization, "openvino bf16")
+        except IsaMismatchError as exc:  # OpenVINO compiled it at f32 whatever /proc/cpuinfo lists
+            tuner.progress.info(f"bf16 candidates skipped: {exc}")
+            return

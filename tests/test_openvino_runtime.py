@@ -197,7 +197,7 @@ def test_an_openvino_session_asked_for_bf16_refuses_to_run_at_f32(exported, monk
 
     _, ir = exported["feature-extraction"]
     monkeypatch.setattr(OpenVinoSession, "precision", property(lambda self: "f32"))
-    with pytest.raises(IsaMismatchError, match="validated with OpenVINO inference precision bf16"):
+    with pytest.raises(IsaMismatchError, match="asks for OpenVINO inference precision bf16, and OpenVINO compiles it at f32"):
         OpenVinoSession(ir, 1, {PRECISION_KEY: "bf16"})
     assert OpenVinoSession(ir, 1, {}).properties["INFERENCE_PRECISION_HINT"] == "f32"
 
@@ -215,6 +215,12 @@ def test_a_bf16_bundle_compiles_in_bf16_where_the_cpu_has_it(exported, tmp_path)
     assert 0 < np.abs(a - b).max() < 0.1 * np.abs(b).max()  # bf16 rounding: close, not equal
     text = " ".join(CliRunner().invoke(app, ["inspect", str(b16.path)]).output.split())
     assert "inference precision bf16" in text and "can run it" in text
+    # serve's throughput mode adds OpenVINO's THROUGHPUT hint and keeps the bundle's precision
+    from multiverse.serve.settings import ServeSettings
+    from multiverse.serve.throughput import load_predictor
+
+    served, _ = load_predictor(b16.path, ServeSettings(performance_hint="throughput"))
+    assert served.session.precision == "bf16" and served.session.properties["PERFORMANCE_HINT"] == "THROUGHPUT"
 
 
 def test_an_unknown_inference_precision_is_refused_by_the_schema(exported, tmp_path):

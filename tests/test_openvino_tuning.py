@@ -140,6 +140,7 @@ def _bf16_tuner(target: str):
 
 def test_bf16_variants_of_passing_openvino_candidates_only_on_bf16_targets(monkeypatch):
     from multiverse import targets
+    from multiverse.errors import IsaMismatchError
     from multiverse.ovtuning import openvino_bf16
 
     monkeypatch.setattr(targets, "host_flags", lambda: frozenset({"avx512f", "avx512_vnni", targets.BF16_FLAG}))
@@ -161,6 +162,15 @@ def test_bf16_variants_of_passing_openvino_candidates_only_on_bf16_targets(monke
     tuner = _bf16_tuner("zen4")
     openvino_bf16(tuner, budget=12)  # a zen4 build on a host without bf16 cannot validate a bf16 candidate
     assert tuner.runs == [] and "lacks avx512_bf16" in tuner.notes[0]
+    monkeypatch.setattr(targets, "host_flags", lambda: frozenset({targets.BF16_FLAG}))
+    tuner = _bf16_tuner("zen4")
+
+    def compiled_at_f32(*args):  # what OpenVinoSession raises when OpenVINO compiles a bf16 request at f32
+        raise IsaMismatchError("asks for OpenVINO inference precision bf16, and OpenVINO compiles it at f32")
+
+    tuner.run = compiled_at_f32
+    openvino_bf16(tuner, budget=12)  # the build goes on without bf16 candidates, and says why
+    assert len(tuner.trials) == 5 and "bf16 candidates skipped: asks for" in tuner.notes[0]
 
 
 @pytest.mark.skipif(BF16_FLAG not in host_flags(), reason="this CPU has no AVX-512 BF16")

@@ -13,7 +13,8 @@ tokenization and post-processing of one request overlap the run of another). The
   compiled with OpenVINO's own throughput mode: ``PERFORMANCE_HINT=THROUGHPUT``, ``NUM_STREAMS=streams`` and
   ``INFERENCE_NUM_THREADS=threads`` (OpenVINO splits the threads between its streams; each worker thread has
   its own infer request, so ``streams`` runs are in flight). The inference precision (the bundle's: f32, or bf16
-  where it was validated so) and unpinned threads stay as the bundle's latency mode has them, so outputs are the same as ``Predictor.predict``'s (to float rounding).
+  where it was validated so) and unpinned threads stay as the bundle's latency mode has them, so outputs are the
+  same as ``Predictor.predict``'s (to float rounding).
 * **batching** stays as ``--batch-tokens`` says (off by default), per engine. Measured with the real engines in
   process (8 concurrent clients, one 128-token text per request, 2 cores, interleaved rounds, load 10-16), on
   the DistilBERT-base shape (OpenVINO static int8 IR): two streams 19.9 req/s, two streams + ``batch_tokens``
