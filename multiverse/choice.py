@@ -109,7 +109,10 @@ def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "aut
     elif precision == "int8":
         passing = [i for i in passing if trials[i].config is not None]
         if passing:
-            return _most_accurate_of_fastest(trials, passing), "int8 requested: fastest passing int8 candidate"
+            best = _most_accurate_of_fastest(trials, passing)
+            clock = "CPU time" if all(trials[i].cpu_ms is not None for i in passing) else "p50"
+            vs = f"; speed vs fp32: {speedup_text(trials, 0, best)}" if trials[0].p50_ms is not None else ""
+            return best, f"int8 requested: {_why_not_fastest(trials, passing, best, clock)}{vs}"
     if not passing:
         return None, ("no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
                       + ("" if runtime == "auto" else f" on {runtime}"))
@@ -151,9 +154,13 @@ def _why_not_fastest(trials: Sequence[Trial], passing: Sequence[int], best: int,
     else:
         why = f"this one is more faithful to the PyTorch model (divergence {b.divergence:.3g} vs {f.divergence:.3g})"
     rule = f"within the {LATENCY_TIE:.0%} timing noise" if slower <= LATENCY_TIE else f"within {FIDELITY_TRADE[0]:.0%}"
-    where = " (at the sequence length where each is furthest from the fastest)" if trials[best].cpu_ms_by_len else ""
-    return (f"{trials[best].label} ships although it takes {slower:.1%} more {clock} than {trials[fastest].label}"
-            f"{where} ({rule}): {why}")
+    mine, theirs = trials[best].cpu_ms_by_len, trials[fastest].cpu_ms_by_len
+    if _timed_by_length(trials, [best, fastest]):
+        more = " / ".join(f"{mine[n] / theirs[n] - 1:+.1%}" for n in sorted(mine))
+        slower = f"{more} {clock} vs {trials[fastest].label} at {' / '.join(map(str, sorted(mine)))} tokens"
+    else:
+        slower = f"{slower:.1%} more {clock} than {trials[fastest].label}"
+    return f"{trials[best].label} ships although it takes {slower} ({rule}): {why}"
 
 
 def cost_ms(trials: Sequence[Trial], indices: Sequence[int]) -> dict[int, float]:

@@ -86,6 +86,7 @@ def test_cli_benchmark_with_the_openvino_baseline(tiny_bundles, tmp_path, monkey
     # timed at the precision the bundle's target runs it: f32 for a target without bf16, else the plugin's default
     expected = target_precision(load(bundle).required_flags)
     assert rep["accuracy"]["openvino"]["inference_precision"] == (expected or ov_default_precision())
+    assert any(n.startswith("openvino ran ") and load(bundle).spec.target.name in n for n in rep["notes"])
     assert [s["baseline"] for s in rep["speedups"]] == ["transformers", "openvino"]
     assert (tmp_path / "home" / ".cache" / "multiverse" / "benchmark" / f"openvino-{name}" / "openvino_model.xml").is_file()
 
@@ -104,3 +105,5 @@ def test_the_openvino_peer_runs_at_the_precision_of_the_bundles_target():
 
     assert target_precision(get_target("icelake").isa.required_flags) == "f32"  # Ice Lake has no bf16 path
     assert target_precision(get_target("zen4").isa.required_flags) is None  # the plugin's default: bf16
+    assert target_precision(get_target("sapphirerapids").isa.required_flags) is None  # AMX-INT8 CPUs have bf16
+    assert target_precision(get_target("arm64").isa.required_flags, get_target("arm64").isa.arch) is None

@@ -221,6 +221,8 @@ def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_th
     chosen, reason = choose([fp32, ort, ov])
     assert chosen == 1
     assert "2.50× at 16 tokens, 1.60× at 128 tokens faster than fp32" in reason
+    assert choose([fp32, ort, ov], "int8")[1] == ("int8 requested: fastest passing candidate by CPU time; speed vs "
+                                                  "fp32: 2.50× at 16 tokens, 1.60× at 128 tokens")
     # fastest at every length: cost is the geometric mean of its own times, and it ships
     fast = trial("fast", {"runtime": "onnxruntime"}, {16: 1.5, 128: 10.0}, 0.002)
     assert cost_ms([fp32, ort, ov, fast], [1, 2, 3])[3] == pytest.approx(float(np.sqrt(15.0)))
@@ -228,7 +230,7 @@ def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_th
     # a tie at the worst length: the more faithful ships, and the reason says how it was compared
     near = trial("near", {"runtime": "openvino"}, {16: 1.55, 128: 10.3}, 0.0005)
     chosen, reason = choose([fp32, fast, near])
-    assert chosen == 2 and "at the sequence length where each is furthest from the fastest" in reason
+    assert chosen == 2 and "near ships although it takes +3.3% / +3.0% CPU time vs fast at 16 / 128 tokens" in reason
     assert speedup_text([fp32, fast], 0, 1) == "2.67× at 16 tokens, 2.40× at 128 tokens"
     # a trial timed without lengths makes all compare by cpu_ms (never a mix)
     flat = Trial("flat", {"runtime": "onnxruntime"}, fast.validation, 3.0, cpu_ms=3.0)
@@ -295,12 +297,14 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
     tuner.predictor = lambda model, threads=None: (model, threads or tuner.threads)
     passed = SimpleNamespace(passed=True)
-    tuner.models = [3.0, 1.0, 1.2, 5.0]  # the speed factors stand in for the graphs
+    tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
     tuner.trials = [Trial("fp32", None, passed, 30.0, cpu_ms=29.0), Trial("ort", {}, passed, 9.0, cpu_ms=12.0),
-                    Trial("ov", {}, passed, 8.0, cpu_ms=11.0), Trial("rejected", {}, None, 7.0, cpu_ms=1.0)]
+                    Trial("ov", {}, passed, 8.0, cpu_ms=11.0), Trial("slow", {}, passed, 20.0, cpu_ms=25.0),
+                    Trial("rejected", {}, None, 7.0, cpu_ms=1.0)]
     tuner.retime(rounds=5)
-    assert timed_with == [[tuning.TIMING_THREADS] * 2] and tuning.TIMING_THREADS == 1  # fp32 is over RETIME_SPAN
-    assert [t.cpu_ms for t in tuner.trials] == [29.0, 10.0, 12.0, 1.0]
+    # fp32 is re-timed too (same clock and threads for the reason's speedup); "slow" is over RETIME_SPAN
+    assert timed_with == [[tuning.TIMING_THREADS] * 3] and tuning.TIMING_THREADS == 1
+    assert [t.cpu_ms for t in tuner.trials] == [30.0, 10.0, 12.0, 25.0, 1.0]
     assert tuner.trials[1].cpu_rounds_ms == (10.0,) * 5 and tuner.trials[1].cpu_ms_by_len == {16: 2.0, 128: 50.0}
-    assert [t.p50_ms for t in tuner.trials] == [30.0, 9.0, 8.0, 7.0]  # wall clock stays the trials' (2 threads)
+    assert [t.p50_ms for t in tuner.trials] == [30.0, 9.0, 8.0, 20.0, 7.0]  # wall clock stays the trials' (2 threads)
     assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2

@@ -165,13 +165,11 @@ def make_system(name: str, *, threads: int, bundle: str | Path | None, checkpoin
             raise BenchmarkError("The optimum baseline was not built; see build_optimum().")
         return OptimumSystem(optimum_dir, checkpoint, task, threads)
     if name == "openvino":
-        from ..bundle import load
-        from .openvino_system import OpenVinoSystem, build_openvino, default_dir, target_precision
+        from .openvino_system import OpenVinoSystem, build_openvino, bundle_precision, default_dir
 
         built = build_openvino(checkpoint, task, openvino_dir or default_dir(checkpoint, optimum_dir), threads=threads)
         return OpenVinoSystem(Path(built["path"]).parent, checkpoint, task, threads,
-                              inference_precision=None if bundle is None else target_precision(
-                                  load(bundle, verify=False).required_flags))
+                              inference_precision=None if bundle is None else bundle_precision(bundle))
     raise BenchmarkError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
 
 
