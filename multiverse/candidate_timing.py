@@ -12,8 +12,8 @@ from .inference import Predictor
 from .timing import interleaved, relative_costs
 
 LATENCY_SEQ_LEN = 128
-# Candidates are compared at a short and a long length (the cost is the geometric mean over both): which
-# runtime wins depends on the length. Measured on all-MiniLM-L6-v2 bundles as served, interleaved, 7 rounds, idle
+# Candidates are compared at a short and a long length, length by length (``choice.cost_ms``): which runtime
+# wins depends on the length. Measured on all-MiniLM-L6-v2 bundles as served, interleaved, 7 rounds, idle
 # host: OpenVINO dynamic int8 p50 over ONNX Runtime s8 per-channel α=0.7 1.61x at 8 tokens, 1.53x at 16, 0.91x
 # at 64, 0.92x at 128, 0.97x at 256. Timed at 128 only, the tuner shipped the OpenVINO one.
 LATENCY_SEQ_LENS = (16, LATENCY_SEQ_LEN)
@@ -39,10 +39,11 @@ def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warm
     """Time ``predictors`` in ``rounds`` interleaved rounds, each at every length of ``seq_lens``
     (:func:`latency_call`; ``RUNS_PER_ROUND`` calls, ``ROUND_SECONDS`` per candidate, length and round).
 
-    Returns per predictor ``{"cpu_ms", "p50_ms", "cpu_rounds_ms", "wall_rounds_ms"}``: ``cpu_ms`` is the geometric
-    mean over lengths of :func:`multiverse.timing.relative_costs` of the CPU times at that length (process CPU
-    time per call, ms), what :func:`choose` compares; the rounds are each round's geometric mean over lengths,
-    ``p50_ms`` the median of the wall-clock rounds.
+    Returns per predictor ``{"cpu_ms", "cpu_ms_by_len", "p50_ms", "cpu_rounds_ms", "wall_rounds_ms"}``:
+    ``cpu_ms_by_len`` maps each length (tokens) to :func:`multiverse.timing.relative_costs` of the CPU times at
+    that length (process CPU time per call, ms; what :func:`multiverse.choice.cost_ms` compares, length by
+    length); ``cpu_ms`` is their geometric mean (one figure for logs); the rounds are each round's geometric mean
+    over lengths, ``p50_ms`` the median of the wall-clock rounds.
     """
     n, lens = len(predictors), list(seq_lens)
     r = interleaved([latency_call(p, text, seq_len=s) for s in lens for p in predictors], rounds, RUNS_PER_ROUND,
@@ -51,17 +52,17 @@ def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warm
     cpu = np.exp(np.log(np.asarray(r.cpu_ms, dtype=float)).reshape(len(lens), n, -1).mean(axis=0))  # [cand, round]
     wall = np.exp(np.log(np.asarray(r.wall_ms, dtype=float)).reshape(len(lens), n, -1).mean(axis=0))
     return [{"cpu_ms": float(np.exp(per_len[:, i].mean())), "p50_ms": float(np.median(wall[i])),
+             "cpu_ms_by_len": {s: round(float(np.exp(per_len[k, i])), 4) for k, s in enumerate(lens)},
              "cpu_rounds_ms": tuple(round(float(x), 4) for x in cpu[i]),
              "wall_rounds_ms": tuple(round(float(x), 4) for x in wall[i])} for i in range(n)]
 
 
-def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS) -> tuple[float, float]:
-    """``(p50_ms, cpu_ms)`` of one candidate over ``LATENCY_SEQ_LENS`` (:func:`timed_costs`, up to 5 warm-up
-    calls per length)."""
-    t = timed_costs([predictor], text, rounds, warmup_runs=5)[0]
-    return t["p50_ms"], t["cpu_ms"]
+def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS) -> dict:
+    """One candidate timed alone over ``LATENCY_SEQ_LENS``: :func:`timed_costs`' record (up to 5 warm-up calls
+    per length)."""
+    return timed_costs([predictor], text, rounds, warmup_runs=5)[0]
 
 
 def measure_p50(predictor: Predictor, text: str) -> float:
     """Wall-clock p50 (ms) of :func:`latency_call`, as :func:`measure` takes it."""
-    return measure(predictor, text)[0]
+    return measure(predictor, text)["p50_ms"]

@@ -33,7 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
-from .choice import FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan
+from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
+                     speedup_text)
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
@@ -144,8 +145,9 @@ class _Tuner:
         predictor = self.predictor(model)
         self.progress.activity(f"validating and timing {label} on {len(self.data)} examples")
         report = validate(self.ckpt, predictor, self.validation_data, self.tolerance, self.reference)
-        p50, cpu = measure(predictor, self.latency_text)
-        trial = Trial(label, config, report, p50, phase=phase, cpu_ms=cpu)
+        t = measure(predictor, self.latency_text)
+        trial = Trial(label, config, report, t["p50_ms"], phase=phase, cpu_ms=t["cpu_ms"],
+                      cpu_ms_by_len=t["cpu_ms_by_len"])
         self.trials.append(trial)
         self.models.append(model)
         self.progress.info(f"{label:<40} {report.metric} {report.optimised:.4f} (gate loss {report.gate_loss:.4f}) "
@@ -244,17 +246,19 @@ class _Tuner:
         timed = timed_costs([self.predictor(self.models[i]) for i in passing], self.latency_text, rounds)
         for t, i in zip(timed, passing):
             self.trials[i] = replace(self.trials[i], p50_ms=t["p50_ms"], cpu_ms=t["cpu_ms"],
-                                     p50_rounds_ms=t["wall_rounds_ms"], cpu_rounds_ms=t["cpu_rounds_ms"])
+                                     cpu_ms_by_len=t["cpu_ms_by_len"], p50_rounds_ms=t["wall_rounds_ms"],
+                                     cpu_rounds_ms=t["cpu_rounds_ms"])
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
-        """Trial ``j``'s CPU time per call over trial ``i``'s, timed in ``rounds`` interleaved rounds now: two
-        trials timed minutes apart differ by more than the 10 % this decides (measured on a loaded host: one
-        fallback timed 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
-        cost_i, cost_j = (t["cpu_ms"] for t in timed_costs([self.predictor(self.models[k]) for k in (i, j)],
-                                                            self.latency_text, rounds))
-        return cost_j / cost_i
+        """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
+        r > 1: ``j`` is ≥ r× slower at every length), timed in ``rounds`` interleaved rounds now: two trials timed
+        minutes apart differ by more than the 10 % this decides (measured, loaded host: one fallback 11.40 ms alone
+        and 10.06 ms interleaved, its base 10.04 ms)."""
+        cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs([self.predictor(self.models[k]) for k in (i, j)],
+                                                                   self.latency_text, rounds))
+        return min(cost_j[n] / cost_i[n] for n in cost_i)
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
         """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
@@ -374,20 +378,16 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     if runtime == "openvino" and chosen is not None:
         reason = reason.replace("int8 requested: fastest passing int8 candidate", "--runtime openvino: the fastest "
                                 "passing OpenVINO candidate")
-        cost = cost_ms(tuner.trials, [0, chosen])
-        if cost[chosen] > cost[0]:
-            slower = (f"it is {cost[chosen] / cost[0]:.2f}x the CPU time of the fused fp32 ONNX Runtime graph on this "
-                      "host; --runtime auto would ship the faster one")
+        if (cost := cost_ms(tuner.trials, [0, chosen]))[chosen] > cost[0]:
+            slower = (f"it takes {speedup_text(tuner.trials, chosen, 0)} the CPU time of the fused fp32 ONNX Runtime "
+                      "graph on this host; --runtime auto would ship the faster one")
             reason = f"{reason}; {slower}"
             progress.warn(f"--runtime openvino: {tuner.trials[chosen].label} ships although {slower}")
     if sensitivity.get("skipped"):
         reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
-    if chosen is None:
-        model = tuner.models[min((i for i, t in enumerate(tuner.trials) if t.validation),
-                                 key=lambda i: tuner.trials[i].validation.gate_loss)]
-    else:
-        model = tuner.models[chosen]
+    model = tuner.models[chosen if chosen is not None else min(
+        (i for i, t in enumerate(tuner.trials) if t.validation), key=lambda i: tuner.trials[i].validation.gate_loss)]
     latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
-               "compared": "process CPU time per call (cpu_ms), geometric mean over seq_lens, interleaved rounds, "
-                           "ONNX Runtime spinning off"}
+               "compared": "process CPU time per call at each of seq_lens (cpu_ms_by_len), interleaved rounds, worst-"
+                           "length ratio to the fastest passing candidate (choice.cost_ms), ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

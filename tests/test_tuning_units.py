@@ -196,6 +196,44 @@ def test_choose_compares_cpu_time_when_every_candidate_has_it_and_ties_within_5_
     assert choose([fp32, plain, no_cpu])[0] == 2
 
 
+
+def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_the_fastest():
+    from multiverse.choice import choose, cost_ms, speedup_text
+    from multiverse.tuning import Trial
+    from multiverse.validate import ValidationReport
+
+    def trial(label, config, by_len, nmse):
+        report = ValidationReport("d", "feature-extraction", 1, "cosine", 1.0, 1.0, 0.0, 0.01, True, (),
+                                  {"logit_nmse": nmse})
+        cpu = float(np.exp(np.mean(np.log(list(by_len.values())))))
+        return Trial(label, config, report, cpu, cpu_ms=cpu, cpu_ms_by_len=by_len)
+
+    # The all-MiniLM-L6-v2 case: OpenVINO dynamic int8 wins at 128 tokens and loses by more at 16; by the
+    # geometric mean the two tie (within 5 %) and the more faithful OpenVINO one would ship.
+    fp32 = trial("fp32", None, {16: 4.0, 128: 24.0}, 0.0)
+    ort = trial("ort", {"runtime": "onnxruntime"}, {16: 1.6, 128: 15.0}, 0.002)
+    ov = trial("ov", {"runtime": "openvino"}, {16: 2.4, 128: 10.5}, 0.001)
+    assert ort.cpu_ms / ov.cpu_ms < 1.05 and ov.cpu_ms / ort.cpu_ms < 1.05
+    cost = cost_ms([fp32, ort, ov], [1, 2])
+    g = float(np.sqrt(1.6 * 10.5))  # geometric mean of the fastest at each length
+    assert cost[1] == pytest.approx(15.0 / 10.5 * g) and cost[2] == pytest.approx(2.4 / 1.6 * g)
+    assert cost[2] <= cost[1] * 1.05  # a tie overall, too: only the per-length rule keeps the OpenVINO one out
+    chosen, reason = choose([fp32, ort, ov])
+    assert chosen == 1
+    assert "2.50× at 16 tokens, 1.60× at 128 tokens faster than fp32" in reason
+    # fastest at every length: cost is the geometric mean of its own times, and it ships
+    fast = trial("fast", {"runtime": "onnxruntime"}, {16: 1.5, 128: 10.0}, 0.002)
+    assert cost_ms([fp32, ort, ov, fast], [1, 2, 3])[3] == pytest.approx(float(np.sqrt(15.0)))
+    assert choose([fp32, ort, ov, fast])[0] == 3
+    # a tie at the worst length: the more faithful ships, and the reason says how it was compared
+    near = trial("near", {"runtime": "openvino"}, {16: 1.55, 128: 10.3}, 0.0005)
+    chosen, reason = choose([fp32, fast, near])
+    assert chosen == 2 and "at the sequence length where each is furthest from the fastest" in reason
+    assert speedup_text([fp32, fast], 0, 1) == "2.67× at 16 tokens, 2.40× at 128 tokens"
+    # a trial timed without lengths makes all compare by cpu_ms (never a mix)
+    flat = Trial("flat", {"runtime": "onnxruntime"}, fast.validation, 3.0, cpu_ms=3.0)
+    assert cost_ms([fp32, ort, flat], [1, 2]) == {1: ort.cpu_ms, 2: 3.0}
+
 def test_smoothing_folds_the_attention_output_scale_into_v_and_keeps_the_fp32_graph(tiny_checkpoints, tmp_path):
     from multiverse import evaldata, hub
     from multiverse.export import export
