@@ -288,8 +288,8 @@ class _Tuner:
             self.retime()
         flips = measured["flip_rate"]
         return {"base": best.label, "why": why, "kept_fp32": list(kept),
-                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone; ties by "
-                           "output NMSE") if flips else "output NMSE, node quantized alone",
+                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
+                           "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
                 "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
                 **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
 
