@@ -37,7 +37,8 @@ class Trial:
     """One candidate: its quantization config (None = fp32), validation, p50 latency (ms, wall clock),
     ``cpu_ms_by_len``: process CPU time per call (ms, all threads; ONNX Runtime spinning off) at each timed
     sequence length, the speed the choice compares (see :func:`cost_ms`), and ``cpu_ms``, their geometric mean;
-    ``cpu_rounds_ms`` are its interleaved rounds when it was re-timed."""
+    ``cpu_rounds_ms`` are its interleaved rounds when it was re-timed (then on ``tuning.TIMING_THREADS`` thread: CPU time
+    per call barely depends on the thread count, so a trial that was not re-timed still compares)."""
 
     label: str
     config: dict | None
@@ -45,7 +46,6 @@ class Trial:
     p50_ms: float | None
     error: str | None = None
     phase: str = ""
-    p50_rounds_ms: tuple[float, ...] = ()  # interleaved re-timing (see retime); p50_ms is their median
     cpu_ms: float | None = None
     cpu_rounds_ms: tuple[float, ...] = ()
     cpu_ms_by_len: dict[int, float] = field(default_factory=dict)  # sequence length (tokens) -> CPU ms per call

@@ -36,7 +36,7 @@ from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TR
 from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
                      speedup_text)
 from .errors import MultiverseError
-from .evaldata import EvalSet, subset
+from .evaldata import EvalSet, builtin, subset
 from .export import OnnxModel
 from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (output_nmse re-exported)
 from .incconfig import to_inc
@@ -61,8 +61,11 @@ CALIBRATION_ITEMS = 300
 # to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
 # more for the noise of one interleaved comparison (LATENCY_TIE).
 DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
-# Passing trials whose own CPU time is over RETIME_SPAN x the cheapest one's are not re-timed: one interleaved
-# trial timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
+# retime/ratio compare CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively for a preempted
+# peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not (benchmarks/results/runtime_noise.md).
+TIMING_THREADS = 1
+# Passing trials over RETIME_SPAN x the cheapest one's CPU time are not re-timed: one trial timing is within ~25 %
+# (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
 RETIME_SPAN = 2.0
 
 
@@ -103,22 +106,17 @@ class _Tuner:
         self.session = {**target.session, **NO_SPINNING}
         progress.activity(f"computing the PyTorch reference on {len(data)} examples")
         self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
-        texts = model_inputs(data)
-        self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
+        self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._amax = None
+        self._amax, self._built, self._calibration = None, 0, None  # calibration: list[dict] once built
         self._smoothed: dict[float, OnnxModel] = {}
-        self._built = 0
-        self._calibration: list[dict] | None = None
 
     def _base_graph(self, alpha: float | None) -> OnnxModel:
         if alpha is None:
             return self.fused
         if alpha not in self._smoothed:
             if self._amax is None:
-                from .evaldata import builtin
-
                 calib = model_inputs(subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
                 self._amax = calibrate(self.fused, self.ckpt.task, calib)
             self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
@@ -138,8 +136,10 @@ class _Tuner:
             self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
         return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
-    def predictor(self, model: OnnxModel) -> Predictor:
-        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads, session_config=self.session)
+    def predictor(self, model: OnnxModel, threads: int | None = None) -> Predictor:
+        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off."""
+        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads or self.threads,
+                         session_config=self.session)
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
@@ -227,9 +227,9 @@ class _Tuner:
                       keep_last_for=keep_last_for)
 
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds`` interleaved rounds (A B C, B C A, …; ``RUNS_PER_ROUND`` calls
-        each) and set its ``cpu_ms`` to :func:`multiverse.timing.relative_costs` of its rounds' CPU times (what
-        :func:`choose` compares) and its ``p50_ms`` to the median of its rounds' wall-clock p50s.
+        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
+        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` (what :func:`choose`
+        compares) and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's.
 
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
         by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
@@ -243,21 +243,21 @@ class _Tuner:
             passing = [i for i in passing if not self.trials[i].cpu_ms or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
         if len(passing) < 2:
             return
-        timed = timed_costs([self.predictor(self.models[i]) for i in passing], self.latency_text, rounds)
+        timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
+                            rounds)
         for t, i in zip(timed, passing):
-            self.trials[i] = replace(self.trials[i], p50_ms=t["p50_ms"], cpu_ms=t["cpu_ms"],
-                                     cpu_ms_by_len=t["cpu_ms_by_len"], p50_rounds_ms=t["wall_rounds_ms"],
+            self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"])
-        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
-        r > 1: ``j`` is ≥ r× slower at every length), timed in ``rounds`` interleaved rounds now: two trials timed
-        minutes apart differ by more than the 10 % this decides (measured, loaded host: one fallback 11.40 ms alone
-        and 10.06 ms interleaved, its base 10.04 ms)."""
-        cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs([self.predictor(self.models[k]) for k in (i, j)],
-                                                                   self.latency_text, rounds))
+        r > 1: ``j`` is ≥ r× slower at every length), timed now in ``rounds`` interleaved rounds on
+        ``TIMING_THREADS``: two trials timed minutes apart differ by more than the 10 % this decides (measured,
+        loaded host: one fallback 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
+        cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs(
+            [self.predictor(self.models[k], TIMING_THREADS) for k in (i, j)], self.latency_text, rounds))
         return min(cost_j[n] / cost_i[n] for n in cost_i)
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
@@ -388,6 +388,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     model = tuner.models[chosen if chosen is not None else min(
         (i for i, t in enumerate(tuner.trials) if t.validation), key=lambda i: tuner.trials[i].validation.gate_loss)]
     latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
-               "compared": "process CPU time per call at each of seq_lens (cpu_ms_by_len), interleaved rounds, worst-"
-                           "length ratio to the fastest passing candidate (choice.cost_ms), ONNX Runtime spinning off"}
+               "compared": f"process CPU time per call at each of seq_lens (cpu_ms_by_len; on {TIMING_THREADS} thread "
+                           "after re-timing), interleaved rounds, worst-length ratio to the fastest passing candidate "
+                           "(choice.cost_ms), ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

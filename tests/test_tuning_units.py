@@ -280,3 +280,31 @@ def test_validation_data_is_sorted_by_length_only_where_the_gate_does_not_depend
     assert by_length(labelled) is labelled
     ranking = EvalSet("d", "ranking", groups=(RankingGroup("q", ("long passage", "p")),))
     assert by_length(ranking) is ranking
+
+
+def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50(monkeypatch):
+    from multiverse import tuning
+    from multiverse.choice import Trial
+
+    timed_with = []
+
+    def fake_timed_costs(predictors, text, rounds):  # CPU time per call = 10 ms × the model's speed factor
+        timed_with.append([threads for _, threads in predictors])
+        return [{"cpu_ms": 10.0 * speed, "p50_ms": 99.0, "cpu_rounds_ms": (10.0 * speed,) * rounds,
+                 "cpu_ms_by_len": {16: 2.0 * speed, 128: 50.0 * speed},
+                 "wall_rounds_ms": (99.0,) * rounds} for speed, _ in predictors]
+
+    monkeypatch.setattr(tuning, "timed_costs", fake_timed_costs)
+    tuner = object.__new__(tuning._Tuner)
+    tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
+    tuner.predictor = lambda model, threads=None: (model, threads or tuner.threads)
+    passed = SimpleNamespace(passed=True)
+    tuner.models = [3.0, 1.0, 1.2, 5.0]  # the speed factors stand in for the graphs
+    tuner.trials = [Trial("fp32", None, passed, 30.0, cpu_ms=29.0), Trial("ort", {}, passed, 9.0, cpu_ms=12.0),
+                    Trial("ov", {}, passed, 8.0, cpu_ms=11.0), Trial("rejected", {}, None, 7.0, cpu_ms=1.0)]
+    tuner.retime(rounds=5)
+    assert timed_with == [[tuning.TIMING_THREADS] * 2] and tuning.TIMING_THREADS == 1  # fp32 is over RETIME_SPAN
+    assert [t.cpu_ms for t in tuner.trials] == [29.0, 10.0, 12.0, 1.0]
+    assert tuner.trials[1].cpu_rounds_ms == (10.0,) * 5 and tuner.trials[1].cpu_ms_by_len == {16: 2.0, 128: 50.0}
+    assert [t.p50_ms for t in tuner.trials] == [30.0, 9.0, 8.0, 7.0]  # wall clock stays the trials' (2 threads)
+    assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2
