@@ -18,8 +18,8 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    static int8 that passed with margin (:meth:`_Tuner.phase1`);
 4. OpenVINO dynamic g32 and static with FFN outputs fp32, unless static passed with margin (``ovtuning``);
 5. if no int8 passed, or the one :func:`choose` would ship passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ):
-   per-node sensitivity of that ONNX Runtime candidate (normalised output MSE with each node quantized alone,
-   on a subset of the eval data), then the same with the k most sensitive nodes in fp32 for growing k (INC's
+   per-node sensitivity of that ONNX Runtime candidate (``sensitivity.py``, each node quantized alone, on a subset
+   of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
 Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
 between trials cannot pick the winner.
@@ -28,10 +28,9 @@ between trials cannot pick the winner.
 from __future__ import annotations
 
 import logging
-import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
 from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
@@ -39,12 +38,12 @@ from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningRe
 from .errors import MultiverseError
 from .evaldata import EvalSet, builtin, subset
 from .export import OnnxModel
-from .graphnodes import graph_bytes, head_nodes, output_nmse, quantizable_nodes, single_node_graphs
+from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (output_nmse re-exported)
 from .incconfig import to_inc
 from .inference import Predictor
 from .progress import Progress
 from .quantize import quantize as quantize_model
-from .runtime import SPINNING, make_session, physical_cores
+from .runtime import SPINNING, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
 from .tasks import get_task
@@ -280,48 +279,37 @@ class _Tuner:
             return {"skipped": skipped, "why": why, "trials_needed": need}
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
-        losses = self.sensitivity(config, self.models[base])
-        order, kept = list(losses), tuple(config.nodes_to_exclude)
+        measured = self.sensitivity(config, self.models[base])
+        order, kept = measured["order"], tuple(config.nodes_to_exclude)
         fallbacks = [config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])})
                      for k in FALLBACK_COUNTS if k < len(order)]
         self.inc_loop(fallbacks, left, "fp32 fallback", target_loss=SAFETY_MARGIN * self.tolerance if narrow else None,
                       slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
-        return {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone", "kept_fp32": list(kept),
-                "node_output_nmse": {k: float(f"{v:.3g}") for k, v in losses.items()}}
+        flips = measured["flip_rate"]
+        return {"base": best.label, "why": why, "kept_fp32": list(kept),
+                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
+                           "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
+                "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
+                **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
 
-    def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict[str, float]:
-        """Per node: the model's output error with only that node quantized, on a subset of the eval data.
+    def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict:
+        """Per node of ``config``'s model ``quantized``: the output NMSE and (classifiers) the label flip rate with
+        only that node quantized, on ``SENSITIVITY_ITEMS`` of the eval data (:func:`multiverse.sensitivity.
+        node_sensitivity`: ``{"order", "output_nmse", "flip_rate"}``, ``order`` most sensitive first)."""
+        from .sensitivity import node_sensitivity
 
-        ``quantized`` is ``config``'s model (every node it quantizes); the single-node graphs are cut from it
-        (:func:`multiverse.graphnodes.single_node_graphs`) rather than quantized again once per node.
-        The error is the normalised MSE of the raw model output against the fp32 graph's,
-        Σ(q − f)² / Σf² over real tokens (float32 [batch, seq, dim] or [batch, labels]). Continuous,
-        so a small subset ranks nodes where a discrete metric (accuracy, MRR) on the same subset
-        is mostly 0 for every node. Method: Intel Neural Compressor 2.x ``mse``/``mse_v2``
-        strategies (op-wise output MSE to order the fp32 fallback).
-
-        Returns ``{node name: normalised MSE}``, most sensitive first.
-        """
         n = SENSITIVITY_ITEMS
         if self.data.groups:  # query groups (ranking): count (query, passage) pairs, not queries
             n = max(4, n // max(1, len(self.data.groups[0].passages)))
         items = model_inputs(subset(self.data, n))
         fp32 = self.predictor(self.fused)
-        batches = [fp32.encode(items[i:i + 16]) for i in range(0, len(items), 16)]
-        reference = [fp32.run(enc) for enc in batches]
         base = self._base_graph(config.smooth_alpha)
         nodes = [n for n in quantizable_nodes(base, config) if n not in config.nodes_to_exclude]
-        errors = {}
-        for k, (node, proto) in enumerate(single_node_graphs(base, quantized, nodes), 1):
-            self.progress.activity(f"measuring the sensitivity of node {k}/{len(nodes)} ({node})")
-            session = make_session(graph_bytes(proto, self.workdir / "single-node"), self.threads, self.session)
-            errors[node] = output_nmse(reference, [session.run([fp32.output_name], e.arrays)[0] for e in batches],
-                                       batches)
-        shutil.rmtree(self.workdir / "single-node", ignore_errors=True)
-        return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
-
+        return node_sensitivity(fp32, base, quantized, nodes, [fp32.encode(items[i:i + 16]) for i in range(0, len(items), 16)],
+                                self.reference.values, task=self.ckpt.task, threads=self.threads, session=self.session,
+                                workdir=self.workdir / "single-node", progress=self.progress)
 
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
          quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
@@ -342,7 +330,13 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     is None and the most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_configs, openvino_rest, openvino_source, openvino_static, runtimes
+    from .ovtuning import (
+        openvino_configs,
+        openvino_rest,
+        openvino_source,
+        openvino_static,
+        runtimes,
+    )
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)

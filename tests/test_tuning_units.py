@@ -90,6 +90,10 @@ def test_a_low_trial_budget_keeps_one_trial_for_the_fp32_fallback(tiny_checkpoin
     _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "two", max_trials=2)
     assert [t.phase for t in report.trials] == ["baseline", "configurations", "fp32 fallback"]
     assert not report.trials[1].passed and report.sensitivity["node_output_nmse"]
+    # a classifier's fallback is ranked by label flips (multiverse.sensitivity), recorded beside the output NMSE
+    sens = report.sensitivity
+    assert set(sens["node_flip_rate"]) == set(sens["node_output_nmse"]) and "label flip rate" in sens["metric"]
+    assert all(0.0 <= v <= 1.0 for v in sens["node_flip_rate"].values())
     # a budget of one cannot hold both phases: the summary (stderr) and the reason (manifest) say so and what is needed
     _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "one", max_trials=1)
     assert [t.phase for t in report.trials] == ["baseline", "configurations"]
