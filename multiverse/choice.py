@@ -119,7 +119,10 @@ def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "aut
     best = _most_accurate_of_fastest(trials, passing)
     if trials[best].config is None:
         if any(trials[i].config is not None for i in passing):
-            return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
+            int8 = [i for i in passing if trials[i].config is not None]
+            top = min(int8, key=lambda i: cost_ms(trials, int8)[i])
+            return best, ("fp32 shipped: the passing int8 candidates were not faster than fp32 on this host (the "
+                          f"fastest, {trials[top].label}: speed vs fp32 {speedup_text(trials, 0, top)})")
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
         return best, "fp32 shipped: no int8 candidate was tried (--precision fp32 or --max-trials 0)"

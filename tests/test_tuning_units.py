@@ -225,6 +225,9 @@ def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_th
     chosen, reason = choose([fp32, ort, ov])
     assert chosen == 1
     assert "2.50× at 16 tokens, 1.60× at 128 tokens faster than fp32" in reason
+    slow = trial("slow", {"runtime": "onnxruntime"}, {16: 4.4, 128: 23.0}, 0.002)
+    assert choose([fp32, slow]) == (0, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this "
+                                       "host (the fastest, slow: speed vs fp32 0.91× at 16 tokens, 1.04× at 128 tokens)")
     assert choose([fp32, ort, ov], "int8")[1] == ("int8 requested: fastest passing candidate by CPU time; speed vs "
                                                   "fp32: 2.50× at 16 tokens, 1.60× at 128 tokens")
     # fastest at every length: cost is the geometric mean of its own times, and it ships
