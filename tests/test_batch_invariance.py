@@ -234,11 +234,12 @@ def test_openvino_dynamic_quantization_runs_one_row_per_run_and_is_batch_invaria
 
 @pytest.mark.parametrize("task", TASKS)
 def test_openvino_static_int8_bundles_are_batch_invariant(task, tiny_ov_bundles):
-    """Static int8 IRs (fixed scales) run rows together and still give a text the same result in any batch."""
+    """Static int8 IRs also run one row per run: the CPU plugin picks kernels by shape, and a last-bit difference
+    before a FakeQuantize moves a value by a quantization step (measured 8.1e-4 on a DistilBERT-base shape)."""
     b = tiny_ov_bundles[task]
-    assert not computes_scales_per_run(b.model_path)
+    assert computes_scales_per_run(b.model_path)
     p = Predictor.from_bundle(b)
-    assert not p.per_row
+    assert p.per_row
     for text in TARGETS:
         alone = p.predict([_item(task, text)]).results[0]
         assert max_abs_diff(p.predict(_neighbours(task, text)).results[1], alone) <= 1e-4, (task, text)
