@@ -197,7 +197,10 @@ def results_markdown(models: dict, goal_rows: list[dict], quick: bool) -> str:
              f"{v.get('onnxruntime')}, torch {v.get('torch')}, transformers {v.get('transformers')}, optimum-onnx "
              f"{v.get('optimum-onnx')}, openvino {v.get('openvino')}, nncf {v.get('nncf')}. End to end (tokenize + run + "
              "post-process), one real BBC News text cut to exactly N tokens per request; p50 in ms; every system "
-             "timed in the same run, in interleaved rounds.", "", "## Goals", "", peers_goals.goals_markdown(goal_rows), ""]
+             "timed in the same run, in interleaved rounds. OpenVINO runs at the inference precision of the bundles' "
+             "target (`openvino_system.target_precision`: f32 for `--target icelake`, whose CPUs have no bf16; this "
+             "host's AVX-512 BF16 would otherwise run its non-int8 layers in bf16).", "", "## Goals", "",
+             peers_goals.goals_markdown(goal_rows), ""]
     for m in models.values():
         loads = [r.get("loadavg_1m") for r in m["rows"] if r.get("loadavg_1m") is not None]
         lines += [f"## {m['label']} ({m['task']}, Multiverse {m['precision']})", "",

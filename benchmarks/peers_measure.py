@@ -126,12 +126,13 @@ def _throughput_child(bundle: str, checkpoint: str, task: str, cores: int, texts
                       rounds: int, openvino_dir: str) -> dict:
     from openvino import AsyncInferQueue
 
-    from multiverse.benchmark.openvino_system import OpenVinoSystem
+    from multiverse.benchmark.openvino_system import OpenVinoSystem, bundle_precision
     from multiverse.inference import Predictor
 
     serial = Predictor.from_bundle(bundle, threads=cores)
     serve_tp = _ServedForThroughput(bundle, cores)
-    ov = OpenVinoSystem(openvino_dir, checkpoint, task, cores, hint="THROUGHPUT")
+    ov = OpenVinoSystem(openvino_dir, checkpoint, task, cores, hint="THROUGHPUT",
+                        inference_precision=bundle_precision(bundle))
     nireq = int(ov.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = AsyncInferQueue(ov.compiled, nireq)
     done = [0]

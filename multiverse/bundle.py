@@ -313,6 +313,7 @@ class Inspection:
             ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
                            f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
                            f"{'passed' if v.get('passed') else 'FAILED'}"),
+            ("why this one", (m.get("tuning") or {}).get("reason") or "-"),
             ("manifest sha256", f"{b.manifest_sha256}" + (" (matches --expect-sha256)" if pinned else
                                                          " (pin it: serve --manifest-sha256 / inspect --expect-sha256)")),
             ("files", f"intact (sha256 of {len(m['files'])} files verified, none unlisted)" if not self.problems

@@ -37,7 +37,8 @@ class Trial:
     """One candidate: its quantization config (None = fp32), validation, p50 latency (ms, wall clock),
     ``cpu_ms_by_len``: process CPU time per call (ms, all threads; ONNX Runtime spinning off) at each timed
     sequence length, the speed the choice compares (see :func:`cost_ms`), and ``cpu_ms``, their geometric mean;
-    ``cpu_rounds_ms`` are its interleaved rounds when it was re-timed."""
+    ``cpu_rounds_ms`` are its interleaved rounds when it was re-timed (then on ``tuning.TIMING_THREADS`` thread: CPU time
+    per call barely depends on the thread count, so a trial that was not re-timed still compares)."""
 
     label: str
     config: dict | None
@@ -45,7 +46,6 @@ class Trial:
     p50_ms: float | None
     error: str | None = None
     phase: str = ""
-    p50_rounds_ms: tuple[float, ...] = ()  # interleaved re-timing (see retime); p50_ms is their median
     cpu_ms: float | None = None
     cpu_rounds_ms: tuple[float, ...] = ()
     cpu_ms_by_len: dict[int, float] = field(default_factory=dict)  # sequence length (tokens) -> CPU ms per call
@@ -109,14 +109,20 @@ def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "aut
     elif precision == "int8":
         passing = [i for i in passing if trials[i].config is not None]
         if passing:
-            return _most_accurate_of_fastest(trials, passing), "int8 requested: fastest passing int8 candidate"
+            best = _most_accurate_of_fastest(trials, passing)
+            clock = "CPU time" if all(trials[i].cpu_ms is not None for i in passing) else "p50"
+            vs = f"; speed vs fp32: {speedup_text(trials, 0, best)}" if trials[0].p50_ms is not None else ""
+            return best, f"int8 requested: {_why_not_fastest(trials, passing, best, clock)}{vs}"
     if not passing:
         return None, ("no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
                       + ("" if runtime == "auto" else f" on {runtime}"))
     best = _most_accurate_of_fastest(trials, passing)
     if trials[best].config is None:
         if any(trials[i].config is not None for i in passing):
-            return best, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this host"
+            int8 = [i for i in passing if trials[i].config is not None]
+            top = min(int8, key=lambda i: cost_ms(trials, int8)[i])
+            return best, ("fp32 shipped: the passing int8 candidates were not faster than fp32 on this host (the "
+                          f"fastest, {trials[top].label}: speed vs fp32 {speedup_text(trials, 0, top)})")
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
         return best, "fp32 shipped: no int8 candidate was tried (--precision fp32 or --max-trials 0)"
@@ -151,9 +157,13 @@ def _why_not_fastest(trials: Sequence[Trial], passing: Sequence[int], best: int,
     else:
         why = f"this one is more faithful to the PyTorch model (divergence {b.divergence:.3g} vs {f.divergence:.3g})"
     rule = f"within the {LATENCY_TIE:.0%} timing noise" if slower <= LATENCY_TIE else f"within {FIDELITY_TRADE[0]:.0%}"
-    where = " (at the sequence length where each is furthest from the fastest)" if trials[best].cpu_ms_by_len else ""
-    return (f"{trials[best].label} ships although it takes {slower:.1%} more {clock} than {trials[fastest].label}"
-            f"{where} ({rule}): {why}")
+    mine, theirs = trials[best].cpu_ms_by_len, trials[fastest].cpu_ms_by_len
+    if _timed_by_length(trials, [best, fastest]):
+        more = " / ".join(f"{mine[n] / theirs[n] - 1:+.1%}" for n in sorted(mine))
+        slower = f"{more} {clock} vs {trials[fastest].label} at {' / '.join(map(str, sorted(mine)))} tokens"
+    else:
+        slower = f"{slower:.1%} more {clock} than {trials[fastest].label}"
+    return f"{trials[best].label} ships although it takes {slower} ({rule}): {why}"
 
 
 def cost_ms(trials: Sequence[Trial], indices: Sequence[int]) -> dict[int, float]:

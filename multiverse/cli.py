@@ -108,7 +108,7 @@ def optimize(
                                   "int8; fp32: fused fp32 only."),
     runtime: str = typer.Option("auto", help="auto: ONNX Runtime and, when installed, OpenVINO + NNCF candidates; "
                                 "onnxruntime | openvino: ship only that runtime."),
-    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Int8 trial budget (default 12; the fp32 baseline and sensitivity runs are not counted)."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", min=0, help="Int8 trial budget (default 12; the fp32 baseline and sensitivity runs are not counted)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for validation/latency (default: physical cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:

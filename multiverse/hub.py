@@ -80,7 +80,8 @@ def infer_task(config: dict, folder: Path) -> str:
     return feature_extraction.Handler.name
 
 
-def _dims(config: dict) -> tuple[int, int, int]:
+def model_dims(config: dict) -> tuple[int, int, int]:
+    """``(layers, attention heads, hidden size)`` from a ``config.json`` dict (BERT or DistilBERT names; 0 if absent)."""
     layers = config.get("num_hidden_layers", config.get("n_layers"))
     heads = config.get("num_attention_heads", config.get("n_heads"))
     hidden = config.get("hidden_size", config.get("dim"))
@@ -118,7 +119,7 @@ def from_folder(folder: Path, task: str | None = None, repo_id: str | None = Non
         )
     if task is not None and task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
-    layers, heads, hidden = _dims(config)
+    layers, heads, hidden = model_dims(config)
     return Checkpoint(
         path=folder, repo_id=repo_id, revision=revision, local_hash=_local_hash(folder),
         task=task or infer_task(config, folder), model_type=model_type, num_layers=layers, num_heads=heads,

@@ -11,8 +11,13 @@ measured is what is served, and validation runs candidates in the shapes serving
 run over every row, padding included, so a text's int8 output would change with its
 neighbours (max |Δ| 0.019 on MiniLM for "Thanks!" next to a 500-token paragraph). Graphs with
 such nodes therefore run **one row per ONNX Runtime run**, trimmed to the row's own length:
-a text's result is then bit-identical alone or in any batch. fp32 graphs (and int8 graphs with
-static scales) run rows together, up to ``max_run_tokens`` padded tokens per run.
+a text's result is then bit-identical alone or in any batch. So do OpenVINO int8 IRs: with CPU dynamic
+quantization (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` in the IR's runtime options; the all-MiniLM-L6-v2
+``ov s8 dynamic g32`` bundle: max |Δ| 2.4e-3 with its neighbours) and with static ``FakeQuantize`` scales too
+(the DistilBERT-base-shaped ``ov s8 static`` bundle: 8.1e-4 in batches of 16 built-in texts, as the CPU plugin
+picks kernels by shape and a last-bit difference before a FakeQuantize moves a value a whole quantization step);
+both 0 one row per run.
+fp32 graphs (and int8 graphs with static scales) run rows together, up to ``max_run_tokens`` padded tokens per run.
 
 Imports only onnxruntime, tokenizers and numpy (plus the standard library): never torch or
 transformers.
@@ -88,19 +93,30 @@ DEFAULT_MAX_RUN_TOKENS = 4096
 # Op types whose activation quantization parameters are computed from the run's whole input
 # (onnxruntime.quantization dynamic mode; QAttention is fed by a DynamicQuantizeLinear).
 _PER_RUN_SCALE_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul", b"DynamicQuantizeLSTM")
+_OV_DYNAMIC_GROUP = b'<DYNAMIC_QUANTIZATION_GROUP_SIZE value="'  # an IR's rt_info runtime option (model.xml)
+_OV_FAKE_QUANTIZE = b'type="FakeQuantize"'  # an IR layer of static int8 (NNCF's quantize)
 
 
 def computes_scales_per_run(model_path: str | Path) -> bool:
-    """True when the graph quantizes activations with scales computed per run (dynamic int8).
+    """True when a row's output depends on the other rows of its run: an ONNX graph with ONNX Runtime's
+    dynamic-quantization ops (scales per run), or an OpenVINO IR (``.xml``) with ``FakeQuantize`` nodes (static
+    int8) or whose runtime options set a non-zero ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` (the CPU plugin's dynamic
+    quantization, as ``ovquant`` writes it); see the module docstring for the measurements.
 
-    Reads the ``.onnx`` file's bytes for the op-type names (no ``onnx`` import: this is on the
-    serving path); external weight files are not read. Such a graph's output for one row
-    depends on the other rows of its run (see the module docstring).
+    Reads the file's bytes (no ``onnx``/``openvino`` import: this is on the serving path); external weight
+    files are not read. Such a graph's output for one row depends on the other rows of its run (see the
+    module docstring).
     """
     with open(model_path, "rb") as fh:
         try:
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                return any(data.find(op) >= 0 for op in _PER_RUN_SCALE_OPS)
+                if any(data.find(op) >= 0 for op in _PER_RUN_SCALE_OPS) or data.find(_OV_FAKE_QUANTIZE) >= 0:
+                    return True
+                at = data.rfind(_OV_DYNAMIC_GROUP)
+                if at < 0:
+                    return False
+                value = data[at + len(_OV_DYNAMIC_GROUP):at + len(_OV_DYNAMIC_GROUP) + 32].split(b'"', 1)[0]
+                return value.strip() not in (b"0", b"")
         except ValueError:  # empty file
             return False
 

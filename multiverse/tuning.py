@@ -18,8 +18,8 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    static int8 that passed with margin (:meth:`_Tuner.phase1`);
 4. OpenVINO dynamic g32 and static with FFN outputs fp32, unless static passed with margin; bf16 variants (``ovtuning``);
 5. if no int8 passed, or the one :func:`choose` would ship passed narrowly (gate loss > ``SAFETY_MARGIN`` × τ):
-   per-node sensitivity of that ONNX Runtime candidate (normalised output MSE with each node quantized alone,
-   on a subset of the eval data), then the same with the k most sensitive nodes in fp32 for growing k (INC's
+   per-node sensitivity of that ONNX Runtime candidate (``sensitivity.py``, each node quantized alone, on a subset
+   of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
 Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
 between trials cannot pick the winner.
@@ -28,24 +28,23 @@ between trials cannot pick the winner.
 from __future__ import annotations
 
 import logging
-import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
 from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
                      speedup_text)
 from .errors import MultiverseError
-from .evaldata import EvalSet, subset
+from .evaldata import EvalSet, builtin, subset
 from .export import OnnxModel
-from .graphnodes import graph_bytes, head_nodes, output_nmse, quantizable_nodes, single_node_graphs
+from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (output_nmse re-exported)
 from .incconfig import to_inc
 from .inference import Predictor
 from .ovsession import precision_config
 from .progress import Progress
 from .quantize import quantize as quantize_model
-from .runtime import SPINNING, make_session, physical_cores
+from .runtime import SPINNING, physical_cores
 from .smooth import calibrate, smooth
 from .targets import QuantConfig, Target
 from .tasks import get_task
@@ -63,8 +62,11 @@ CALIBRATION_ITEMS = 300
 # to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
 # more for the noise of one interleaved comparison (LATENCY_TIE).
 DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
-# Passing trials whose own CPU time is over RETIME_SPAN x the cheapest one's are not re-timed: one interleaved
-# trial timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
+# retime/ratio compare CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively for a preempted
+# peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not (benchmarks/results/runtime_noise.md).
+TIMING_THREADS = 1
+# Passing int8 trials over RETIME_SPAN x the cheapest one's CPU time are not re-timed (fp32 always is): one trial
+# timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
 RETIME_SPAN = 2.0
 
 
@@ -105,22 +107,17 @@ class _Tuner:
         self.session = {**target.session, **NO_SPINNING}
         progress.activity(f"computing the PyTorch reference on {len(data)} examples")
         self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
-        texts = model_inputs(data)
-        self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in texts)
+        self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._amax = None
+        self._amax, self._built, self._calibration = None, 0, None  # calibration: list[dict] once built
         self._smoothed: dict[float, OnnxModel] = {}
-        self._built = 0
-        self._calibration: list[dict] | None = None
 
     def _base_graph(self, alpha: float | None) -> OnnxModel:
         if alpha is None:
             return self.fused
         if alpha not in self._smoothed:
             if self._amax is None:
-                from .evaldata import builtin
-
                 calib = model_inputs(subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
                 self._amax = calibrate(self.fused, self.ckpt.task, calib)
             self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
@@ -140,8 +137,10 @@ class _Tuner:
             self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
         return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
-    def predictor(self, model: OnnxModel) -> Predictor:  # an OpenVINO IR compiles at its recorded inference precision
-        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=self.threads,
+    def predictor(self, model: OnnxModel, threads: int | None = None) -> Predictor:
+        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off, and
+        an OpenVINO IR at its recorded inference precision (``ovsession.precision_config``)."""
+        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads or self.threads,
                          session_config={**self.session, **precision_config(model.quantization)})
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
@@ -223,16 +222,16 @@ class _Tuner:
             ratio = self.ratio(anchor, first)
             if ratio > DOMINATED:
                 self.progress.info(f"not trying {len(configs) - 1} smoothed variant(s) of {self.trials[first].label}: "
-                                   f"it takes {ratio:.2f}x the CPU time of {self.trials[anchor].label} (> "
-                                   f"{DOMINATED:.2f}x), too slow to ship beside it, and they cost at least as much")
+                                   f"it takes {ratio:.2f}× the CPU time of {self.trials[anchor].label} (> "
+                                   f"{DOMINATED:.2f}×), too slow to ship beside it, and they cost at least as much")
                 return
         self.inc_loop(configs[1:], budget - (len(self.trials) - 1), "configurations", stop_at_first=False,
                       keep_last_for=keep_last_for)
 
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds`` interleaved rounds (A B C, B C A, …; ``RUNS_PER_ROUND`` calls
-        each) and set its ``cpu_ms`` to :func:`multiverse.timing.relative_costs` of its rounds' CPU times (what
-        :func:`choose` compares) and its ``p50_ms`` to the median of its rounds' wall-clock p50s.
+        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
+        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` (what :func:`choose`
+        compares) and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's.
 
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
         by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
@@ -242,25 +241,26 @@ class _Tuner:
         """
         passing = [i for i, t in enumerate(self.trials) if t.passed]
         cheapest = min((self.trials[i].cpu_ms for i in passing if self.trials[i].cpu_ms), default=None)
-        if cheapest:  # far slower than the cheapest (fp32 beside int8): no timing noise makes it the fastest
-            passing = [i for i in passing if not self.trials[i].cpu_ms or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
+        if cheapest:  # far slower than the cheapest: no timing noise makes it the fastest (fp32 stays: the reason's speedup)
+            passing = [i for i in passing if i == 0 or not self.trials[i].cpu_ms
+                       or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
         if len(passing) < 2:
             return
-        timed = timed_costs([self.predictor(self.models[i]) for i in passing], self.latency_text, rounds)
+        timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
+                            rounds)
         for t, i in zip(timed, passing):
-            self.trials[i] = replace(self.trials[i], p50_ms=t["p50_ms"], cpu_ms=t["cpu_ms"],
-                                     cpu_ms_by_len=t["cpu_ms_by_len"], p50_rounds_ms=t["wall_rounds_ms"],
+            self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"])
-        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time): "
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
-        r > 1: ``j`` is ≥ r× slower at every length), timed in ``rounds`` interleaved rounds now: two trials timed
-        minutes apart differ by more than the 10 % this decides (measured, loaded host: one fallback 11.40 ms alone
-        and 10.06 ms interleaved, its base 10.04 ms)."""
-        cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs([self.predictor(self.models[k]) for k in (i, j)],
-                                                                   self.latency_text, rounds))
+        r > 1: ``j`` is ≥ r× slower at every length), timed now in ``rounds`` interleaved rounds on
+        ``TIMING_THREADS``: two trials timed minutes apart differ by more than the 10 % this decides (measured,
+        loaded host: one fallback 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
+        cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs(
+            [self.predictor(self.models[k], TIMING_THREADS) for k in (i, j)], self.latency_text, rounds))
         return min(cost_j[n] / cost_i[n] for n in cost_i)
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
@@ -281,48 +281,37 @@ class _Tuner:
             return {"skipped": skipped, "why": why, "trials_needed": need}
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
-        losses = self.sensitivity(config, self.models[base])
-        order, kept = list(losses), tuple(config.nodes_to_exclude)
+        measured = self.sensitivity(config, self.models[base])
+        order, kept = measured["order"], tuple(config.nodes_to_exclude)
         fallbacks = [config.model_copy(update={"nodes_to_exclude": kept + tuple(order[:k])})
                      for k in FALLBACK_COUNTS if k < len(order)]
         self.inc_loop(fallbacks, left, "fp32 fallback", target_loss=SAFETY_MARGIN * self.tolerance if narrow else None,
                       slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
-        return {"base": best.label, "why": why, "metric": "output NMSE, node quantized alone", "kept_fp32": list(kept),
-                "node_output_nmse": {k: float(f"{v:.3g}") for k, v in losses.items()}}
+        flips = measured["flip_rate"]
+        return {"base": best.label, "why": why, "kept_fp32": list(kept),
+                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
+                           "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
+                "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
+                **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
 
-    def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict[str, float]:
-        """Per node: the model's output error with only that node quantized, on a subset of the eval data.
+    def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict:
+        """Per node of ``config``'s model ``quantized``: the output NMSE and (classifiers) the label flip rate with
+        only that node quantized, on ``SENSITIVITY_ITEMS`` of the eval data (:func:`multiverse.sensitivity.
+        node_sensitivity`: ``{"order", "output_nmse", "flip_rate"}``, ``order`` most sensitive first)."""
+        from .sensitivity import node_sensitivity
 
-        ``quantized`` is ``config``'s model (every node it quantizes); the single-node graphs are cut from it
-        (:func:`multiverse.graphnodes.single_node_graphs`) rather than quantized again once per node.
-        The error is the normalised MSE of the raw model output against the fp32 graph's,
-        Σ(q − f)² / Σf² over real tokens (float32 [batch, seq, dim] or [batch, labels]). Continuous,
-        so a small subset ranks nodes where a discrete metric (accuracy, MRR) on the same subset
-        is mostly 0 for every node. Method: Intel Neural Compressor 2.x ``mse``/``mse_v2``
-        strategies (op-wise output MSE to order the fp32 fallback).
-
-        Returns ``{node name: normalised MSE}``, most sensitive first.
-        """
         n = SENSITIVITY_ITEMS
         if self.data.groups:  # query groups (ranking): count (query, passage) pairs, not queries
             n = max(4, n // max(1, len(self.data.groups[0].passages)))
         items = model_inputs(subset(self.data, n))
         fp32 = self.predictor(self.fused)
-        batches = [fp32.encode(items[i:i + 16]) for i in range(0, len(items), 16)]
-        reference = [fp32.run(enc) for enc in batches]
         base = self._base_graph(config.smooth_alpha)
         nodes = [n for n in quantizable_nodes(base, config) if n not in config.nodes_to_exclude]
-        errors = {}
-        for k, (node, proto) in enumerate(single_node_graphs(base, quantized, nodes), 1):
-            self.progress.activity(f"measuring the sensitivity of node {k}/{len(nodes)} ({node})")
-            session = make_session(graph_bytes(proto, self.workdir / "single-node"), self.threads, self.session)
-            errors[node] = output_nmse(reference, [session.run([fp32.output_name], e.arrays)[0] for e in batches],
-                                       batches)
-        shutil.rmtree(self.workdir / "single-node", ignore_errors=True)
-        return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
-
+        return node_sensitivity(fp32, base, quantized, nodes, [fp32.encode(items[i:i + 16]) for i in range(0, len(items), 16)],
+                                self.reference.values, task=self.ckpt.task, threads=self.threads, session=self.session,
+                                workdir=self.workdir / "single-node", progress=self.progress)
 
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
          quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
@@ -342,7 +331,14 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import openvino_bf16, openvino_configs, openvino_rest, openvino_source, openvino_static, runtimes
+    from .ovtuning import (
+        openvino_bf16,
+        openvino_configs,
+        openvino_rest,
+        openvino_source,
+        openvino_static,
+        runtimes,
+    )
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -383,8 +379,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
             sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision, runtime)
     if runtime == "openvino" and chosen is not None:
-        reason = reason.replace("int8 requested: fastest passing int8 candidate", "--runtime openvino: the fastest "
-                                "passing OpenVINO candidate")
+        reason = reason.replace("int8 requested: ", "--runtime openvino: ", 1)
         if (cost := cost_ms(tuner.trials, [0, chosen]))[chosen] > cost[0]:
             slower = (f"it takes {speedup_text(tuner.trials, chosen, 0)} the CPU time of the fused fp32 ONNX Runtime "
                       "graph on this host; --runtime auto would ship the faster one")
@@ -395,6 +390,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     model = tuner.models[chosen if chosen is not None else min(
         (i for i, t in enumerate(tuner.trials) if t.validation), key=lambda i: tuner.trials[i].validation.gate_loss)]
     latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
-               "compared": "process CPU time per call at each of seq_lens (cpu_ms_by_len), interleaved rounds, worst-"
-                           "length ratio to the fastest passing candidate (choice.cost_ms), ONNX Runtime spinning off"}
+               "compared": f"process CPU time per call at each of seq_lens (cpu_ms_by_len; on {TIMING_THREADS} thread "
+                           "after re-timing), interleaved rounds, worst-length ratio to the fastest passing candidate "
+                           "(choice.cost_ms), ONNX Runtime spinning off"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

@@ -119,3 +119,20 @@ def test_cli_benchmark_where_every_cell_is_skipped_is_a_usage_error(tiny_bundle,
     assert res.exit_code == 2, res.output
     assert "Every benchmark cell would be skipped" in text and why in text and fix in text
     assert not (out / "report.json").exists()
+
+
+def test_a_checkpoint_that_is_not_the_bundles_model_is_refused(tiny_bundle, tmp_path):
+    """--checkpoint must be the model the bundle was built from: another one would time and compare a different
+    network (a tiny 2-layer model against MiniLM gave a 0.1× "speedup" and no warning)."""
+    from support import tiny_checkpoint
+
+    from multiverse.errors import BenchmarkError
+
+    other = Path(getattr(tiny_checkpoint("text-classification", tmp_path / "other", model_type="distilbert"), "path",
+                         tmp_path / "other"))
+    spec = GridSpec(cores=[1], seq_lens=[8], batch_sizes=[1], systems=["multiverse", "transformers"],
+                    budget=TINY_BUDGET, accuracy=False)
+    with pytest.raises(BenchmarkError, match="is not the model this bundle was built from"):
+        run_grid(tiny_bundle, spec, checkpoint=other)
+    with pytest.raises(BenchmarkError, match=r"/nope \(--checkpoint\) is not a folder"):
+        run_grid(tiny_bundle, spec, checkpoint=tmp_path / "nope")

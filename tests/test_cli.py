@@ -122,6 +122,17 @@ def test_console_script_entry_point(tiny_bundles):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ranking" in proc.stdout
+    assert "why this one" in proc.stdout  # the tuner's reason for the shipped candidate
+
+
+def test_python_dash_m_multiverse_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "multiverse", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "optimize" in proc.stdout, proc.stderr
+
+
+def test_a_negative_trial_budget_is_a_usage_error(tiny_checkpoints, tmp_path):
+    r = run("optimize", tiny_checkpoints["text-classification"], "--max-trials", "-1", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--max-trials" in r.output and not (tmp_path / "o").exists()
 
 
 def test_validate_command_reruns_the_gate(tiny_bundles):

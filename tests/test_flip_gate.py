@@ -98,3 +98,49 @@ def test_validate_prints_the_expected_agreement_and_what_it_is(tiny_bundles):
     assert re.search(r"expected_label_agreement\s*│\s*(0\.99[0-9]{2}|1\.0000)\s*│\s*0\.9900\s*│\s*pass", row), row
     note = " ".join(r.stdout.split("└")[-1].split())  # below the table, whole
     assert "expected_label_agreement_method: expected_label_agreement is the agreement expected on new inputs" in note
+
+
+def test_node_flip_rate_pairs_every_eval_margin_with_every_node_error():
+    from multiverse.tasks.text_classification import Handler, node_flip_rate
+
+    ref = np.array([[0.05, 0.0], [5.0, 0.0], [0.0, 0.2], [0.0, 5.0]])  # margins 0.05, 5, 0.2, 5
+    errors = np.array([[-0.1, 0.0], [0.0, 0.0]])  # a node's error on two other inputs: one lifts class 1 by 0.1
+    # the 0.1 push flips example 0 (margin 0.05 toward class 1) only: 1 of 8 pairs; example 2 (class 1) gains
+    assert node_flip_rate(ref, errors) == pytest.approx(1 / 8)
+    assert Handler.node_flip_rate(ref, errors) == node_flip_rate(ref, errors)
+    assert node_flip_rate(ref, np.zeros((3, 2))) == 0.0
+    with pytest.raises(ValueError, match="num_labels"):
+        node_flip_rate(ref, np.zeros((2, 3)))
+
+
+def test_fallback_ranks_nodes_by_label_flips_squared_per_mac_then_by_output_nmse():
+    from multiverse.sensitivity import rank_nodes
+
+    nmse = {"ffn_out": 0.02, "embed": 0.001, "attn": 0.005, "ffn_in": 0.0001}
+    flips = {"ffn_out": 0.001, "embed": 0.004, "attn": 0.0, "ffn_in": 0.0}
+    assert rank_nodes(nmse, flips) == ["embed", "ffn_out", "attn", "ffn_in"]  # equal costs: flips, then NMSE
+    assert rank_nodes(nmse, {}) == ["ffn_out", "attn", "embed", "ffn_in"]  # tasks without labels: output NMSE
+    flips = {"ffn_out": 0.01, "attn": 0.006, "embed": 0.002, "ffn_in": 0.0}
+    macs = {"ffn_out": 4, "attn": 1, "embed": 0, "ffn_in": 4}  # floor 0.04: embed 1e-4, attn 3.6e-5, ffn_out 2.5e-5
+    assert rank_nodes(nmse, flips, macs) == ["embed", "attn", "ffn_out", "ffn_in"]
+
+
+def test_node_macs_counts_constant_weights_of_gemm_like_nodes_only(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from multiverse.export import OnnxModel
+    from multiverse.sensitivity import node_macs
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.0] * 12)
+    g = helper.make_tensor("g", TensorProto.FLOAT, [3, 2], [0.0] * 6)
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 4], [0.0] * 40)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
+         helper.make_node("MatMul", ["x", "w"], ["h"], name="dense"),
+         helper.make_node("Gemm", ["h", "g"], ["y"], name="head")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [w, g, table])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    model = OnnxModel(path=tmp_path / "model.onnx", model_dir=tmp_path, stage="fp32", opset=17)
+    assert node_macs(model, ["embed", "dense", "head_MatMul"]) == {"embed": 0, "dense": 12, "head_MatMul": 6}

@@ -31,7 +31,7 @@ def test_openvino_system_agrees_with_transformers_and_is_cached(task, model_type
 
     ckpt = Path(getattr(tiny_checkpoint(task, tmp_path / "ckpt", model_type=model_type), "path", tmp_path / "ckpt"))
     ov_dir = tmp_path / "ov"
-    ov = make_system("openvino", threads=1, bundle="unused", checkpoint=ckpt, task=task, openvino_dir=ov_dir)
+    ov = make_system("openvino", threads=1, bundle=None, checkpoint=ckpt, task=task, openvino_dir=ov_dir)
     info = json.loads((ov_dir / "multiverse-benchmark.json").read_text())
     assert info["inputs"][:2] == ["input_ids", "attention_mask"] and info["subset_size"] == 48
     assert ov.input_names == info["inputs"] and "nncf.quantize" in info["recipe"]
@@ -79,5 +79,31 @@ def test_cli_benchmark_with_the_openvino_baseline(tiny_bundles, tmp_path, monkey
     assert rows["openvino"]["status"] == "ok", rows["openvino"].get("reason")
     assert rows["openvino"]["stats"]["n"] >= 3 and rows["openvino"]["breakdown"]["inference_ms"] > 0
     assert rep["accuracy"]["openvino"]["mean_cosine"] >= 0.99
+    from multiverse.benchmark.openvino_system import target_precision
+    from multiverse.bundle import load
+
+    # timed at the precision the bundle's target would run it (f32 where the target has no bf16)
+    # timed at the precision the bundle's target runs it: f32 for a target without bf16, else the plugin's default
+    expected = target_precision(load(bundle).required_flags)
+    assert rep["accuracy"]["openvino"]["inference_precision"] == (expected or ov_default_precision())
+    assert any(n.startswith("openvino ran ") and load(bundle).spec.target.name in n for n in rep["notes"])
     assert [s["baseline"] for s in rep["speedups"]] == ["transformers", "openvino"]
     assert (tmp_path / "home" / ".cache" / "multiverse" / "benchmark" / f"openvino-{name}" / "openvino_model.xml").is_file()
+
+
+def ov_default_precision() -> str:
+    from multiverse.extras import import_openvino
+
+    core = import_openvino().Core()
+    precision = core.get_property("CPU", "INFERENCE_PRECISION_HINT")  # as OpenVinoSystem.inference_precision reads it
+    return precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+
+
+def test_the_openvino_peer_runs_at_the_precision_of_the_bundles_target():
+    from multiverse.benchmark.openvino_system import target_precision
+    from multiverse.targets import get_target
+
+    assert target_precision(get_target("icelake").isa.required_flags) == "f32"  # Ice Lake has no bf16 path
+    assert target_precision(get_target("zen4").isa.required_flags) is None  # the plugin's default: bf16
+    assert target_precision(get_target("sapphirerapids").isa.required_flags) is None  # AMX-INT8 CPUs have bf16
+    assert target_precision(get_target("arm64").isa.required_flags, get_target("arm64").isa.arch) is None

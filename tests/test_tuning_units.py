@@ -90,6 +90,10 @@ def test_a_low_trial_budget_keeps_one_trial_for_the_fp32_fallback(tiny_checkpoin
     _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "two", max_trials=2)
     assert [t.phase for t in report.trials] == ["baseline", "configurations", "fp32 fallback"]
     assert not report.trials[1].passed and report.sensitivity["node_output_nmse"]
+    # a classifier's fallback is ranked by label flips (multiverse.sensitivity), recorded beside the output NMSE
+    sens = report.sensitivity
+    assert set(sens["node_flip_rate"]) == set(sens["node_output_nmse"]) and "label flip rate" in sens["metric"]
+    assert all(0.0 <= v <= 1.0 for v in sens["node_flip_rate"].values())
     # a budget of one cannot hold both phases: the summary (stderr) and the reason (manifest) say so and what is needed
     _, report = tune(ckpt, fused, target, data, 0.0, tmp_path / "one", max_trials=1)
     assert [t.phase for t in report.trials] == ["baseline", "configurations"]
@@ -221,6 +225,11 @@ def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_th
     chosen, reason = choose([fp32, ort, ov])
     assert chosen == 1
     assert "2.50× at 16 tokens, 1.60× at 128 tokens faster than fp32" in reason
+    slow = trial("slow", {"runtime": "onnxruntime"}, {16: 4.4, 128: 23.0}, 0.002)
+    assert choose([fp32, slow]) == (0, "fp32 shipped: the passing int8 candidates were not faster than fp32 on this "
+                                       "host (the fastest, slow: speed vs fp32 0.91× at 16 tokens, 1.04× at 128 tokens)")
+    assert choose([fp32, ort, ov], "int8")[1] == ("int8 requested: fastest passing candidate by CPU time; speed vs "
+                                                  "fp32: 2.50× at 16 tokens, 1.60× at 128 tokens")
     # fastest at every length: cost is the geometric mean of its own times, and it ships
     fast = trial("fast", {"runtime": "onnxruntime"}, {16: 1.5, 128: 10.0}, 0.002)
     assert cost_ms([fp32, ort, ov, fast], [1, 2, 3])[3] == pytest.approx(float(np.sqrt(15.0)))
@@ -228,7 +237,7 @@ def test_choose_judges_each_candidate_at_the_length_where_it_is_furthest_from_th
     # a tie at the worst length: the more faithful ships, and the reason says how it was compared
     near = trial("near", {"runtime": "openvino"}, {16: 1.55, 128: 10.3}, 0.0005)
     chosen, reason = choose([fp32, fast, near])
-    assert chosen == 2 and "at the sequence length where each is furthest from the fastest" in reason
+    assert chosen == 2 and "near ships although it takes +3.3% / +3.0% CPU time vs fast at 16 / 128 tokens" in reason
     assert speedup_text([fp32, fast], 0, 1) == "2.67× at 16 tokens, 2.40× at 128 tokens"
     # a trial timed without lengths makes all compare by cpu_ms (never a mix)
     flat = Trial("flat", {"runtime": "onnxruntime"}, fast.validation, 3.0, cpu_ms=3.0)
@@ -276,3 +285,33 @@ def test_validation_data_is_sorted_by_length_only_where_the_gate_does_not_depend
     assert by_length(labelled) is labelled
     ranking = EvalSet("d", "ranking", groups=(RankingGroup("q", ("long passage", "p")),))
     assert by_length(ranking) is ranking
+
+
+def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50(monkeypatch):
+    from multiverse import tuning
+    from multiverse.choice import Trial
+
+    timed_with = []
+
+    def fake_timed_costs(predictors, text, rounds):  # CPU time per call = 10 ms × the model's speed factor
+        timed_with.append([threads for _, threads in predictors])
+        return [{"cpu_ms": 10.0 * speed, "p50_ms": 99.0, "cpu_rounds_ms": (10.0 * speed,) * rounds,
+                 "cpu_ms_by_len": {16: 2.0 * speed, 128: 50.0 * speed},
+                 "wall_rounds_ms": (99.0,) * rounds} for speed, _ in predictors]
+
+    monkeypatch.setattr(tuning, "timed_costs", fake_timed_costs)
+    tuner = object.__new__(tuning._Tuner)
+    tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
+    tuner.predictor = lambda model, threads=None: (model, threads or tuner.threads)
+    passed = SimpleNamespace(passed=True)
+    tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
+    tuner.trials = [Trial("fp32", None, passed, 30.0, cpu_ms=29.0), Trial("ort", {}, passed, 9.0, cpu_ms=12.0),
+                    Trial("ov", {}, passed, 8.0, cpu_ms=11.0), Trial("slow", {}, passed, 20.0, cpu_ms=25.0),
+                    Trial("rejected", {}, None, 7.0, cpu_ms=1.0)]
+    tuner.retime(rounds=5)
+    # fp32 is re-timed too (same clock and threads for the reason's speedup); "slow" is over RETIME_SPAN
+    assert timed_with == [[tuning.TIMING_THREADS] * 3] and tuning.TIMING_THREADS == 1
+    assert [t.cpu_ms for t in tuner.trials] == [30.0, 10.0, 12.0, 25.0, 1.0]
+    assert tuner.trials[1].cpu_rounds_ms == (10.0,) * 5 and tuner.trials[1].cpu_ms_by_len == {16: 2.0, 128: 50.0}
+    assert [t.p50_ms for t in tuner.trials] == [30.0, 9.0, 8.0, 20.0, 7.0]  # wall clock stays the trials' (2 threads)
+    assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2

@@ -142,12 +142,14 @@ class OptimumSystem(_HFPipelineSystem):
         self.pipe = oo.pipeline(get_task(task).pipeline_task, model=model, tokenizer=tok, **get_task(task).pipeline_kwargs)
 
 
-def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str | Path | None, task: str,
+def make_system(name: str, *, threads: int, bundle: str | Path | None, checkpoint: str | Path | None, task: str,
                 optimum_dir: str | Path | None = None, openvino_dir: str | Path | None = None) -> Callable:
     """Build system ``name`` (one of :data:`SYSTEMS`) with ``threads`` intra-op threads.
 
     ``openvino`` converts and quantizes the checkpoint on first use (cached in ``openvino_dir``, default
-    ``openvino_system.default_dir``; see ``openvino_system.build_openvino``).
+    ``openvino_system.default_dir``; see ``openvino_system.build_openvino``) and runs at the inference precision
+    ``bundle``'s target CPU would run it (``openvino_system.target_precision``: f32 for a target without bf16;
+    without a ``bundle``, the plugin's default).
     Raises BenchmarkError when a baseline lacks what it needs (the original checkpoint, the optimum model),
     MissingExtraError for ``openvino`` without the ``peers`` extra.
     """
@@ -163,10 +165,11 @@ def make_system(name: str, *, threads: int, bundle: str | Path, checkpoint: str 
             raise BenchmarkError("The optimum baseline was not built; see build_optimum().")
         return OptimumSystem(optimum_dir, checkpoint, task, threads)
     if name == "openvino":
-        from .openvino_system import OpenVinoSystem, build_openvino, default_dir
+        from .openvino_system import OpenVinoSystem, build_openvino, bundle_precision, default_dir
 
         built = build_openvino(checkpoint, task, openvino_dir or default_dir(checkpoint, optimum_dir), threads=threads)
-        return OpenVinoSystem(Path(built["path"]).parent, checkpoint, task, threads)
+        return OpenVinoSystem(Path(built["path"]).parent, checkpoint, task, threads,
+                              inference_precision=None if bundle is None else bundle_precision(bundle))
     raise BenchmarkError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
 
 
@@ -249,7 +252,8 @@ def agreement(task: str, reference: list, candidate: list) -> dict:
 
 def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, batch_size: int = 8) -> dict:
     """Run every system on ``texts`` (in batches) and compare each with ``systems["transformers"]`` (the
-    PyTorch reference) via :func:`agreement`. Returns ``{system: metrics}``; ``{}`` without the reference."""
+    PyTorch reference) via :func:`agreement`. Returns ``{system: metrics}`` (plus ``inference_precision`` for a
+    system that records it, OpenVINO); ``{}`` without the reference."""
     if "transformers" not in systems:
         return {}
     if get_task(task).sentence_embeddings:
@@ -263,4 +267,6 @@ def compare_accuracy(systems: dict[str, Callable], task: str, texts: Sequence, b
             res.extend(system(list(texts[i:i + batch_size])))
         outputs[name] = res
     ref = outputs["transformers"]
-    return {name: agreement(task, ref, out) for name, out in outputs.items() if name != "transformers"}
+    return {name: {**agreement(task, ref, out), **({"inference_precision": systems[name].inference_precision}
+                                                   if getattr(systems[name], "inference_precision", None) else {})}
+            for name, out in outputs.items() if name != "transformers"}

@@ -143,6 +143,32 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
     return {**info, "cached": False}
 
 
+# /proc/cpuinfo flags that mean the CPU has a bf16 path for OpenVINO: the bf16 extensions themselves, and AMX-INT8:
+# the CPUs that have it (Sapphire Rapids and later Xeons) all have AMX-BF16 and AVX512_BF16 too.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def target_precision(required_flags: Sequence[str], arch: str = "x86_64") -> str | None:
+    """The ``INFERENCE_PRECISION_HINT`` that runs OpenVINO the way it would run on a target CPU with
+    ``required_flags`` (a bundle's target): ``f32`` for an x86-64 target without a bf16 path (the plugin then
+    has none, e.g. Ice Lake), else None (the plugin's default: bf16 for the non-int8 layers where the CPU has
+    it; on Arm, the plugin's own default too).
+
+    Why: on a host with AVX-512 BF16 the plugin runs every non-int8 layer in bf16 by default, which the
+    target's own CPUs cannot; a peer timed that way is not the peer the target's users would run (numbers
+    for a target are taken with that target's ISA where a cap exists)."""
+    return None if arch != "x86_64" or any(f in BF16_FLAGS for f in required_flags) else "f32"
+
+
+def bundle_precision(bundle: str | Path) -> str | None:
+    """:func:`target_precision` of the target ``bundle`` (a bundle folder) was built for. Raises BundleError when
+    ``bundle`` is not one."""
+    from ..bundle import load
+
+    target = load(bundle, verify=False).spec.target
+    return target_precision(target.required_flags, target.arch)
+
+
 class OpenVinoSystem:
     """The NNCF int8 IR on OpenVINO's CPU plugin, end to end: ``multiverse.tasks`` tokenization → one
     ``InferRequest.infer`` on the whole batch (right-padded) → the task's post-processing.
@@ -151,12 +177,15 @@ class OpenVinoSystem:
         model_dir: folder holding ``openvino_model.xml`` (from :func:`build_openvino`).
         checkpoint: the original checkpoint (tokenizer, config and pooling files).
         threads: ``INFERENCE_NUM_THREADS``; hint: ``PERFORMANCE_HINT`` (``LATENCY`` or ``THROUGHPUT``).
+        inference_precision: ``INFERENCE_PRECISION_HINT`` (``f32``, ``bf16``); None = the plugin's default, bf16
+            where the CPU has it (see :func:`target_precision` for comparing against a bundle's target).
     Keeps per-step times (ms) like ``MultiverseSystem``; ``inference_precision`` is what the CPU plugin chose.
     """
 
     name = "openvino"
 
-    def __init__(self, model_dir: str | Path, checkpoint: str | Path, task: str, threads: int, hint: str = "LATENCY"):
+    def __init__(self, model_dir: str | Path, checkpoint: str | Path, task: str, threads: int, hint: str = "LATENCY",
+                 inference_precision: str | None = None):
         require_openvino()
         from ..extras import import_openvino
 
@@ -167,8 +196,10 @@ class OpenVinoSystem:
         checkpoint = Path(checkpoint)
         self.core = ov.Core()
         model = self.core.read_model(str(Path(model_dir) / IR_FILE))
-        self.compiled = self.core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
-                                                               "PERFORMANCE_HINT": hint})
+        props = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": hint}
+        if inference_precision:
+            props["INFERENCE_PRECISION_HINT"] = inference_precision
+        self.compiled = self.core.compile_model(model, "CPU", props)
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))

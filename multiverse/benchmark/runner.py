@@ -67,6 +67,20 @@ def merge_slices(system: str, cores: int, seq_len: int, batch: int, slices: list
                       breakdown={k: round(sum(b[k] for b in bds) / len(bds), 4) for k in bds[0]} if bds else None)
 
 
+def _shape(folder: Path) -> tuple:
+    """``(model_type, vocab_size, layers, heads, hidden)`` from ``folder/config.json`` (None when unreadable): what
+    must match between a bundle and the checkpoint its baselines run."""
+    import json
+
+    from ..hub import model_dims
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (config.get("model_type"), config.get("vocab_size"), *model_dims(config))
+
+
 @dataclass
 class GridSpec:
     """What :func:`run_grid` measures.
@@ -120,13 +134,19 @@ def run_grid(bundle_path: str | Path, spec: GridSpec, *, checkpoint: str | Path 
     systems = list(dict.fromkeys(spec.systems))
     if "multiverse" not in systems:
         systems.insert(0, "multiverse")
-    if checkpoint is None:
-        checkpoint = (b.manifest.get("source") or {}).get("local_path")
+    source = b.manifest.get("source") or {}
+    given, checkpoint = checkpoint is not None, checkpoint if checkpoint is not None else source.get("local_path")
     baselines = [s for s in systems if s != "multiverse"]
     notes: list[str] = []
     if baselines and (checkpoint is None or not Path(checkpoint).is_dir()):
-        raise BenchmarkError(f"The baselines need the original checkpoint, but {checkpoint!r} is not a folder "
-                             "(the manifest's source.local_path). Pass --checkpoint PATH, or --baseline none.")
+        where = "--checkpoint" if given else "the manifest's source.local_path"
+        raise BenchmarkError(f"The baselines need the original checkpoint, but {checkpoint} ({where}) is not a "
+                             "folder. Pass --checkpoint PATH (the folder the bundle was built from), or --baseline none.")
+    if baselines and given and _shape(Path(checkpoint)) != _shape(b.path):
+        raise BenchmarkError(f"{checkpoint} is not the model this bundle was built from: its config.json gives "
+                             f"(model_type, vocab, layers, heads, hidden) {_shape(Path(checkpoint))}, the bundle's "
+                             f"{_shape(b.path)} (built from {source.get('local_path') or source.get('repo_id')}). "
+                             "Pass that folder with --checkpoint, or --baseline none.")
     available = available_cores or physical_cores()
     cutter = TextCutter(b.path, b.manifest.get("max_sequence_length"))
     cells = expand(spec.cores, spec.seq_lens, spec.batch_sizes, available_cores=available, max_length=cutter.max_length)

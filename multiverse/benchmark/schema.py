@@ -166,7 +166,7 @@ class Report(_Part):
     checkpoint: str | None
     optimum: dict[str, Any] | None
     config: GridConfig
-    accuracy: dict[str, dict[str, int | float]]
+    accuracy: dict[str, dict[str, int | float | str]]
     results: list[CellResult]
     speedups: list[Speedup]
     notes: list[str]

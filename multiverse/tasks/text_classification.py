@@ -109,6 +109,11 @@ class Handler:
         return {"n": len(reference), "label_agreement": sum(x == y for x, y in zip(a, b)) / len(reference),
                 "max_abs_score_diff": max(abs(x - y) for x, y in zip(sa, sb))}
 
+    @staticmethod
+    def node_flip_rate(reference: np.ndarray, errors: np.ndarray) -> float:
+        """How the tuner ranks nodes for the fp32 fallback (``multiverse.sensitivity``): :func:`node_flip_rate`."""
+        return node_flip_rate(reference, errors)
+
     sentence_embeddings = False
     continuous_metric = False
     fidelity_metric = "label_agreement"
@@ -244,16 +249,38 @@ def expected_flip_rate(reference: np.ndarray, candidate: np.ndarray, max_pairs: 
     m = min(n, max(1, max_pairs // n))
     if m < n:
         errors = errors[np.sort(np.random.default_rng(seed).choice(n, m, replace=False))]
+    flips = pair_flips(ref, errors)
+    p = float(flips.mean())
+    a, b = flips.mean(1), flips.mean(0)
+    se = float(np.sqrt(a.var() / n + b.var() / m))
+    return p, se
+
+
+def pair_flips(reference: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """bool [n, m]: whether reference example i's top-1 label changes when logit error j is added to its logits.
+
+    ``reference``: float [n, num_labels] logits; ``errors``: float [m, num_labels] logit errors (a candidate's
+    logits minus the reference's, on any inputs). Pair (i, j) flips when some class's error relative to i's top
+    class exceeds i's logit margin over that class. Raises ValueError when the label counts differ."""
+    ref, errors = np.asarray(reference, np.float64), np.asarray(errors, np.float64)
+    if ref.ndim != 2 or errors.ndim != 2 or ref.shape[1] != errors.shape[1]:
+        raise ValueError(f"need [n, num_labels] logits and [m, num_labels] errors, got {ref.shape} and {errors.shape}.")
+    n, m = len(ref), len(errors)
     top = ref.argmax(-1)
     flips = np.zeros((n, m), dtype=bool)
     for t in np.unique(top):
         rows = np.flatnonzero(top == t)
         margin = ref[rows, t][:, None] - ref[rows]           # [r, C], ≥ 0, 0 at class t
         push = errors - errors[:, t][:, None]                  # [m, C]: how far error j lifts each class over t
-        step = max(1, 2_000_000 // (m * ref.shape[1]))
+        step = max(1, 2_000_000 // max(1, m * ref.shape[1]))
         for k in range(0, len(rows), step):
             flips[rows[k:k + step]] = (push[None, :, :] > margin[k:k + step, None, :]).any(-1)
-    p = float(flips.mean())
-    a, b = flips.mean(1), flips.mean(0)
-    se = float(np.sqrt(a.var() / n + b.var() / m))
-    return p, se
+    return flips
+
+
+def node_flip_rate(reference: np.ndarray, errors: np.ndarray) -> float:
+    """The per-node fp32-fallback ranking for classifiers: the share of (margin, error) pairs that flip
+    (:func:`pair_flips`) when one node's logit errors ``errors`` (float [m, num_labels]: that node alone quantized,
+    minus the fp32 graph, on a subset of the eval inputs) meet every eval example's reference logits
+    ``reference`` (float [n, num_labels]). A node ranks by the labels it moves, not by its output MSE."""
+    return float(pair_flips(reference, errors).mean())
