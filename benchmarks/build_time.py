@@ -75,6 +75,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="build-time-"))
+    work.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
         sys.path.insert(0, str(ROOT))
