@@ -168,37 +168,75 @@ def probe_batches(task: str, max_length: int) -> list[list]:
     return batches
 
 
-# PyTorch's outputs on the probe batches, by checkpoint (its files' names, sizes, mtimes) and input arrays: the export and the fusion checks run the
-# same probes through the same PyTorch model (measured: 2.5 s of each check on a DistilBERT-base shape).
-_PROBE_OUTPUTS: dict[tuple, np.ndarray] = {}
+# PyTorch's output row for each probe text, by checkpoint (its files' names, sizes, mtimes) and the row's input arrays
+# over its real tokens: the export and the fusion checks run the same probes through the same PyTorch model.
+_PROBE_ROWS: dict[tuple, np.ndarray] = {}
 
 
-def _probe_key(ckpt: Checkpoint, enc) -> tuple:
+def _checkpoint_key(ckpt: Checkpoint) -> tuple:
+    files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in sorted(Path(ckpt.path).iterdir()) if f.is_file())
+    return str(ckpt.path), files, ckpt.revision, ckpt.task
+
+
+def _row_keys(ckpt: Checkpoint, encs) -> list[tuple]:
     import hashlib
 
-    digest = hashlib.sha256()
-    for name in sorted(enc.arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(enc.arrays[name]).tobytes())
-        digest.update(str(enc.arrays[name].shape).encode())
-    files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(ckpt.path).iterdir()) if f.is_file())
-    return str(ckpt.path), files, ckpt.revision, ckpt.task, digest.hexdigest()
+    base, keys = _checkpoint_key(ckpt), []
+    for enc in encs:
+        for row, n in enumerate(enc.attention_mask.sum(axis=1).tolist()):
+            digest = hashlib.sha256()
+            for name in sorted(enc.arrays):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(enc.arrays[name][row, :n]).tobytes())
+            keys.append((base, digest.hexdigest()))
+    return keys
+
+
+def reference_batches(ckpt: Checkpoint, batches: Sequence[Sequence], encs, encode, reference=None) -> list[np.ndarray]:
+    """PyTorch's outputs for ``batches`` (their encodings ``encs`` by ``encode``), each as [batch, num_labels] or
+    [batch, width, ...] with zeros at padding. Each text runs once per checkpoint and process, in the length groups
+    of ``validate.grouped_rows`` rather than padded beside the others: a row's output does not depend on the rows
+    beside it (to float rounding, 3.6e-7 in a DistilBERT-base shape's logits), and a graph compared with rows run
+    unpadded must get padding right on its own. Measured, DistilBERT-base shape: the probe batch of 4 with one
+    427-token text padded 3 short ones to 427."""
+    from .reference import ReferenceModel
+    from .validate import grouped_rows, stack_rows
+
+    items = [x for batch in batches for x in batch]
+    lengths = np.concatenate([enc.attention_mask.sum(axis=1) for enc in encs]).tolist()
+    keys = _row_keys(ckpt, encs)
+    missing = [i for i, key in enumerate(keys) if key not in _PROBE_ROWS and key not in keys[:i]]
+    if missing:
+        reference = reference or ReferenceModel(ckpt)
+        if len(_PROBE_ROWS) > 256:  # another checkpoint's probes
+            _PROBE_ROWS.clear()
+        rows = grouped_rows(reference.forward, encode, [items[i] for i in missing], [lengths[i] for i in missing])
+        _PROBE_ROWS.update((keys[i], row) for i, row in zip(missing, rows))
+    out, start = [], 0
+    for enc in encs:
+        n = enc.attention_mask.shape[0]
+        out.append(stack_rows([_PROBE_ROWS[k] for k in keys[start:start + n]], enc.attention_mask.shape[1]))
+        start += n
+    return out
 
 
 def check_against_reference(ckpt: Checkpoint, model: OnnxModel, tolerance: float,
                             batches: Sequence[Sequence] | None = None, reference=None) -> float:
-    """Max |ONNX − PyTorch| over real tokens on ``batches`` (default :func:`probe_batches`).
+    """Max |ONNX − PyTorch| over real tokens on ``batches`` (default :func:`probe_batches`): the graph runs each
+    right-padded batch as given, PyTorch each text unpadded (:func:`reference_batches`).
 
     Returns the max abs difference (float). Raises ExportError when it exceeds ``tolerance``
     or the graph fails at some batch size or length.
     """
     from .inference import Predictor
-    from .reference import ReferenceModel
 
     predictor = Predictor(model.path, model.model_dir, ckpt.task)
+    batches = list(batches or probe_batches(ckpt.task, predictor.max_length))
+    encs = [predictor.encode(batch) for batch in batches]
+    wants = reference_batches(ckpt, batches, encs, predictor.encode, reference)
     worst = 0.0
-    for batch in batches or probe_batches(ckpt.task, predictor.max_length):
-        enc = predictor.encode(batch)
+    for batch, enc, want in zip(batches, encs, wants):
         try:
             got = predictor.run(enc)
         except Exception as exc:
@@ -206,13 +244,6 @@ def check_against_reference(ckpt: Checkpoint, model: OnnxModel, tolerance: float
                 f"The {model.stage} graph {model.path} fails at batch {len(batch)} × length "
                 f"{enc.attention_mask.shape[1]}: {exc}. Report this model; try another opset."
             ) from exc
-        key = _probe_key(ckpt, enc)
-        if key not in _PROBE_OUTPUTS:
-            reference = reference or ReferenceModel(ckpt)
-            if len(_PROBE_OUTPUTS) > 64:  # another checkpoint's probes
-                _PROBE_OUTPUTS.clear()
-            _PROBE_OUTPUTS[key] = reference.forward(enc)
-        want = _PROBE_OUTPUTS[key]
         if got.shape != want.shape:
             raise ExportError(f"The {model.stage} graph returns shape {got.shape}, PyTorch {want.shape}.")
         diff = np.abs(got.astype(np.float64) - want)

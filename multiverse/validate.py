@@ -22,8 +22,8 @@ from .errors import EvalDataError
 from .tasks import Encoded, TextTokenizer, get_task, make_handler
 from .tasks.evaluation import Check, EvalSet, TaskOutputs
 
-__all__ = ["BATCH_SIZE", "Check", "TaskOutputs", "ValidationReport", "candidate_outputs", "collect", "length_runs",
-           "model_inputs", "reference_outputs", "resolution_note", "score", "validate"]
+__all__ = ["BATCH_SIZE", "Check", "TaskOutputs", "ValidationReport", "candidate_outputs", "collect", "grouped_rows",
+           "length_runs", "model_inputs", "reference_outputs", "resolution_note", "score", "stack_rows", "validate"]
 
 BATCH_SIZE = 16
 #: The reference's model runs (``collect(grouped=True)``): at most this many rows and padded tokens (rows × longest
@@ -147,7 +147,7 @@ def collect(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence
             encs = [encode(window[i:i + batch_size]) for i in range(0, len(window), batch_size)]
             rows = _run_grouped(forward, encode, window, encs)
             for k, enc in enumerate(encs):
-                yield _batch_output(rows[k * batch_size:(k + 1) * batch_size], enc), enc
+                yield stack_rows(rows[k * batch_size:(k + 1) * batch_size], enc.attention_mask.shape[1]), enc
 
     return handler.collect(batches())
 
@@ -169,22 +169,29 @@ def length_runs(lengths: Sequence[int], max_rows: int = RUN_ROWS, max_tokens: in
 
 
 def _run_grouped(forward, encode, items: Sequence, encs: Sequence[Encoded]) -> list[np.ndarray]:
-    """``forward``'s output row of each of ``items`` (``encs``: their batches), run as :func:`length_runs` groups
-    them; per-token rows [seq, ...] are cut to the example's real tokens."""
+    """:func:`grouped_rows` of ``items``, whose lengths are read from ``encs`` (their batches)."""
     lengths = np.concatenate([e.attention_mask.sum(axis=1) for e in encs]).tolist()
+    return grouped_rows(forward, encode, items, lengths)
+
+
+def grouped_rows(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence], Encoded], items: Sequence,
+                 lengths: Sequence[int]) -> list[np.ndarray]:
+    """``forward``'s output row for each of ``items`` (``lengths``: their real tokens), the items run in the groups
+    of :func:`length_runs` (each group tokenized by ``encode``). Rows in order of ``items``: [num_labels] or, for
+    per-token outputs, [its real tokens, ...]."""
     rows: list = [None] * len(items)
     for run in length_runs(lengths):
         out = forward(encode([items[i] for i in run]))
         for j, i in enumerate(run):
-            rows[i] = out[j] if out.ndim < 3 else np.ascontiguousarray(out[j, :lengths[i]])
+            rows[i] = out[j] if out.ndim < 3 else np.ascontiguousarray(out[j, :int(lengths[i])])
     return rows
 
 
-def _batch_output(rows: Sequence[np.ndarray], enc: Encoded) -> np.ndarray:
-    """Rows stacked into one batch's output: [batch, ...], per-token rows zero-padded to ``enc``'s width."""
+def stack_rows(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Rows as one batch's output: [batch, ...]; per-token rows [n_i, ...] zero-padded to [batch, width, ...]."""
     if rows[0].ndim < 2:
         return np.stack(rows)
-    out = np.zeros((len(rows), enc.attention_mask.shape[1], *rows[0].shape[1:]), dtype=rows[0].dtype)
+    out = np.zeros((len(rows), width, *rows[0].shape[1:]), dtype=rows[0].dtype)
     for b, row in enumerate(rows):
         out[b, :row.shape[0]] = row
     return out

@@ -59,3 +59,34 @@ def test_grouped_reference_equals_batches_in_order(tiny_checkpoints, task):
     assert all(r <= RUN_ROWS and (r == 1 or r * w <= RUN_TOKENS) for r, w in shapes[True])
     same = reference_outputs(ckpt, data, ckpt.path)  # what the tuner computes once per build
     assert np.array_equal(np.asarray(same.values[0]), np.asarray(grouped.values[0]))
+
+
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+def test_export_checks_run_each_probe_text_once_unpadded(tiny_checkpoints, task):
+    from multiverse import export as export_module
+    from multiverse.export import probe_batches, reference_batches
+
+    ckpt = hub.resolve(str(tiny_checkpoints[task]))
+    tok = TextTokenizer(ckpt.path)
+    model = ReferenceModel(ckpt)
+    calls = []
+
+    class Counting:
+        def forward(self, enc):
+            calls.append(enc.attention_mask.shape)
+            return model.forward(enc)
+
+    batches = probe_batches(task, tok.max_length)
+    encs = [tok.encode(b) for b in batches]
+    export_module._PROBE_ROWS.clear()
+    got = reference_batches(ckpt, batches, encs, tok.encode, Counting())
+    assert sum(r for r, _ in calls) == len({x if isinstance(x, str) else tuple(x) for b in batches for x in b})
+    assert all(r * w <= RUN_TOKENS for r, w in calls)
+    for enc, out in zip(encs, got):
+        want = model.forward(enc)  # the same texts padded beside each other
+        assert out.shape == want.shape
+        mask = enc.attention_mask.astype(bool)
+        assert np.allclose(out[mask] if out.ndim == 3 else out, want[mask] if want.ndim == 3 else want, atol=1e-5)
+    calls.clear()
+    again = reference_batches(ckpt, batches, encs, tok.encode, Counting())  # the fusion check: nothing re-run
+    assert calls == [] and all(np.array_equal(a, b) for a, b in zip(got, again))
