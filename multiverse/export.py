@@ -168,7 +168,7 @@ def probe_batches(task: str, max_length: int) -> list[list]:
     return batches
 
 
-# PyTorch's output row for each probe text, by checkpoint (its files' names, sizes, mtimes) and the row's input arrays
+# PyTorch's output row for each probe text, by checkpoint (its folder and its files' names, sizes, mtimes) and the row's input arrays
 # over its real tokens: the export and the fusion checks run the same probes through the same PyTorch model.
 _PROBE_ROWS: dict[tuple, np.ndarray] = {}
 
@@ -176,7 +176,7 @@ _PROBE_ROWS: dict[tuple, np.ndarray] = {}
 def _checkpoint_key(ckpt: Checkpoint) -> tuple:
     files = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns)
                   for f in sorted(Path(ckpt.path).iterdir()) if f.is_file())
-    return str(ckpt.path), files, ckpt.revision, ckpt.task
+    return str(Path(ckpt.path).resolve()), files, ckpt.task
 
 
 def _row_keys(ckpt: Checkpoint, encs) -> list[tuple]:

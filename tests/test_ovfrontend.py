@@ -100,3 +100,19 @@ def test_a_checkpoint_the_frontend_cannot_convert_falls_back_to_the_onnx_export(
     ckpt = replace(hub.from_folder(broken, task="feature-extraction"), path=broken)
     assert openvino_source(ckpt, fp32, tmp_path / "ir", Recorder()) is fp32
     assert said and "start from the ONNX export" in said[0] and "PyTorch frontend could not convert" in said[0]
+
+
+def test_an_ir_that_differs_from_pytorch_fails_the_conversion_check(converted, tiny_checkpoints, tmp_path, monkeypatch):
+    """The check compares OpenVINO with PyTorch's outputs (the export check's, when it ran): a graph of other weights
+    under the same names is refused."""
+    from multiverse import ovfrontend
+    from multiverse.errors import QuantizationError
+    from support import tiny_checkpoint
+
+    task = "text-classification"
+    fp32, _ = converted[task]
+    other = tiny_checkpoint(task, tmp_path / "other", seed=1)
+    real = ovfrontend.convert_pytorch
+    monkeypatch.setattr(ovfrontend, "convert_pytorch", lambda checkpoint, t, exported: real(other, t, exported))
+    with pytest.raises(QuantizationError, match="differs from PyTorch"):
+        ovfrontend.pytorch_ir(tiny_checkpoints[task], task, fp32, tmp_path / "ir")
