@@ -168,8 +168,8 @@ def probe_batches(task: str, max_length: int) -> list[list]:
     return batches
 
 
-# PyTorch's output row for each probe text, by checkpoint (its folder and its files' names, sizes, mtimes) and the row's input arrays
-# over its real tokens: the export and the fusion checks run the same probes through the same PyTorch model.
+# PyTorch's output row for each probe text, by checkpoint (its folder and its files' names, sizes, mtimes) and the
+# row's input arrays over its real tokens: the export, fusion and OpenVINO-conversion checks share them.
 _PROBE_ROWS: dict[tuple, np.ndarray] = {}
 
 
