@@ -302,3 +302,15 @@ def test_notes_say_why_cells_were_skipped_and_the_accuracy():
     assert any(n.startswith("4 cell(s) skipped: ") and "4" in n for n in rep["notes"]), rep["notes"]
     assert "accuracy of optimum vs PyTorch: n 3, label_agreement 1.0000" in rep["notes"]
     assert not any("no cell was measured" in n for n in rep["notes"])
+
+
+def test_http_benchmark_says_the_baselines_were_not_run(monkeypatch):
+    from multiverse.benchmark import http as http_mod, options
+
+    monkeypatch.setattr(http_mod, "run_http", lambda *a, **k: {"notes": []})
+    spec = options.plan(cores=None, seq_lens="8", batch_sizes="1", quick=True, baselines=["transformers"])
+    rep = options.execute("bundle", spec, http="http://x")
+    assert rep["notes"] == ["--http times the server only; baseline(s) transformers were not run (run `multiverse "
+                            "benchmark BUNDLE` without --http to compare them)"]
+    none = options.plan(cores=None, seq_lens="8", batch_sizes="1", quick=True, baselines=["none"])
+    assert options.execute("bundle", none, http="http://x")["notes"] == []

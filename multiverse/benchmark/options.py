@@ -78,8 +78,13 @@ def execute(bundle: str | Path, spec: GridSpec, *, checkpoint: str | Path | None
     if http:
         from .http import run_http
 
-        return run_http(http, bundle, spec.seq_lens, spec.batch_sizes, budget=spec.budget, api_key=api_key,
-                        progress=progress)
+        rep = run_http(http, bundle, spec.seq_lens, spec.batch_sizes, budget=spec.budget, api_key=api_key,
+                       progress=progress)
+        dropped = [s for s in spec.systems if s != "multiverse"]
+        if dropped:  # the server is timed alone: baselines run in-process, not behind this server's URL
+            rep["notes"].append(f"--http times the server only; baseline(s) {', '.join(dropped)} were not run (run "
+                                "`multiverse benchmark BUNDLE` without --http to compare them)")
+        return rep
     from .runner import profile_cell, run_grid
 
     rep = run_grid(bundle, spec, checkpoint=checkpoint, work_dir=work_dir, progress=progress)
