@@ -229,7 +229,7 @@ def _within(trials: Sequence[Trial], cost: dict[int, float], i: int, j: int, x: 
     """Trial ``i`` at most ``x`` (a fraction) slower than trial ``j``: by ``cost`` (:func:`cost_ms`), and, when ``cost``
     compares CPU time length by length, at every timed sequence length."""
     a, b = trials[i].cpu_ms_by_len, trials[j].cpu_ms_by_len
-    per_len = not _timed_by_length(trials, cost) or all(a[n] <= b[n] * (1 + x) for n in a)
+    per_len = not _timed_by_length(trials, list(cost)) or all(a[n] <= b[n] * (1 + x) for n in a)
     return cost[i] <= cost[j] * (1 + x) and per_len
 
 

@@ -27,6 +27,15 @@ from .errors import RecipeError
 BF16_FLAG = "avx512_bf16"
 #: CPU flags an OpenVINO inference precision needs on the host that runs it (f32 needs none).
 PRECISION_FLAGS = {"f32": (), "bf16": (BF16_FLAG,)}
+#: Flags any one of which means a CPU has a bf16 path: the bf16 extensions, and AMX-INT8, whose CPUs (Sapphire
+#: Rapids and later Xeons) all have AMX-BF16 and AVX512_BF16 too.
+BF16_CAPABLE_FLAGS = (BF16_FLAG, "amx_bf16", "amx_int8")
+
+
+def has_bf16_path(arch: str | None, required_flags) -> bool:
+    """Whether every CPU with ``required_flags`` (a target's) has a bf16 path for OpenVINO's CPU plugin; on a
+    non-x86-64 ``arch`` the question is left to the plugin (True: it picks its own default precision there)."""
+    return arch not in (None, "x86_64") or any(f in BF16_CAPABLE_FLAGS for f in required_flags)
 
 
 class _Strict(BaseModel):

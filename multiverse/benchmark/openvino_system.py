@@ -143,29 +143,26 @@ def build_openvino(checkpoint: str | Path, task: str, out_dir: str | Path, *, su
     return {**info, "cached": False}
 
 
-# /proc/cpuinfo flags that mean the CPU has a bf16 path for OpenVINO: the bf16 extensions themselves, and AMX-INT8:
-# the CPUs that have it (Sapphire Rapids and later Xeons) all have AMX-BF16 and AVX512_BF16 too.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8")
-
-
 def target_precision(required_flags: Sequence[str], arch: str = "x86_64") -> str | None:
     """The ``INFERENCE_PRECISION_HINT`` that runs OpenVINO the way it would run on a target CPU with
-    ``required_flags`` (a bundle's target): ``f32`` for an x86-64 target without a bf16 path (the plugin then
-    has none, e.g. Ice Lake), else None (the plugin's default: bf16 for the non-int8 layers where the CPU has
-    it; on Arm, the plugin's own default too).
+    ``required_flags`` (a bundle's target): ``f32`` for an x86-64 target without a bf16 path
+    (``targets.has_bf16_path``; the plugin then has none, e.g. Ice Lake), else None (the plugin's default: bf16
+    for the non-int8 layers where the CPU has it; on Arm, the plugin's own default too).
 
     Why: on a host with AVX-512 BF16 the plugin runs every non-int8 layer in bf16 by default, which the
     target's own CPUs cannot; a peer timed that way is not the peer the target's users would run (numbers
     for a target are taken with that target's ISA where a cap exists)."""
-    return None if arch != "x86_64" or any(f in BF16_FLAGS for f in required_flags) else "f32"
+    from ..targets import has_bf16_path
+
+    return None if has_bf16_path(arch, required_flags) else "f32"
 
 
-def bundle_precision(bundle: str | Path) -> str | None:
-    """:func:`target_precision` of the target ``bundle`` (a bundle folder) was built for. Raises BundleError when
-    ``bundle`` is not one."""
+def bundle_precision(bundle) -> str | None:
+    """:func:`target_precision` of the target ``bundle`` (a loaded ``Bundle`` or a bundle folder) was built for.
+    Raises BundleError when a folder is not a bundle."""
     from ..bundle import load
 
-    target = load(bundle, verify=False).spec.target
+    target = (bundle if hasattr(bundle, "spec") else load(bundle, verify=False)).spec.target
     return target_precision(target.required_flags, target.arch)
 
 

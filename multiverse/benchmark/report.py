@@ -126,13 +126,12 @@ def build_report(*, bundle, systems: Sequence[str], cells, rows: Sequence[CellRe
     if rows and not any(r.status == "ok" for r in rows):
         notes.append("no cell was measured: choose --cores, --seq-lens and --batch-sizes this host and model allow")
     if "openvino" in systems:
-        from .openvino_system import target_precision
+        from .openvino_system import bundle_precision
 
-        t = bundle.spec.target
-        p = target_precision(t.required_flags, t.arch)
-        notes.append(f"openvino ran with INFERENCE_PRECISION_HINT {p}: the bundle's target, {t.name}, has no bf16 path"
+        p, name = bundle_precision(bundle), bundle.spec.target.name
+        notes.append(f"openvino ran with INFERENCE_PRECISION_HINT {p}: the bundle's target, {name}, has no bf16 path"
                      if p else f"openvino ran at the CPU plugin's default precision (bf16 where this CPU has it), as "
-                     f"it would on the bundle's target, {t.name}")
+                     f"it would on the bundle's target, {name}")
     for system, metrics in (accuracy or {}).items():
         notes.append(f"accuracy of {system} vs PyTorch: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
