@@ -30,6 +30,10 @@ FIDELITY_TRADE = (0.10, 0.5)  # (max extra p50, max divergence ratio)
 # 0.63 % MRR on the validation split (τ 1 %) and 0.91 % on the test split; the same with its most sensitive node
 # in fp32 lost 0.21 % / 0.14 %, at the same p50 (logit NMSE 0.0063 vs 0.0175, so choose() prefers it).
 SAFETY_MARGIN = 0.5
+# choose() ships a passing candidate at most FIDELITY_TRADE[0] slower than the fastest, and a narrow pass gives way
+# to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
+# more for the noise of one interleaved comparison (LATENCY_TIE). The tuner does not build what costs more.
+DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,27 @@ def fallback_plan(trials: Sequence[Trial], precision: str = "auto", runtime: str
         return (f"{trials[chosen].label} passed narrowly (gate loss {trials[chosen].validation.gate_loss:.2g} > "
                 f"{SAFETY_MARGIN:g} × tolerance)"), chosen
     return None
+
+
+def skipped_fallback(why: str, budget: int, need: int, default: int) -> dict:
+    """The manifest's ``sensitivity`` record when phase 2 (per-node fp32 fallback) should run (``why``, from
+    :func:`fallback_plan`) but the trial budget was used up: it needs ``need`` trials (``default``: the tuner's)."""
+    skipped = (f"per-node fp32 fallback was skipped: the trial budget ({budget}) was used up by the configuration "
+               f"phase; it needs at least {need} trials (--max-trials {need} or more, default {default}; each fallback "
+               "trial keeps more nodes in fp32)")
+    return {"skipped": skipped, "why": why, "trials_needed": need}
+
+
+def fallback_record(base: str, why: str, kept: Sequence[str], measured: dict) -> dict:
+    """The manifest's ``sensitivity`` record of phase 2 from trial ``base`` (label): ``why`` it ran, the nodes ``kept``
+    in fp32 by the base configuration, and the per-node sensitivity ``measured`` (``{"order", "output_nmse",
+    "flip_rate"}`` of ``sensitivity.node_sensitivity``), to 3 significant digits."""
+    order, flips = measured["order"], measured["flip_rate"]
+    return {"base": base, "why": why, "kept_fp32": list(kept),
+            "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
+                       "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
+            "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
+            **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
 
 
 def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "auto") -> tuple[int | None, str]:

@@ -22,7 +22,7 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
 Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
-between trials cannot pick the winner.
+between trials cannot pick the winner. OpenVINO static int8 is built in a second process (:meth:`_Tuner.build`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
-from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
-                     speedup_text)
+from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN, TIMING_THREADS,  # noqa: F401
+                               TRIAL_ROUNDS, least_ratio, measure, timed_costs, to_retime)
+from .background import Background, Done
+from .choice import (DOMINATED, FIDELITY_TRADE, SAFETY_MARGIN, Trial, TuningReport, choose, fallback_plan,
+                     fallback_record, skipped_fallback)
 from .errors import MultiverseError
-from .evaldata import EvalSet, builtin, subset
+from .evaldata import EvalSet, subset
 from .export import OnnxModel
 from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (output_nmse re-exported)
 from .incconfig import to_inc
@@ -45,108 +47,112 @@ from .ovsession import precision_config
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import SPINNING, physical_cores
-from .smooth import calibrate, smooth
+from .smooth import SMOOTH_ALPHAS, SmoothedGraphs, phase1_configs  # noqa: F401 (re-exported)
 from .targets import QuantConfig, Target
-from .tasks import get_task
-from .validate import model_inputs, reference_outputs, validate
+from .validate import by_length, model_inputs, reference_outputs, validate  # noqa: F401 (by_length re-exported)
 
 # ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
 # turn it off so that process CPU time measures a candidate's work (see multiverse.timing.interleaved).
 NO_SPINNING = {SPINNING: "0"}
 DEFAULT_MAX_TRIALS = 12
-SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 SENSITIVITY_ITEMS = 64
 FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes kept in fp32, tried in order
 CALIBRATION_ITEMS = 300
-# choose() ships a passing candidate at most FIDELITY_TRADE[0] slower than the fastest, and a narrow pass gives way
-# to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
-# more for the noise of one interleaved comparison (LATENCY_TIE).
-DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
-# retime/ratio compare CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively for a preempted
-# peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not (benchmarks/results/runtime_noise.md).
-TIMING_THREADS = 1
-# Passing int8 trials over RETIME_SPAN x the cheapest one's CPU time are not re-timed (fp32 always is): one trial
-# timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
-RETIME_SPAN = 2.0
-
-
-def by_length(data: EvalSet) -> EvalSet:
-    """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
-    validation runs right-padded batches of 16, and the built-in texts (median 15 tokens, a few of 512) padded
-    to 47,888 tokens in file order against 12,272 sorted (8,037 real), which made the PyTorch reference 130 s
-    of a 274 s DistilBERT-base build. Only where every gated number is a mean, a min or a count over examples:
-    ranking groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
-    if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
-        return data
-    order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
-    labels = None if data.labels is None else tuple(data.labels[i] for i in order)
-    return replace(data, texts=tuple(data.texts[i] for i in order), labels=labels)
-
-
-def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
-    """The target's configuration, then the same with smoothing strengths α; ``head`` nodes stay fp32 in all.
-
-    Op types (Attention, EmbedLayerNormalization, Gather) are varied node by node in phase 2.
-    Targets without VNNI already use u8 weights (``targets.py``); ``reduce_range`` is tried only there.
-    """
-    base = target.quantization.model_copy(update={"nodes_to_exclude": tuple(head)}) if head else target.quantization
-    configs = [base] + [base.model_copy(update={"smooth_alpha": a}) for a in SMOOTH_ALPHAS]
-    if not target.has_vnni and target.isa.arch == "x86_64":
-        configs.append(base.model_copy(update={"reduce_range": True, "weight_type": "int8"}))
-    return configs
 
 
 class _Tuner:
-    """State of one tuning run: the reference outputs, smoothed graphs and the trials so far."""
+    """State of one tuning run: the reference outputs, smoothed graphs and the trials so far. :meth:`close` ends
+    builds still running ahead (:meth:`build`)."""
 
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
-                 threads: int | None, progress: Progress, exported: OnnxModel | None = None):
+                 threads: int | None, progress: Progress, exported: OnnxModel | None = None, background: bool = False):
         self.ckpt, self.fused, self.target, self.data, self.exported = ckpt, fused, target, data, exported
         self.validation_data = by_length(data)
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = {**target.session, **NO_SPINNING}
-        progress.activity(f"computing the PyTorch reference on {len(data)} examples")
-        self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._amax, self._built, self._calibration = None, 0, None  # calibration: list[dict] once built
-        self._smoothed: dict[float, OnnxModel] = {}
+        self._built, self._calibration, self._reference = 0, None, None
+        self._base_graph = SmoothedGraphs(fused, ckpt.task, workdir, CALIBRATION_ITEMS)  # alpha -> graph
+        self._predictors: dict[tuple, Predictor] = {}  # the ones used more than once (see predictor)
+        self._timed_together: set[int] = set()  # the trials of the last interleaved re-timing
+        self._ahead: dict[tuple, Background | Done] = {}  # builds started ahead, by configuration
+        self.beside: list = []  # configurations to build ahead while a background build runs (finish_ahead)
+        if background:  # the process for the first OpenVINO build ahead, started now to import NNCF meanwhile
+            from .ovquant import import_nncf
 
-    def _base_graph(self, alpha: float | None) -> OnnxModel:
-        if alpha is None:
-            return self.fused
-        if alpha not in self._smoothed:
-            if self._amax is None:
-                calib = model_inputs(subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
-                self._amax = calibrate(self.fused, self.ckpt.task, calib)
-            self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
-        return self._smoothed[alpha]
+            self._ahead[("process",)] = Background(preload=import_nncf)
 
-    def build(self, config) -> OnnxModel:
-        """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
-        of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on ``ovtuning.calibration_set``)."""
+    @property
+    def reference(self):
+        """The PyTorch model's outputs on the validation data (``validate.reference_outputs``), computed once."""
+        if self._reference is None:
+            self.progress.activity(f"computing the PyTorch reference on {len(self.data)} examples")
+            self._reference = reference_outputs(self.ckpt, self.validation_data, self.fused.model_dir, self.threads)
+        return self._reference
+
+    def close(self) -> None:
+        """End the builds started ahead that nothing waited for (an error or an interrupt left them)."""
+        for job in self._ahead.values():
+            job.cancel()
+        self._ahead.clear()
+
+    def finish_ahead(self) -> None:
+        """Build the configurations of ``beside`` ahead here (beside a build in the background), then wait for every
+        build started ahead (errors are raised where :meth:`build` takes them): timing has nothing of ours beside it."""
+        while self.beside:
+            self.build(self.beside.pop(0), ahead=True)
+        for job in self._ahead.values():
+            job.wait()
+
+    def build(self, config, ahead: bool = False) -> OnnxModel | None:
+        """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF int8 of the
+        exported graph as an OpenVINO IR (``OvInt8Config``, static ones calibrated on ``ovtuning.calibration_set``).
+        ``ahead``: start it now and return None; the next ``build`` of an equal configuration returns it. An
+        OpenVINO one then runs in a second process (:class:`multiverse.background.Background`) and overlaps what the
+        tuner does meanwhile; an ONNX Runtime one is built here and now. Either way the graph is the same."""
+        key = (type(config).__name__, config.model_dump_json())
+        if key in self._ahead and not ahead:
+            self.progress.activity(f"quantizing {config.label()}")
+            return self._ahead.pop(key).result()
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
         if isinstance(config, QuantConfig):
-            return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
-        from .ovquant import quantize_ov
-        from .ovtuning import calibration_feeds
+            job = Done(quantize_model, self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+        else:
+            from .ovquant import quantize_ov
+            from .ovtuning import calibration_feeds
 
-        if self._calibration is None:
-            self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
-        return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
+            if self._calibration is None:
+                self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
+            args = (quantize_ov, self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
+            job = (self._ahead.pop(("process",), None) or Background()).submit(*args) if ahead else Done(*args)
+        if ahead:
+            self._ahead[key] = job
+            return None
+        return job.result()
 
     def predictor(self, model: OnnxModel, threads: int | None = None) -> Predictor:
         """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off, and
-        an OpenVINO IR at its recorded inference precision (``ovsession.precision_config``)."""
-        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads or self.threads,
-                         session_config={**self.session, **precision_config(model.quantization)})
+        an OpenVINO IR at its recorded inference precision (``ovsession.precision_config``). The fp32 graph's and the
+        ``TIMING_THREADS`` ones are kept and reused (calibration inputs, sensitivity, each re-timing)."""
+        threads = threads or self.threads
+        config = {**self.session, **precision_config(model.quantization)}
+        key = (str(model.path), threads, tuple(sorted(config.items())))
+        if key in self._predictors:
+            return self._predictors[key]
+        predictor = Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads, session_config=config)
+        if model.path == self.fused.path or threads == TIMING_THREADS:
+            self._predictors[key] = predictor
+        return predictor
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
+        """Validate ``model``, then time it (``candidate_timing.measure``) once builds started ahead are done."""
         predictor = self.predictor(model)
         self.progress.activity(f"validating and timing {label} on {len(self.data)} examples")
         report = validate(self.ckpt, predictor, self.validation_data, self.tolerance, self.reference)
+        self.finish_ahead()
         t = measure(predictor, self.latency_text)
         trial = Trial(label, config, report, t["p50_ms"], phase=phase, cpu_ms=t["cpu_ms"],
                       cpu_ms_by_len=t["cpu_ms_by_len"])
@@ -208,7 +214,8 @@ class _Tuner:
                keep_last_for: Callable[[], bool] | None = None) -> None:
         """Phase 1 (one INC loop, every configuration run) within what is left of ``budget``. With an ``anchor``
         (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone and the rest
-        only if its CPU time, timed interleaved with the anchor's, is at most ``DOMINATED`` × the anchor's: the
+        only if its CPU time is at most ``DOMINATED`` × the anchor's at some timed length, both re-timed together
+        with the passing trials (:meth:`retime`: the timing the choice then uses, unless more trials pass): the
         rest add SmoothQuant's Mul nodes to the same int8 GEMMs and cost at least as much (measured, re-timed
         interleaved in two builds of a DistilBERT-base-shaped classifier: α=0.6-0.8 at 0.99-1.03x the unsmoothed
         candidate's CPU time), and :func:`choose` cannot ship a candidate that much slower than a passing one."""
@@ -219,7 +226,8 @@ class _Tuner:
         first = len(self.trials)
         self.inc_loop(configs[:1], left, "configurations", stop_at_first=False)
         if len(self.trials) > first and self.trials[first].validation is not None:
-            ratio = self.ratio(anchor, first)
+            self.retime(also=(anchor, first))
+            ratio = least_ratio(self.trials[first].cpu_ms_by_len, self.trials[anchor].cpu_ms_by_len)
             if ratio > DOMINATED:
                 self.progress.info(f"not trying {len(configs) - 1} smoothed variant(s) of {self.trials[first].label}: "
                                    f"it takes {ratio:.2f}× the CPU time of {self.trials[anchor].label} (> "
@@ -228,10 +236,12 @@ class _Tuner:
         self.inc_loop(configs[1:], budget - (len(self.trials) - 1), "configurations", stop_at_first=False,
                       keep_last_for=keep_last_for)
 
-    def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
-        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` (what :func:`choose`
-        compares) and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's.
+    def retime(self, rounds: int = RETIME_ROUNDS, also: Sequence[int] = ()) -> None:
+        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) and ``also`` in
+        ``rounds`` interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread (``candidate_timing.to_retime``);
+        set ``cpu_ms_by_len`` (what :func:`choose` compares) and ``cpu_ms`` from
+        :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's. Nothing is timed again when all of
+        them were in the last re-timing (their numbers already come from one interleaved timing).
 
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
         by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
@@ -239,20 +249,16 @@ class _Tuner:
         all candidates to the same drift, and process CPU time (ONNX Runtime spinning off) leaves out the
         time a call waited for a core that another process held.
         """
-        passing = [i for i, t in enumerate(self.trials) if t.passed]
-        cheapest = min((self.trials[i].cpu_ms for i in passing if self.trials[i].cpu_ms), default=None)
-        if cheapest:  # far slower than the cheapest: no timing noise makes it the fastest (fp32 stays: the reason's speedup)
-            passing = [i for i in passing if i == 0 or not self.trials[i].cpu_ms
-                       or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
-        if len(passing) < 2:
+        timed = to_retime(self.trials, also)
+        if len(timed) < 2 or set(timed) <= self._timed_together:
             return
-        timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
-                            rounds)
-        for t, i in zip(timed, passing):
+        costs = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in timed], self.latency_text, rounds)
+        for t, i in zip(costs, timed):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"])
+        self._timed_together = set(timed)
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread): "
-                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
+                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in timed))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
@@ -261,7 +267,7 @@ class _Tuner:
         loaded host: one fallback 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
         cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs(
             [self.predictor(self.models[k], TIMING_THREADS) for k in (i, j)], self.latency_text, rounds))
-        return min(cost_j[n] / cost_i[n] for n in cost_i)
+        return least_ratio(cost_j, cost_i)
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
         """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
@@ -273,12 +279,9 @@ class _Tuner:
         used = len(self.trials) - 1
         left = budget - used
         if left <= 0:
-            need = used + 1
-            skipped = (f"per-node fp32 fallback was skipped: the trial budget ({budget}) was used up by the "
-                       f"configuration phase; it needs at least {need} trials (--max-trials {need} or more, default "
-                       f"{DEFAULT_MAX_TRIALS}; each fallback trial keeps more nodes in fp32)")
-            self.progress.warn(f"{why}; {skipped}.")
-            return {"skipped": skipped, "why": why, "trials_needed": need}
+            record = skipped_fallback(why, budget, used + 1, DEFAULT_MAX_TRIALS)
+            self.progress.warn(f"{why}; {record['skipped']}.")
+            return record
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
         measured = self.sensitivity(config, self.models[base])
@@ -289,12 +292,7 @@ class _Tuner:
                       slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
-        flips = measured["flip_rate"]
-        return {"base": best.label, "why": why, "kept_fp32": list(kept),
-                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
-                           "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
-                "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
-                **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
+        return fallback_record(best.label, why, kept, measured)
 
     def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict:
         """Per node of ``config``'s model ``quantized``: the output NMSE and (classifiers) the label flip rate with
@@ -334,6 +332,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     from .ovtuning import (
         openvino_bf16,
         openvino_configs,
+        openvino_reason,
         openvino_rest,
         openvino_source,
         openvino_static,
@@ -347,44 +346,47 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     if runtime == "openvino":
         precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
     (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
-    if use_ov and configs is None and quantize and precision != "fp32":
-        exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
-    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
-    tuner.run("fp32 (fused)", fused, None, "baseline")
     budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
+    search = quantize and precision != "fp32"
+    # OpenVINO static first: a budget of one trial goes to ONNX Runtime, whose per-node fallback says what it needs
+    static_first = use_ov and configs is None and search and (budget > 1 or not use_ort)
+    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported, background=static_first)
     sensitivity: dict = {}
-    if quantize and precision != "fp32":
-        if note:
-            progress.info(note)
-        ov_configs = openvino_configs(exported) if use_ov and configs is None else []
-        # a budget of one trial goes to ONNX Runtime, whose per-node fallback then says how many trials it needs
-        static_first = bool(ov_configs) and (budget > 1 or not use_ort)
-        anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
-        if use_ort:
-            head = head_nodes(fused, target.quantization)
-            # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
-            # (see choose), not by which passed first on a finite eval set; unless the first, which the others
-            # cost at least as much as, is too slow to ship next to the anchor (tuner.phase1). Phase 1 leaves
-            # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
-            # best candidate is likelier to pass than one more smoothing strength.
-            tuner.phase1(configs or phase1_configs(target, head), budget, anchor,
-                         keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
-        if ov_configs:
-            anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
-            openvino_rest(tuner, ov_configs, budget, anchor)
-            openvino_bf16(tuner, budget)
-        tuner.retime()
-        plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
-        if plan:
-            sensitivity = tuner.fallback_phase(*plan, budget)
+    try:
+        if use_ov and configs is None and search:
+            tuner.exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
+        ov_configs = openvino_configs(tuner.exported) if use_ov and configs is None and search else []
+        ort_configs = ((configs or phase1_configs(target, head_nodes(fused, target.quantization)))
+                       if search and use_ort else [])
+        if static_first:  # NNCF's calibration runs beside the reference, the fp32 validation and the first ORT
+            tuner.build(ov_configs[0], ahead=True)  # build (phase 1 always runs it); the fp32 timing waits for it
+            tuner.beside = list(ort_configs[:1])
+        tuner.run("fp32 (fused)", fused, None, "baseline")
+        if search:
+            if note:
+                progress.info(note)
+            anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
+            if use_ort:
+                # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
+                # (see choose), not by which passed first on a finite eval set; unless the first, which the others
+                # cost at least as much as, is too slow to ship next to the anchor (tuner.phase1). Phase 1 leaves
+                # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
+                # best candidate is likelier to pass than one more smoothing strength.
+                tuner.phase1(ort_configs, budget, anchor, keep_last_for=None if configs else
+                             lambda: fallback_plan(tuner.trials, precision) is not None)
+            if ov_configs:
+                anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
+                openvino_rest(tuner, ov_configs, budget, anchor)
+                openvino_bf16(tuner, budget)
+            tuner.retime()
+            plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
+            if plan:
+                sensitivity = tuner.fallback_phase(*plan, budget)
+    finally:
+        tuner.close()
     chosen, reason = choose(tuner.trials, precision, runtime)
     if runtime == "openvino" and chosen is not None:
-        reason = reason.replace("int8 requested: ", "--runtime openvino: ", 1)
-        if (cost := cost_ms(tuner.trials, [0, chosen]))[chosen] > cost[0]:
-            slower = (f"it takes {speedup_text(tuner.trials, chosen, 0)} the CPU time of the fused fp32 ONNX Runtime "
-                      "graph on this host; --runtime auto would ship the faster one")
-            reason = f"{reason}; {slower}"
-            progress.warn(f"--runtime openvino: {tuner.trials[chosen].label} ships although {slower}")
+        reason = openvino_reason(tuner.trials, chosen, reason, progress)
     if sensitivity.get("skipped"):
         reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
     model = tuner.models[chosen if chosen is not None else min(

@@ -12,26 +12,31 @@ from multiverse.validate import Check, ValidationReport
 
 
 def _trial(label, config, cpu_ms, *, loss=0.0, nmse=0.01, passed=True):
+    """``cpu_ms``: one cost (ms) at both timed lengths, or ``{length: ms}``."""
     check = Check("relative loss of accuracy", loss, 0.01, passed, loss)
     v = ValidationReport("d", "text-classification", 1, "accuracy", 1.0, 1.0 - loss, loss, 0.01, passed, (check,),
                          {"logit_nmse": nmse})
-    return Trial(label, config, v, p50_ms=cpu_ms, cpu_ms=cpu_ms)
+    by_len = cpu_ms if isinstance(cpu_ms, dict) else {16: cpu_ms, 128: cpu_ms}
+    mean = (by_len[16] * by_len[128]) ** 0.5
+    return Trial(label, config, v, p50_ms=mean, cpu_ms=mean, cpu_ms_by_len=by_len)
 
 
 class FakeTuner:
-    """What ``_Tuner.phase1`` and ``openvino_rest`` use: the trials, an INC loop that 'runs' configs, ``ratio``."""
+    """What ``_Tuner.phase1`` and ``openvino_rest`` use: the trials, an INC loop that 'runs' configs, ``retime``
+    (here: records which trials it was asked to add; the costs are the trials' own)."""
 
     def __init__(self, trials, costs):
-        self.trials, self.costs, self.loops, self.notes = list(trials), costs, [], []
+        self.trials, self.costs, self.loops, self.notes, self.retimed = list(trials), costs, [], [], []
         self.progress = SimpleNamespace(info=self.notes.append)
+
+    def retime(self, also=()):
+        self.retimed.append(tuple(also))
 
     def inc_loop(self, configs, budget, phase, stop_at_first=True, keep_last_for=None, **kw):
         self.loops.append(list(configs))
         for c in configs[:budget]:
             self.trials.append(_trial(c, {"name": c}, self.costs[c]))
 
-    def ratio(self, i, j):
-        return self.trials[j].cpu_ms / self.trials[i].cpu_ms
 
 
 def _run_phase1(costs, anchor_cost):
@@ -46,6 +51,7 @@ def test_smoothed_variants_are_not_built_when_the_first_is_too_slow_to_ship_besi
     t = _run_phase1({"plain": 11.5, "a0.7": 11.6, "a0.6": 11.4}, anchor_cost=8.2)  # 1.40x: DistilBERT-base measured
     assert [x.label for x in t.trials] == ["fp32", "ov static", "plain"]
     assert "not trying 2 smoothed variant(s) of plain" in t.notes[0]
+    assert t.retimed == [(1, 2)]  # judged on one interleaved timing of the anchor and the first, with the passing ones
     # had they been built (each costs ≥ 0.99x plain), choose() would not have shipped any of them
     full = t.trials + [_trial("a0.7", {"name": "a0.7"}, 11.6, nmse=0.001), _trial("a0.6", {"name": "a0.6"}, 11.4)]
     assert choose(full)[0] == 1
@@ -55,6 +61,12 @@ def test_smoothed_variants_are_built_when_they_could_ship():
     t = _run_phase1({"plain": 8.9, "a0.7": 9.1, "a0.6": 9.0}, anchor_cost=8.2)  # 1.09x: within FIDELITY_TRADE
     assert [x.label for x in t.trials] == ["fp32", "ov static", "plain", "a0.7", "a0.6"] and not t.notes
     assert 1.21 < DOMINATED < 1.3
+
+
+def test_the_dominance_check_takes_the_length_where_the_first_is_least_slower():
+    # 1.45x the anchor at 128 tokens but 1.20x at 16: within the trade rules there, so the variants are built
+    t = _run_phase1({"plain": {16: 9.84, 128: 11.9}, "a0.7": 9.2, "a0.6": 9.1}, anchor_cost=8.2)
+    assert [x.label for x in t.trials] == ["fp32", "ov static", "plain", "a0.7", "a0.6"] and not t.notes
 
 
 def test_without_an_anchor_phase1_is_one_loop_over_every_configuration():

@@ -302,6 +302,7 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     monkeypatch.setattr(tuning, "timed_costs", fake_timed_costs)
     tuner = object.__new__(tuning._Tuner)
     tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
+    tuner._timed_together = set()
     tuner.predictor = lambda model, threads=None: (model, threads or tuner.threads)
     passed = SimpleNamespace(passed=True)
     tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
@@ -315,3 +316,32 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     assert tuner.trials[1].cpu_rounds_ms == (10.0,) * 5 and tuner.trials[1].cpu_ms_by_len == {16: 2.0, 128: 50.0}
     assert [t.p50_ms for t in tuner.trials] == [30.0, 9.0, 8.0, 20.0, 7.0]  # wall clock stays the trials' (2 threads)
     assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2
+    # nothing was added since the last re-timing: its numbers stand (one interleaved timing), nothing is timed again
+    tuner.retime(rounds=5)
+    assert len(timed_with) == 2
+    # a new passing trial is timed together with the others; ``also`` adds trials whatever they passed
+    tuner.models.append(0.9)
+    tuner.trials.append(Trial("new", {}, passed, 8.5, cpu_ms=9.0))
+    tuner.retime(rounds=5, also=(4,))
+    assert timed_with[-1] == [tuning.TIMING_THREADS] * 5 and tuner.trials[5].cpu_ms == pytest.approx(9.0)
+    assert tuner.trials[4].cpu_ms == pytest.approx(50.0)
+
+
+def test_a_build_started_ahead_is_the_one_the_inc_loop_gets_and_close_ends_the_others(monkeypatch, tmp_path):
+    from multiverse import tuning
+    from multiverse.incconfig import to_inc
+
+    built = []
+    monkeypatch.setattr(tuning, "quantize_model", lambda graph, out, config: built.append(out) or f"model {out.name}")
+    tuner = object.__new__(tuning._Tuner)
+    tuner.workdir, tuner.progress = tmp_path, SimpleNamespace(activity=lambda msg: None)
+    tuner._built, tuner._ahead, tuner._base_graph = 0, {}, lambda alpha: "fused graph"
+    config = QuantConfig(per_channel=True, nodes_to_exclude=("head/Gemm",))
+    assert tuner.build(config, ahead=True) is None and built == [tmp_path / "q1"]
+    # the INC loop hands back an equal config (through INC's BaseConfig): it gets that graph, nothing is built again
+    assert tuner.build(to_inc(config).to_config()) == "model q1" and built == [tmp_path / "q1"]
+    assert tuner.build(config) == "model q2"  # taken: the next build of it is a new one
+    cancelled = []
+    tuner._ahead[("x", "y")] = SimpleNamespace(cancel=lambda: cancelled.append(True))
+    tuner.close()
+    assert cancelled == [True] and not tuner._ahead
