@@ -4,6 +4,7 @@ drift and other processes' load cannot pick the winner (see ``tuning._Tuner.reti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -17,8 +18,11 @@ LATENCY_SEQ_LEN = 128
 # host: OpenVINO dynamic int8 p50 over ONNX Runtime s8 per-channel α=0.7 1.61x at 8 tokens, 1.53x at 16, 0.91x
 # at 64, 0.92x at 128, 0.97x at 256. Timed at 128 only, the tuner shipped the OpenVINO one.
 LATENCY_SEQ_LENS = (16, LATENCY_SEQ_LEN)
+# Where served latency, not CPU time, compares candidates (``choice.speeds_by_len`` says why): the short length.
+SERVED_SEQ_LENS = (LATENCY_SEQ_LENS[0],)
 LATENCY_BATCH = 1
 RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
+SERVED_ROUNDS = 3  # rounds of served_ms: its minimum needs clean calls, not many rounds (≥ 100 calls each at 16 tokens)
 TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
 RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
 ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
@@ -55,6 +59,31 @@ def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warm
              "cpu_ms_by_len": {s: round(float(np.exp(per_len[k, i])), 4) for k, s in enumerate(lens)},
              "cpu_rounds_ms": tuple(round(float(x), 4) for x in cpu[i]),
              "wall_rounds_ms": tuple(round(float(x), 4) for x in wall[i])} for i in range(n)]
+
+
+def served_ms(predictors: Sequence[Predictor], text: str, rounds: int, *,
+              seq_lens: Sequence[int] = SERVED_SEQ_LENS) -> list[dict[int, float]]:
+    """Wall-clock ms per call of ``predictors`` opened as ``serve`` runs them, at each of ``seq_lens``: the minimum
+    over every call of ``rounds`` interleaved rounds (:func:`latency_call`; per candidate, length and round two
+    warm-up calls, then calls for ``ROUND_SECONDS``, at least ``RUNS_PER_ROUND``). Why the minimum: calls of a few
+    ms fit between two preemptions, so the fastest call is the one other processes did not touch ("the lowest
+    value gives a lower bound for how fast your machine can run the given code snippet; higher values ... are
+    typically ... caused by other processes interfering with your timing accuracy": Python's ``timeit`` docs).
+    Returns one ``{length: ms}`` per predictor."""
+    calls = [[latency_call(p, text, seq_len=n) for n in seq_lens] for p in predictors]
+    best = [[float("inf")] * len(seq_lens) for _ in predictors]
+    order = list(range(len(predictors)))
+    for r in range(rounds):
+        for i in order[r % len(order):] + order[: r % len(order)]:
+            for k, call in enumerate(calls[i]):
+                call(), call()
+                end, runs = time.perf_counter() + ROUND_SECONDS, 0
+                while runs < RUNS_PER_ROUND or time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    call()
+                    best[i][k] = min(best[i][k], (time.perf_counter() - t0) * 1e3)
+                    runs += 1
+    return [{n: round(b[k], 4) for k, n in enumerate(seq_lens)} for b in best]
 
 
 def measure(predictor: Predictor, text: str, *, rounds: int = TRIAL_ROUNDS) -> dict:

@@ -9,8 +9,7 @@ Multiverse feeds it ``1 − gate_loss`` with baseline 1, so INC's stop rule *is*
 validating and timing each candidate is Multiverse's (the evaluation function).
 
 Candidates, in this order (stage order lives in :func:`tune`), each validated on the full eval set and timed
-end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process CPU time):
-1. fp32, the fused graph: int8 ships only when it is accurate *and* faster;
+end to end here (``candidate_timing``): 1. fp32, the fused graph: int8 ships only when accurate *and* faster;
 2. OpenVINO static int8 (``ovtuning``), when OpenVINO is tried: the fastest kind where it passes;
 3. the target's ONNX Runtime configuration, then the same with SmoothQuant strengths α (``smooth.py``), the task
    head (:func:`head_nodes`) fp32 in all. They cost the same to run, so all run (INC's early stop off) and
@@ -21,8 +20,8 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    per-node sensitivity of that ONNX Runtime candidate (``sensitivity.py``, each node quantized alone, on a subset
    of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
-Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
-between trials cannot pick the winner.
+Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`): host drift
+between trials cannot pick the winner. The choice: ``choice.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .candidate_timing import LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, TRIAL_ROUNDS, measure, timed_costs
+from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, SERVED_ROUNDS, SERVED_SEQ_LENS, TRIAL_ROUNDS,
+                               measure, served_ms, timed_costs)
 from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
                      speedup_text)
 from .errors import MultiverseError
@@ -65,17 +65,15 @@ DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
 # retime/ratio compare CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively for a preempted
 # peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not (benchmarks/results/runtime_noise.md).
 TIMING_THREADS = 1
-# Passing int8 trials over RETIME_SPAN x the cheapest one's CPU time are not re-timed (fp32 always is): one trial
-# timing is within ~25 % (measured: the same graph 6.3 vs 7.8 ms in two runs), far inside 2x.
+# Not re-timed: passing int8 trials over RETIME_SPAN x the cheapest's CPU time (one timing is within ~25 %: 6.3/7.8 ms)
 RETIME_SPAN = 2.0
 
 
 def by_length(data: EvalSet) -> EvalSet:
     """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
-    validation runs right-padded batches of 16, and the built-in texts (median 15 tokens, a few of 512) padded
-    to 47,888 tokens in file order against 12,272 sorted (8,037 real), which made the PyTorch reference 130 s
-    of a 274 s DistilBERT-base build. Only where every gated number is a mean, a min or a count over examples:
-    ranking groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
+    validation runs right-padded batches of 16; the built-in texts padded to 47,888 tokens in file order against
+    12,272 sorted (8,037 real). Only where every gated number is a mean, a min or a count over examples: ranking
+    groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
     if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
         return data
     order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
@@ -137,11 +135,12 @@ class _Tuner:
             self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
         return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
-    def predictor(self, model: OnnxModel, threads: int | None = None) -> Predictor:
-        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off, and
-        an OpenVINO IR at its recorded inference precision (``ovsession.precision_config``)."""
+    def predictor(self, model: OnnxModel, threads: int | None = None, served: bool = False) -> Predictor:
+        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off
+        (``served``: as ``serve`` runs it, spinning as shipped), an IR at its recorded inference precision."""
         return Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads or self.threads,
-                         session_config={**self.session, **precision_config(model.quantization)})
+                         session_config={**(self.target.session if served else self.session),
+                                         **precision_config(model.quantization)})
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
@@ -230,8 +229,9 @@ class _Tuner:
 
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
         """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
-        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` (what :func:`choose`
-        compares) and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's.
+        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` and ``cpu_ms`` from
+        :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len`` (``candidate_timing.served_ms``, as served,
+        ``rounds`` interleaved rounds): what :func:`choose` compares (``choice.speeds_by_len``).
 
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
         by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
@@ -248,11 +248,14 @@ class _Tuner:
             return
         timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
                             rounds)
-        for t, i in zip(timed, passing):
+        served = served_ms([self.predictor(self.models[i], served=True) for i in passing], self.latency_text, SERVED_ROUNDS)
+        for t, w, i in zip(timed, served, passing):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
-                                     cpu_rounds_ms=t["cpu_rounds_ms"])
-        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread): "
-                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in passing))
+                                     cpu_rounds_ms=t["cpu_rounds_ms"], served_ms_by_len=w)
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; served latency "
+                           f"at {', '.join(map(str, served[0]))} tokens): " + ", ".join(
+                               f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU, "
+                               + ", ".join(f"{v:.2f} ms" for v in w.values()) for w, i in zip(served, passing)))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
@@ -391,6 +394,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         (i for i, t in enumerate(tuner.trials) if t.validation), key=lambda i: tuner.trials[i].validation.gate_loss)]
     latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
                "compared": f"process CPU time per call at each of seq_lens (cpu_ms_by_len; on {TIMING_THREADS} thread "
-                           "after re-timing), interleaved rounds, worst-length ratio to the fastest passing candidate "
-                           "(choice.cost_ms), ONNX Runtime spinning off"}
+                           "after re-timing, ONNX Runtime spinning off), but the served latency (served_ms_by_len: minimum "
+                           f"wall ms per call as served) at {list(SERVED_SEQ_LENS)} tokens, interleaved rounds, "
+                           "worst-length ratio to the fastest passing candidate (choice.cost_ms)"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)
