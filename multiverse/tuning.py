@@ -230,15 +230,13 @@ class _Tuner:
     def retime(self, rounds: int = RETIME_ROUNDS) -> None:
         """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
         interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` and ``cpu_ms`` from
-        :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len`` (``candidate_timing.served_ms``, as served,
-        ``rounds`` interleaved rounds): what :func:`choose` compares (``choice.speeds_by_len``).
+        :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len`` (``candidate_timing.served_ms``: as served,
+        on a quiet host only): what :func:`choose` compares (``choice.speeds_by_len``).
 
-        Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
-        by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
-        and 7.8 ms in two tuning runs, and candidate order flipped between runs). Interleaving exposes
-        all candidates to the same drift, and process CPU time (ONNX Runtime spinning off) leaves out the
-        time a call waited for a core that another process held.
-        """
+        Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts by more
+        than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph 6.3 and 7.8 ms in two runs).
+        Interleaving exposes all candidates to the same drift, and process CPU time (ONNX Runtime spinning off)
+        leaves out the time a call waited for a core that another process held."""
         passing = [i for i, t in enumerate(self.trials) if t.passed]
         cheapest = min((self.trials[i].cpu_ms for i in passing if self.trials[i].cpu_ms), default=None)
         if cheapest:  # far slower than the cheapest: no timing noise makes it the fastest (fp32 stays: the reason's speedup)
@@ -248,14 +246,16 @@ class _Tuner:
             return
         timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
                             rounds)
-        served = served_ms([self.predictor(self.models[i], served=True) for i in passing], self.latency_text, SERVED_ROUNDS)
+        served = served_ms([self.predictor(self.models[i], served=True) for i in passing], self.latency_text,
+                           SERVED_ROUNDS) or [{} for _ in passing]  # [] on a busy host: CPU time at every length
         for t, w, i in zip(timed, served, passing):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"], served_ms_by_len=w)
-        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; served latency "
-                           f"at {', '.join(map(str, served[0]))} tokens): " + ", ".join(
-                               f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU, "
-                               + ", ".join(f"{v:.2f} ms" for v in w.values()) for w, i in zip(served, passing)))
+        lens = ", ".join(map(str, served[0]))
+        where = f"served latency at {lens} tokens" if lens else "no served latency: other processes kept the CPUs busy"
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; {where}): "
+                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU"
+                                       + "".join(f", {v:.2f} ms" for v in w.values()) for w, i in zip(served, passing)))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so

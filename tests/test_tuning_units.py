@@ -357,10 +357,13 @@ def test_choose_compares_served_latency_at_the_short_length_and_never_mixes_cloc
     assert cost[1] < cost[2]
 
 
-def test_served_ms_is_the_fastest_call_of_interleaved_rounds():
+def test_served_ms_is_the_fastest_call_of_interleaved_rounds_and_only_kept_on_a_quiet_host(monkeypatch):
     import time
 
+    from multiverse import candidate_timing
     from multiverse.candidate_timing import served_ms
+
+    monkeypatch.setattr(candidate_timing, "others_cores", lambda fn: (fn(), 0.1))  # a quiet host
 
     class Fake:
         max_length = 512
@@ -381,6 +384,34 @@ def test_served_ms_is_the_fastest_call_of_interleaved_rounds():
     assert list(out[0]) == [16, 32] and all(v >= 6.0 for v in out[0].values()) and all(v >= 2.0 for v in out[1].values())
     assert all(out[1][n] < out[0][n] for n in (16, 32))
     assert fast.calls >= 2 * 2 * 10  # ≥ RUNS_PER_ROUND timed calls per length and round, after warm-up
+    # other processes kept more than MAX_OTHERS_CORES busy, or nobody can tell: no served latency at all
+    for busy in (1.2, None):
+        monkeypatch.setattr(candidate_timing, "others_cores", lambda fn, busy=busy: (fn(), busy))
+        assert served_ms([slow, fast], "some text", 1) == []
+
+
+def test_others_cores_counts_busy_ticks_of_our_cpus_that_this_process_did_not_use(tmp_path, monkeypatch):
+    import os
+
+    from multiverse.candidate_timing import busy_jiffies, others_cores
+
+    stat = tmp_path / "stat"
+    cpus = sorted(os.sched_getaffinity(0))
+    lines = lambda ticks: "cpu  1 1 1 1 1 1 1 1\n" + "".join(  # noqa: E731
+        f"cpu{c} {ticks} 0 0 500 0 0 0 0\n" for c in cpus) + "cpu999 7 7 7 7 7 7 7 7\nintr 1 2\n"
+    stat.write_text(lines(100))
+    assert busy_jiffies(cpus, str(stat)) == 100 * len(cpus)  # idle (4th field) and other CPUs left out
+    assert busy_jiffies(cpus, str(tmp_path / "missing")) is None
+    hz = os.sysconf("SC_CLK_TCK")
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr("multiverse.candidate_timing.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("multiverse.candidate_timing.time.process_time", lambda: 0.0)
+    def work():
+        stat.write_text(lines(100 + hz))
+        return "done"
+
+    out, others = others_cores(work, str(stat))
+    assert out == "done" and others == pytest.approx(len(cpus) / 2)  # one second of busy ticks per CPU in 2 s
 
 
 def test_reason_names_the_chain_when_two_ten_percent_rules_moved_the_choice():
