@@ -125,9 +125,10 @@ def _served_p50(path: str, model_dir: str, task: str, quantization, seconds: flo
 
 def truth(task: str, candidates: dict, rounds: int, seconds: float = 0.5) -> dict:
     """Step 2: ``{label: {length: p50_ms}}`` for the passing candidates, as served (module docstring): each
-    candidate alone in a fresh process (as ``serve`` runs one model: in one process, a runtime's idle workers that
-    still spin after a call slowed the next candidate by up to 45 % at 8 tokens), candidates alternating within
-    each round in a rotating order, the median over ``rounds`` rounds."""
+    candidate alone in a fresh process, as ``serve`` runs one model (timed in one process with all the others,
+    ONNX Runtime α=0.7 took 0.77 ms at 8 tokens; with only ONNX Runtime candidates loaded, 0.52 ms: neighbours'
+    threads interfere, cause not isolated), candidates alternating within each round in a rotating order, the
+    median over ``rounds`` rounds."""
     import statistics
     from concurrent.futures import ProcessPoolExecutor
 
