@@ -9,8 +9,7 @@ Multiverse feeds it ``1 − gate_loss`` with baseline 1, so INC's stop rule *is*
 validating and timing each candidate is Multiverse's (the evaluation function).
 
 Candidates, in this order (stage order lives in :func:`tune`), each validated on the full eval set and timed
-end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process CPU time):
-1. fp32, the fused graph: int8 ships only when it is accurate *and* faster;
+end to end here (``candidate_timing``): 1. fp32, the fused graph: int8 ships only when accurate *and* faster;
 2. OpenVINO static int8 (``ovtuning``), when OpenVINO is tried: the fastest kind where it passes;
 3. the target's ONNX Runtime configuration, then the same with SmoothQuant strengths α (``smooth.py``), the task
    head (:func:`head_nodes`) fp32 in all. They cost the same to run, so all run (INC's early stop off) and
@@ -21,8 +20,8 @@ end to end on this host (batch 1, ``candidate_timing.LATENCY_SEQ_LENS``, process
    per-node sensitivity of that ONNX Runtime candidate (``sensitivity.py``, each node quantized alone, on a subset
    of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
-Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`), so host drift
-between trials cannot pick the winner. OpenVINO static int8 is built in a second process (:meth:`_Tuner.build`).
+Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`): host drift
+between trials cannot pick the winner. The choice: ``choice.py``. OpenVINO static int8 is built in a second process.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN, TIMING_THREADS,  # noqa: F401
-                               TRIAL_ROUNDS, least_ratio, measure, timed_costs, to_retime)
+from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN,  # noqa: F401
+                               SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
+                               served_ms, timed_costs, to_retime)
 from .background import Background, Done
 from .choice import (DOMINATED, FIDELITY_TRADE, SAFETY_MARGIN, Trial, TuningReport, choose, fallback_plan,
                      fallback_record, skipped_fallback)
@@ -61,8 +61,7 @@ CALIBRATION_ITEMS = 300
 
 
 class _Tuner:
-    """State of one tuning run: the reference outputs, smoothed graphs and the trials so far. :meth:`close` ends
-    builds still running ahead (:meth:`build`)."""
+    """State of one tuning run: reference outputs, smoothed graphs, trials; :meth:`close` ends builds run ahead."""
 
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
                  threads: int | None, progress: Progress, exported: OnnxModel | None = None, background: bool = False):
@@ -99,8 +98,8 @@ class _Tuner:
         self._ahead.clear()
 
     def finish_ahead(self) -> None:
-        """Build the configurations of ``beside`` ahead here (beside a build in the background), then wait for every
-        build started ahead (errors are raised where :meth:`build` takes them): timing has nothing of ours beside it."""
+        """Build ``beside`` ahead here (beside a background build), then wait for every build started ahead (errors
+        are raised where :meth:`build` takes them): timing has nothing of ours beside it."""
         while self.beside:
             self.build(self.beside.pop(0), ahead=True)
         for job in self._ahead.values():
@@ -133,19 +132,19 @@ class _Tuner:
             return None
         return job.result()
 
-    def predictor(self, model: OnnxModel, threads: int | None = None) -> Predictor:
-        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off, and
-        an OpenVINO IR at its recorded inference precision (``ovsession.precision_config``). The fp32 graph's and the
-        ``TIMING_THREADS`` ones are kept and reused (calibration inputs, sensitivity, each re-timing)."""
+    def predictor(self, model: OnnxModel, threads: int | None = None, served: bool = False) -> Predictor:
+        """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off
+        (``served``: as ``serve`` runs it, spinning as shipped), an IR at its recorded inference precision. Those of
+        the fp32 graph, on ``TIMING_THREADS`` and ``served`` are kept for reuse (calibration, sensitivity, re-timing)."""
         threads = threads or self.threads
-        config = {**self.session, **precision_config(model.quantization)}
+        config = {**(self.target.session if served else self.session), **precision_config(model.quantization)}
         key = (str(model.path), threads, tuple(sorted(config.items())))
-        if key in self._predictors:
-            return self._predictors[key]
-        predictor = Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads, session_config=config)
-        if model.path == self.fused.path or threads == TIMING_THREADS:
+        if key not in self._predictors:
+            predictor = Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads, session_config=config)
+            if not (model.path == self.fused.path or threads == TIMING_THREADS or served):
+                return predictor
             self._predictors[key] = predictor
-        return predictor
+        return self._predictors[key]
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         """Validate ``model``, then time it (``candidate_timing.measure``) once builds started ahead are done."""
@@ -239,26 +238,28 @@ class _Tuner:
     def retime(self, rounds: int = RETIME_ROUNDS, also: Sequence[int] = ()) -> None:
         """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) and ``also`` in
         ``rounds`` interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread (``candidate_timing.to_retime``);
-        set ``cpu_ms_by_len`` (what :func:`choose` compares) and ``cpu_ms`` from
-        :func:`multiverse.timing.relative_costs`; ``p50_ms`` stays the trial's. Nothing is timed again when all of
-        them were in the last re-timing (their numbers already come from one interleaved timing).
-
-        Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts
-        by more than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph timed 6.3 ms
-        and 7.8 ms in two tuning runs, and candidate order flipped between runs). Interleaving exposes
-        all candidates to the same drift, and process CPU time (ONNX Runtime spinning off) leaves out the
-        time a call waited for a core that another process held.
-        """
+        set ``cpu_ms_by_len`` and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len``
+        (``candidate_timing.served_ms``: as served, on a quiet host only): what :func:`choose` compares
+        (``choice.speeds_by_len``). Not again for trials that were all in the last re-timing (nothing to add).
+        Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts by more
+        than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph 6.3 and 7.8 ms in two runs).
+        Interleaving exposes all candidates to the same drift, and process CPU time (ONNX Runtime spinning off)
+        leaves out the time a call waited for a core that another process held."""
         timed = to_retime(self.trials, also)
         if len(timed) < 2 or set(timed) <= self._timed_together:
             return
         costs = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in timed], self.latency_text, rounds)
-        for t, i in zip(costs, timed):
+        served = served_ms([self.predictor(self.models[i], served=True) for i in timed], self.latency_text,
+                           SERVED_ROUNDS) or [{} for _ in timed]  # [] on a busy host: CPU time at every length
+        for t, w, i in zip(costs, served, timed):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
-                                     cpu_rounds_ms=t["cpu_rounds_ms"])
+                                     cpu_rounds_ms=t["cpu_rounds_ms"], served_ms_by_len=w)
         self._timed_together = set(timed)
-        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread): "
-                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms" for i in timed))
+        lens = ", ".join(map(str, served[0]))
+        where = f"served latency at {lens} tokens" if lens else "no served latency: other processes kept the CPUs busy"
+        self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; {where}): "
+                           + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU"
+                                       + "".join(f", {v:.2f} ms" for v in w.values()) for w, i in zip(served, timed)))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
@@ -393,6 +394,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         (i for i, t in enumerate(tuner.trials) if t.validation), key=lambda i: tuner.trials[i].validation.gate_loss)]
     latency = {"seq_lens": list(LATENCY_SEQ_LENS), "batch": LATENCY_BATCH, "threads": threads or physical_cores(),
                "compared": f"process CPU time per call at each of seq_lens (cpu_ms_by_len; on {TIMING_THREADS} thread "
-                           "after re-timing), interleaved rounds, worst-length ratio to the fastest passing candidate "
-                           "(choice.cost_ms), ONNX Runtime spinning off"}
+                           "after re-timing, ONNX Runtime spinning off), but the served latency (served_ms_by_len: minimum "
+                           f"wall ms per call as served) at {list(SERVED_SEQ_LENS)} tokens, interleaved rounds, "
+                           "worst-length ratio to the fastest passing candidate (choice.cost_ms)"}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

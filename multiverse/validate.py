@@ -118,10 +118,9 @@ def model_inputs(data: EvalSet) -> list:
 
 def by_length(data: EvalSet) -> EvalSet:
     """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
-    validation runs right-padded batches of 16, and the built-in texts (median 15 tokens, a few of 512) padded
-    to 47,888 tokens in file order against 12,272 sorted (8,037 real), which made the PyTorch reference 130 s
-    of a 274 s DistilBERT-base build. Only where every gated number is a mean, a min or a count over examples:
-    ranking groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
+    validation runs right-padded batches of 16; the built-in texts padded to 47,888 tokens in file order against
+    12,272 sorted (8,037 real). Only where every gated number is a mean, a min or a count over examples: ranking
+    groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
     if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
         return data
     order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))

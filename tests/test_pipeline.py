@@ -45,6 +45,7 @@ def test_tiny_task_end_to_end(task, tiny_bundles, tiny_checkpoints):
     assert len(retimed) != 1
     for t in retimed:
         assert len(t["cpu_rounds_ms"]) == 5 and t["cpu_ms"] > 0 and min(t["cpu_rounds_ms"]) > 0
+        assert list(t["served_ms_by_len"]) == ["16"] and t["served_ms_by_len"]["16"] > 0  # served latency, short length
     # The bundle serves: predictions come back in the task's shape.
     out = Predictor.from_bundle(b).predict(SAMPLE[task]).results
     assert len(out) == 2

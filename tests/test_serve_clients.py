@@ -210,6 +210,7 @@ def test_info_models_and_metrics_name_the_runtime(served):
         metrics = c.get("/metrics").text
     assert {"model_id", "model_sha", "model_dtype", "model_type", "max_input_length", "max_concurrent_requests",
             "max_batch_tokens", "max_client_batch_size", "tokenization_workers", "version"} <= set(info)
+    assert (info["performance_hint"], info["streams"]) == ("latency", 1)
     assert info["backend"] == runtime and info["backend_version"] == engine_version(runtime)
     assert info["backend_version"] and info["backend_version_built"] == built["version"]
     assert models["data"][0]["backend"] == f"multiverse-{runtime}"

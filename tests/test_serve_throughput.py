@@ -111,7 +111,8 @@ def test_openvino_ir_served_for_throughput_compiles_streams_and_equals_predict(t
             "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO"}
         assert session.compiled.get_property("NUM_STREAMS") == 2  # what OpenVINO compiled with
         assert len(state.engine.engines) == 2 and state.engine.batch_tokens == 0  # merging stays opt-in
-        assert c.get("/info").json()["threads"] == 2
+        info = c.get("/info").json()
+        assert (info["threads"], info["performance_hint"], info["streams"]) == (2, "throughput", 2)
         served = _concurrent_posts(srv.url, "/predict", TEXTS)
     _assert_equal_to_predict(served, tiny_ov_bundle)
 

@@ -373,6 +373,8 @@ def info_document(state: ServerState) -> dict:
         "max_body_bytes": s.max_body_bytes,
         "tokenization_workers": 1,
         "threads": state.threads,
+        "performance_hint": s.performance_hint,
+        "streams": state.streams,
         **state.runtime_document(),
         "host": state.host_info,
         "ready": state.ready,
