@@ -35,8 +35,8 @@ from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, R
                                SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
                                served_ms, timed_costs, to_retime)
 from .background import Background, Done
-from .choice import (DOMINATED, FIDELITY_TRADE, SAFETY_MARGIN, Trial, TuningReport, choose, fallback_plan,
-                     fallback_record, skipped_fallback)
+from .choice import (FIDELITY_TRADE, SAFETY_MARGIN, VARIANT_TIME_FLOOR, Trial, TuningReport, choose,
+                     could_ship_variant, fallback_plan, fallback_record, skipped_fallback, speeds_by_len)
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
@@ -210,14 +210,12 @@ class _Tuner:
                 break
 
     def phase1(self, configs: Sequence[QuantConfig], budget: int, anchor: int | None,
-               keep_last_for: Callable[[], bool] | None = None) -> None:
+               keep_last_for: Callable[[], bool] | None = None, precision: str = "auto") -> None:
         """Phase 1 (one INC loop, every configuration run) within what is left of ``budget``. With an ``anchor``
-        (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone and the rest
-        only if its CPU time is at most ``DOMINATED`` × the anchor's at some timed length, both re-timed together
-        with the passing trials (:meth:`retime`: the timing the choice then uses, unless more trials pass): the
-        rest add SmoothQuant's Mul nodes to the same int8 GEMMs and cost at least as much (measured, re-timed
-        interleaved in two builds of a DistilBERT-base-shaped classifier: α=0.6-0.8 at 0.99-1.03x the unsmoothed
-        candidate's CPU time), and :func:`choose` cannot ship a candidate that much slower than a passing one."""
+        (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone, is re-timed with
+        the anchor and the passing trials (:meth:`retime`: the timing the choice then uses, unless more pass), and
+        the rest (its SmoothQuant variants) run only if one could ship by :func:`choose`'s rules at ``precision``
+        (``choice.could_ship_variant``: at ``VARIANT_TIME_FLOOR`` × its time at every length, without divergence)."""
         left = budget - (len(self.trials) - 1)
         if anchor is None or len(configs) < 2 or left < 2:
             self.inc_loop(configs, left, "configurations", stop_at_first=False, keep_last_for=keep_last_for)
@@ -226,12 +224,14 @@ class _Tuner:
         self.inc_loop(configs[:1], left, "configurations", stop_at_first=False)
         if len(self.trials) > first and self.trials[first].validation is not None:
             self.retime(also=(anchor, first))
-            ratio = least_ratio(self.trials[first].cpu_ms_by_len, self.trials[anchor].cpu_ms_by_len)
-            if ratio > DOMINATED:
-                self.progress.info(f"not trying {len(configs) - 1} smoothed variant(s) of {self.trials[first].label}: "
-                                   f"it takes {ratio:.2f}× the CPU time of {self.trials[anchor].label} (> "
-                                   f"{DOMINATED:.2f}×), too slow to ship beside it, and they cost at least as much")
+            a, b = (speeds_by_len(self.trials, [anchor, first])[0][k] for k in (anchor, first))
+            took = (f"{self.trials[first].label} takes {' / '.join(f'{b[n] / a[n]:.2f}×' for n in sorted(a))} the time "
+                    f"of {self.trials[anchor].label} at {' / '.join(map(str, sorted(a)))} tokens")
+            if not could_ship_variant(self.trials, first, precision, floor=VARIANT_TIME_FLOOR):
+                self.progress.info(f"not trying its {len(configs) - 1} smoothed variant(s): {took}; at "
+                                   f"{VARIANT_TIME_FLOOR:g}× its time and without divergence none would ship")
                 return
+            self.progress.info(f"{took}: its smoothed variants could ship")
         self.inc_loop(configs[1:], budget - (len(self.trials) - 1), "configurations", stop_at_first=False,
                       keep_last_for=keep_last_for)
 
@@ -374,7 +374,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
                 # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
                 # best candidate is likelier to pass than one more smoothing strength.
                 tuner.phase1(ort_configs, budget, anchor, keep_last_for=None if configs else
-                             lambda: fallback_plan(tuner.trials, precision) is not None)
+                             lambda: fallback_plan(tuner.trials, precision) is not None, precision=precision)
             if ov_configs:
                 anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
                 openvino_rest(tuner, ov_configs, budget, anchor)
