@@ -123,14 +123,6 @@ def require_ov(what: str = "OpenVINO int8") -> None:
     import_openvino()  # the first import of openvino in the process: without its import-time telemetry event
 
 
-def import_nncf() -> None:
-    """Import openvino and nncf as :func:`quantize_ov` does (without telemetry), ahead of it: a process started to
-    quantize (``background.Background``'s preload) pays NNCF's import (~1.3 s) before the work arrives."""
-    require_ov()
-    with no_telemetry():
-        import nncf  # noqa: F401
-
-
 @contextlib.contextmanager
 def nncf_output_to_stderr():
     """While the block runs: NNCF's warnings and errors (a ``StreamHandler`` bound to the ``sys.stdout`` of import

@@ -21,7 +21,7 @@ end to end here (``candidate_timing``): 1. fp32, the fused graph: int8 ships onl
    of the eval data: label flips for classifiers, else output NMSE), then the same with the k most sensitive nodes in fp32 for growing k (INC's
    stop at the first that reaches τ, or ``SAFETY_MARGIN`` × τ after a narrow pass, keeps the fastest).
 Before each choice the passing ones are re-timed in interleaved rounds (:meth:`_Tuner.retime`): host drift
-between trials cannot pick the winner. The choice: ``choice.py``. OpenVINO static int8 is built in a second process.
+between trials cannot pick the winner. The choice: ``choice.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from pathlib import Path
 from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN,  # noqa: F401
                                SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
                                served_ms, timed_costs, to_retime)
-from .background import Background, Done
 from .choice import (FIDELITY_TRADE, SAFETY_MARGIN, VARIANT_TIME_FLOOR, Trial, TuningReport, choose,
                      could_ship_variant, fallback_plan, fallback_record, skipped_fallback, speeds_by_len)
 from .errors import MultiverseError
@@ -61,76 +60,37 @@ CALIBRATION_ITEMS = 300
 
 
 class _Tuner:
-    """State of one tuning run: reference outputs, smoothed graphs, trials; :meth:`close` ends builds run ahead."""
+    """State of one tuning run: the reference outputs, smoothed graphs and the trials so far."""
 
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
-                 threads: int | None, progress: Progress, exported: OnnxModel | None = None, background: bool = False):
+                 threads: int | None, progress: Progress, exported: OnnxModel | None = None):
         self.ckpt, self.fused, self.target, self.data, self.exported = ckpt, fused, target, data, exported
         self.validation_data = by_length(data)
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = {**target.session, **NO_SPINNING}
+        progress.activity(f"computing the PyTorch reference on {len(data)} examples")
+        self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._built, self._calibration, self._reference = 0, None, None
+        self._built, self._calibration = 0, None  # calibration: list[dict] once built
         self._base_graph = SmoothedGraphs(fused, ckpt.task, workdir, CALIBRATION_ITEMS)  # alpha -> graph
         self._predictors: dict[tuple, Predictor] = {}  # the ones used more than once (see predictor)
         self._timed_together: set[int] = set()  # the trials of the last interleaved re-timing
-        self._ahead: dict[tuple, Background | Done] = {}  # builds started ahead, by configuration
-        self.beside: list = []  # configurations to build ahead while a background build runs (finish_ahead)
-        if background:  # the process for the first OpenVINO build ahead, started now to import NNCF meanwhile
-            from .ovquant import import_nncf
 
-            self._ahead[("process",)] = Background(preload=import_nncf)
-
-    @property
-    def reference(self):
-        """The PyTorch model's outputs on the validation data (``validate.reference_outputs``), computed once."""
-        if self._reference is None:
-            self.progress.activity(f"computing the PyTorch reference on {len(self.data)} examples")
-            self._reference = reference_outputs(self.ckpt, self.validation_data, self.fused.model_dir, self.threads)
-        return self._reference
-
-    def close(self) -> None:
-        """End the builds started ahead that nothing waited for (an error or an interrupt left them)."""
-        for job in self._ahead.values():
-            job.cancel()
-        self._ahead.clear()
-
-    def finish_ahead(self) -> None:
-        """Build ``beside`` ahead here (beside a background build), then wait for every build started ahead (errors
-        are raised where :meth:`build` takes them): timing has nothing of ours beside it."""
-        while self.beside:
-            self.build(self.beside.pop(0), ahead=True)
-        for job in self._ahead.values():
-            job.wait()
-
-    def build(self, config, ahead: bool = False) -> OnnxModel | None:
-        """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF int8 of the
-        exported graph as an OpenVINO IR (``OvInt8Config``, static ones calibrated on ``ovtuning.calibration_set``).
-        ``ahead``: start it now and return None; the next ``build`` of an equal configuration returns it. An
-        OpenVINO one then runs in a second process (:class:`multiverse.background.Background`) and overlaps what the
-        tuner does meanwhile; an ONNX Runtime one is built here and now. Either way the graph is the same."""
-        key = (type(config).__name__, config.model_dump_json())
-        if key in self._ahead and not ahead:
-            self.progress.activity(f"quantizing {config.label()}")
-            return self._ahead.pop(key).result()
+    def build(self, config) -> OnnxModel:
+        """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
+        of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on ``ovtuning.calibration_set``)."""
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
         if isinstance(config, QuantConfig):
-            job = Done(quantize_model, self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
-        else:
-            from .ovquant import quantize_ov
-            from .ovtuning import calibration_feeds
+            return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+        from .ovquant import quantize_ov
+        from .ovtuning import calibration_feeds
 
-            if self._calibration is None:
-                self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
-            args = (quantize_ov, self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
-            job = (self._ahead.pop(("process",), None) or Background()).submit(*args) if ahead else Done(*args)
-        if ahead:
-            self._ahead[key] = job
-            return None
-        return job.result()
+        if self._calibration is None:
+            self._calibration = calibration_feeds(self.predictor(self.fused), self.data)
+        return quantize_ov(self.exported, self.workdir / f"ov{self._built}", config, self._calibration)
 
     def predictor(self, model: OnnxModel, threads: int | None = None, served: bool = False) -> Predictor:
         """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off
@@ -147,11 +107,9 @@ class _Tuner:
         return self._predictors[key]
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
-        """Validate ``model``, then time it (``candidate_timing.measure``) once builds started ahead are done."""
         predictor = self.predictor(model)
         self.progress.activity(f"validating and timing {label} on {len(self.data)} examples")
         report = validate(self.ckpt, predictor, self.validation_data, self.tolerance, self.reference)
-        self.finish_ahead()
         t = measure(predictor, self.latency_text)
         trial = Trial(label, config, report, t["p50_ms"], phase=phase, cpu_ms=t["cpu_ms"],
                       cpu_ms_by_len=t["cpu_ms_by_len"])
@@ -347,44 +305,36 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     if runtime == "openvino":
         precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
     (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
+    if use_ov and configs is None and quantize and precision != "fp32":
+        exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
+    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
+    tuner.run("fp32 (fused)", fused, None, "baseline")
     budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
-    search = quantize and precision != "fp32"
-    # OpenVINO static first: a budget of one trial goes to ONNX Runtime, whose per-node fallback says what it needs
-    static_first = use_ov and configs is None and search and (budget > 1 or not use_ort)
-    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported, background=static_first)
     sensitivity: dict = {}
-    try:
-        if use_ov and configs is None and search:
-            tuner.exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
-        ov_configs = openvino_configs(tuner.exported) if use_ov and configs is None and search else []
-        ort_configs = ((configs or phase1_configs(target, head_nodes(fused, target.quantization)))
-                       if search and use_ort else [])
-        if static_first:  # NNCF's calibration runs beside the reference, the fp32 validation and the first ORT
-            tuner.build(ov_configs[0], ahead=True)  # build (phase 1 always runs it); the fp32 timing waits for it
-            tuner.beside = list(ort_configs[:1])
-        tuner.run("fp32 (fused)", fused, None, "baseline")
-        if search:
-            if note:
-                progress.info(note)
-            anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
-            if use_ort:
-                # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
-                # (see choose), not by which passed first on a finite eval set; unless the first, which the others
-                # cost at least as much as, is too slow to ship next to the anchor (tuner.phase1). Phase 1 leaves
-                # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
-                # best candidate is likelier to pass than one more smoothing strength.
-                tuner.phase1(ort_configs, budget, anchor, keep_last_for=None if configs else
-                             lambda: fallback_plan(tuner.trials, precision) is not None, precision=precision)
-            if ov_configs:
-                anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
-                openvino_rest(tuner, ov_configs, budget, anchor)
-                openvino_bf16(tuner, budget)
-            tuner.retime()
-            plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
-            if plan:
-                sensitivity = tuner.fallback_phase(*plan, budget)
-    finally:
-        tuner.close()
+    if quantize and precision != "fp32":
+        if note:
+            progress.info(note)
+        ov_configs = openvino_configs(exported) if use_ov and configs is None else []
+        # a budget of one trial goes to ONNX Runtime, whose per-node fallback then says how many trials it needs
+        static_first = bool(ov_configs) and (budget > 1 or not use_ort)
+        anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
+        if use_ort:
+            head = head_nodes(fused, target.quantization)
+            # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
+            # (see choose), not by which passed first on a finite eval set; unless the first's variants could not
+            # ship next to the anchor (tuner.phase1). Phase 1 leaves the budget's last trial to phase 2 when
+            # nothing has passed with margin by then: a fallback of the best candidate is likelier to pass than
+            # one more smoothing strength.
+            tuner.phase1(configs or phase1_configs(target, head), budget, anchor, precision=precision,
+                         keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
+        if ov_configs:
+            anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
+            openvino_rest(tuner, ov_configs, budget, anchor)
+            openvino_bf16(tuner, budget)
+        tuner.retime()
+        plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
+        if plan:
+            sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision, runtime)
     if runtime == "openvino" and chosen is not None:
         reason = openvino_reason(tuner.trials, chosen, reason, progress)

@@ -337,26 +337,6 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     assert tuner.trials[4].cpu_ms == pytest.approx(50.0) and served_with[-1] == [(2, True)] * 5
 
 
-def test_a_build_started_ahead_is_the_one_the_inc_loop_gets_and_close_ends_the_others(monkeypatch, tmp_path):
-    from multiverse import tuning
-    from multiverse.incconfig import to_inc
-
-    built = []
-    monkeypatch.setattr(tuning, "quantize_model", lambda graph, out, config: built.append(out) or f"model {out.name}")
-    tuner = object.__new__(tuning._Tuner)
-    tuner.workdir, tuner.progress = tmp_path, SimpleNamespace(activity=lambda msg: None)
-    tuner._built, tuner._ahead, tuner._base_graph = 0, {}, lambda alpha: "fused graph"
-    config = QuantConfig(per_channel=True, nodes_to_exclude=("head/Gemm",))
-    assert tuner.build(config, ahead=True) is None and built == [tmp_path / "q1"]
-    # the INC loop hands back an equal config (through INC's BaseConfig): it gets that graph, nothing is built again
-    assert tuner.build(to_inc(config).to_config()) == "model q1" and built == [tmp_path / "q1"]
-    assert tuner.build(config) == "model q2"  # taken: the next build of it is a new one
-    cancelled = []
-    tuner._ahead[("x", "y")] = SimpleNamespace(cancel=lambda: cancelled.append(True))
-    tuner.close()
-    assert cancelled == [True] and not tuner._ahead
-
-
 def test_choose_compares_served_latency_at_the_short_length_and_never_mixes_clocks():
     """Where every compared trial has ``served_ms_by_len`` at a length, that clock decides there; the reason names
     the clocks. The all-MiniLM-L6-v2 default build (``benchmarks/results/pick_right-minilm.json``): on one-thread CPU
