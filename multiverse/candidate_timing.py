@@ -29,6 +29,12 @@ SERVED_ROUNDS = 3  # rounds of served_ms: its minimum needs clean calls, not man
 TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
 RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
 ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (s): a loaded host slows calls 10×
+# Re-timing and the dominance checks take CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively
+# for a preempted peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not
+# (benchmarks/results/runtime_noise.md).
+TIMING_THREADS = 1
+# Not re-timed: passing int8 trials over RETIME_SPAN x the cheapest's CPU time (one timing is within ~25 %: 6.3/7.8 ms)
+RETIME_SPAN = 2.0
 
 
 def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN,
@@ -62,6 +68,23 @@ def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warm
              "cpu_ms_by_len": {s: round(float(np.exp(per_len[k, i])), 4) for k, s in enumerate(lens)},
              "cpu_rounds_ms": tuple(round(float(x), 4) for x in cpu[i]),
              "wall_rounds_ms": tuple(round(float(x), 4) for x in wall[i])} for i in range(n)]
+
+
+def to_retime(trials: Sequence, also: Sequence[int] = ()) -> list[int]:
+    """Indices of the trials (``choice.Trial``) to re-time together, in order: the passing ones but int8 trials over
+    ``RETIME_SPAN`` × the cheapest passing one's ``cpu_ms`` (no timing noise makes those the fastest; fp32, trial 0,
+    stays: the reason's speed-up), plus ``also`` whatever they passed."""
+    passing = [i for i, t in enumerate(trials) if t.passed]
+    cheapest = min((trials[i].cpu_ms for i in passing if trials[i].cpu_ms), default=None)
+    if cheapest:
+        passing = [i for i in passing if i == 0 or not trials[i].cpu_ms or trials[i].cpu_ms <= RETIME_SPAN * cheapest]
+    return sorted(set(passing) | set(also))
+
+
+def least_ratio(slow: dict, fast: dict) -> float:
+    """``slow``'s cost over ``fast``'s at the length where it is least slower (``cpu_ms_by_len`` dicts over the same
+    lengths): r > 1 means ``slow`` costs ≥ r× ``fast`` at every timed length."""
+    return min(slow[n] / fast[n] for n in fast)
 
 
 def busy_jiffies(cpus: Sequence[int], stat: str = "/proc/stat") -> int | None:

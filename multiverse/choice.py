@@ -30,6 +30,12 @@ FIDELITY_TRADE = (0.10, 0.5)  # (max extra p50, max divergence ratio)
 # 0.63 % MRR on the validation split (τ 1 %) and 0.91 % on the test split; the same with its most sensitive node
 # in fp32 lost 0.21 % / 0.14 %, at the same p50 (logit NMSE 0.0063 vs 0.0175, so choose() prefers it).
 SAFETY_MARGIN = 0.5
+# SmoothQuant variants (α) of an ONNX Runtime candidate add Mul nodes to the same int8 GEMMs. Re-timed interleaved with
+# it (1-thread CPU time per call), α=0.6/0.7/0.8 took 0.97-1.06x its time at 16 and at 128 tokens in two builds of a
+# DistilBERT-base-shaped classifier (quiet host; load 6-8), 0.97-1.00x (geometric mean over lengths) in a third
+# (load 3.5). A variant not built is judged at this fraction of its base's time (best_case_variant): 7 % below the
+# lowest measured.
+VARIANT_TIME_FLOOR = 0.9
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,56 @@ def fallback_plan(trials: Sequence[Trial], precision: str = "auto", runtime: str
         return (f"{trials[chosen].label} passed narrowly (gate loss {trials[chosen].validation.gate_loss:.2g} > "
                 f"{SAFETY_MARGIN:g} × tolerance)"), chosen
     return None
+
+
+def skipped_fallback(why: str, budget: int, need: int, default: int) -> dict:
+    """The manifest's ``sensitivity`` record when phase 2 (per-node fp32 fallback) should run (``why``, from
+    :func:`fallback_plan`) but the trial budget was used up: it needs ``need`` trials (``default``: the tuner's)."""
+    skipped = (f"per-node fp32 fallback was skipped: the trial budget ({budget}) was used up by the configuration "
+               f"phase; it needs at least {need} trials (--max-trials {need} or more, default {default}; each fallback "
+               "trial keeps more nodes in fp32)")
+    return {"skipped": skipped, "why": why, "trials_needed": need}
+
+
+def fallback_record(base: str, why: str, kept: Sequence[str], measured: dict) -> dict:
+    """The manifest's ``sensitivity`` record of phase 2 from trial ``base`` (label): ``why`` it ran, the nodes ``kept``
+    in fp32 by the base configuration, and the per-node sensitivity ``measured`` (``{"order", "output_nmse",
+    "flip_rate"}`` of ``sensitivity.node_sensitivity``), to 3 significant digits."""
+    order, flips = measured["order"], measured["flip_rate"]
+    return {"base": base, "why": why, "kept_fp32": list(kept),
+            "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
+                       "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
+            "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
+            **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
+
+
+def best_case_variant(base: Trial, floor: float = VARIANT_TIME_FLOOR) -> Trial:
+    """A variant of trial ``base`` (validated and timed by length) as good as one could be: ``floor`` × its time per
+    call at every timed length (CPU time and served latency), passing with margin, with no divergence from the
+    PyTorch model and no gate loss."""
+    from .tasks import get_task
+
+    v = base.validation
+    details = {**v.details, get_task(v.task).fidelity_metric: 1.0, **({"logit_nmse": 0.0} if "logit_nmse" in v.details
+                                                                       else {})}
+    return replace(base, label=f"{base.label} (best case)", validation=replace(v, passed=True, checks=(),
+                                                                               details=details),
+                   p50_ms=None if base.p50_ms is None else floor * base.p50_ms,
+                   cpu_ms=None if base.cpu_ms is None else floor * base.cpu_ms, cpu_rounds_ms=(),
+                   cpu_ms_by_len={n: floor * t for n, t in base.cpu_ms_by_len.items()},
+                   served_ms_by_len={n: floor * t for n, t in base.served_ms_by_len.items()})
+
+
+def could_ship_variant(trials: Sequence[Trial], base: int, precision: str = "auto", runtime: str = "auto",
+                       floor: float = VARIANT_TIME_FLOOR) -> bool:
+    """Whether a variant of trial ``base`` (a SmoothQuant strength of an ONNX Runtime candidate) could ship beside
+    ``trials``: :func:`choose` over ``trials`` plus its :func:`best_case_variant` picks that one. When it does not,
+    a real variant, which takes at least as long at every length and diverges more, is not picked either, and the
+    tuner need not build it. ``trials[base]`` must be validated and timed by length (``cpu_ms_by_len``). A ``floor``
+    of 0 (no bound on how fast a variant may be) says True."""
+    if floor <= 0:
+        return True
+    return choose([*trials, best_case_variant(trials[base], floor)], precision, runtime)[0] == len(trials)
 
 
 def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "auto") -> tuple[int | None, str]:

@@ -197,3 +197,17 @@ def openvino_bf16(tuner, budget: int) -> None:
         except IsaMismatchError as exc:  # OpenVINO compiled it at f32 whatever /proc/cpuinfo lists
             tuner.progress.info(f"bf16 candidates skipped: {exc}")
             return
+
+
+def openvino_reason(trials, chosen: int, reason: str, progress) -> str:
+    """``choice.choose``'s reason for trial ``chosen`` under ``--runtime openvino``: said so, and, when it takes more CPU
+    time than the fused fp32 ONNX Runtime graph (trial 0) on this host, that too (also a warning on ``progress``)."""
+    from .choice import cost_ms, speedup_text
+
+    reason = reason.replace("int8 requested: ", "--runtime openvino: ", 1)
+    if (cost := cost_ms(trials, [0, chosen]))[chosen] > cost[0]:
+        slower = (f"it takes {speedup_text(trials, chosen, 0)} the CPU time of the fused fp32 ONNX Runtime "
+                  "graph on this host; --runtime auto would ship the faster one")
+        reason = f"{reason}; {slower}"
+        progress.warn(f"--runtime openvino: {trials[chosen].label} ships although {slower}")
+    return reason

@@ -23,8 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from .export import OnnxModel, save_graph
+from .targets import QuantConfig, Target
 
 SMOOTHABLE = ("MatMul", "Attention")
+SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 
 
 def _targets(graph) -> list:
@@ -150,3 +152,39 @@ def smooth(model: OnnxModel, out: str | Path, amax: dict[str, np.ndarray], alpha
     save_graph(proto, out / "model.onnx")
     return replace(model, path=out / "model.onnx",
                    quantization={"smooth_alpha": alpha, "smoothed_nodes": count, "folded_into_attention": folded})
+
+
+def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
+    """The tuner's phase-1 candidates: the target's configuration, then the same with smoothing strengths α
+    (``SMOOTH_ALPHAS``); ``head`` nodes stay fp32 in all.
+
+    Op types (Attention, EmbedLayerNormalization, Gather) are varied node by node in phase 2.
+    Targets without VNNI already use u8 weights (``targets.py``); ``reduce_range`` is tried only there.
+    """
+    base = target.quantization.model_copy(update={"nodes_to_exclude": tuple(head)}) if head else target.quantization
+    configs = [base] + [base.model_copy(update={"smooth_alpha": a}) for a in SMOOTH_ALPHAS]
+    if not target.has_vnni and target.isa.arch == "x86_64":
+        configs.append(base.model_copy(update={"reduce_range": True, "weight_type": "int8"}))
+    return configs
+
+
+class SmoothedGraphs:
+    """``fused`` smoothed at each α asked for, each graph made once (:func:`smooth`, in ``workdir/smooth-<α>``), from
+    activation maxima calibrated once (:func:`calibrate`) on the first ``items`` built-in texts of ``task``
+    (``evaldata.subset``). Called with α = None: ``fused`` itself."""
+
+    def __init__(self, fused: OnnxModel, task: str, workdir: str | Path, items: int):
+        self.fused, self.task, self.workdir, self.items = fused, task, Path(workdir), items
+        self._amax: dict[str, np.ndarray] | None = None
+        self._graphs: dict[float, OnnxModel] = {}
+
+    def __call__(self, alpha: float | None) -> OnnxModel:
+        from .evaldata import builtin, subset
+
+        if alpha is None:
+            return self.fused
+        if alpha not in self._graphs:
+            if self._amax is None:
+                self._amax = calibrate(self.fused, self.task, subset(builtin(self.task), self.items).inputs())
+            self._graphs[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
+        return self._graphs[alpha]

@@ -31,12 +31,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, SERVED_ROUNDS, SERVED_SEQ_LENS, TRIAL_ROUNDS,
-                               measure, served_ms, timed_costs)
-from .choice import (FIDELITY_TRADE, LATENCY_TIE, SAFETY_MARGIN, Trial, TuningReport, choose, cost_ms, fallback_plan,
-                     speedup_text)
+from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN,  # noqa: F401
+                               SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
+                               served_ms, timed_costs, to_retime)
+from .choice import (FIDELITY_TRADE, SAFETY_MARGIN, VARIANT_TIME_FLOOR, Trial, TuningReport, choose,
+                     could_ship_variant, fallback_plan, fallback_record, skipped_fallback, speeds_by_len)
 from .errors import MultiverseError
-from .evaldata import EvalSet, builtin, subset
+from .evaldata import EvalSet, subset
 from .export import OnnxModel
 from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401 (output_nmse re-exported)
 from .incconfig import to_inc
@@ -45,53 +46,17 @@ from .ovsession import precision_config
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import SPINNING, physical_cores
-from .smooth import calibrate, smooth
+from .smooth import SMOOTH_ALPHAS, SmoothedGraphs, phase1_configs  # noqa: F401 (re-exported)
 from .targets import QuantConfig, Target
-from .tasks import get_task
-from .validate import model_inputs, reference_outputs, validate
+from .validate import by_length, model_inputs, reference_outputs, validate  # noqa: F401 (by_length re-exported)
 
 # ONNX Runtime's idle intra-op threads spin by default, burning CPU time while they wait: the tuner's sessions
 # turn it off so that process CPU time measures a candidate's work (see multiverse.timing.interleaved).
 NO_SPINNING = {SPINNING: "0"}
 DEFAULT_MAX_TRIALS = 12
-SMOOTH_ALPHAS = (0.7, 0.6, 0.8)  # best first on MiniLM (measured: 0.7 > 0.6 > 0.8 > 0.5 on min cosine)
 SENSITIVITY_ITEMS = 64
 FALLBACK_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # k most sensitive nodes kept in fp32, tried in order
 CALIBRATION_ITEMS = 300
-# choose() ships a passing candidate at most FIDELITY_TRADE[0] slower than the fastest, and a narrow pass gives way
-# to one at most FIDELITY_TRADE[0] slower than it: nothing over 1.1² = 1.21x the fastest passing cost can ship; 5 %
-# more for the noise of one interleaved comparison (LATENCY_TIE).
-DOMINATED = (1 + FIDELITY_TRADE[0]) ** 2 * (1 + LATENCY_TIE)
-# retime/ratio compare CPU time per call on 1 thread: on 2, OpenVINO's oneTBB workers wait actively for a preempted
-# peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not (benchmarks/results/runtime_noise.md).
-TIMING_THREADS = 1
-# Not re-timed: passing int8 trials over RETIME_SPAN x the cheapest's CPU time (one timing is within ~25 %: 6.3/7.8 ms)
-RETIME_SPAN = 2.0
-
-
-def by_length(data: EvalSet) -> EvalSet:
-    """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
-    validation runs right-padded batches of 16; the built-in texts padded to 47,888 tokens in file order against
-    12,272 sorted (8,037 real). Only where every gated number is a mean, a min or a count over examples: ranking
-    groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
-    if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
-        return data
-    order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
-    labels = None if data.labels is None else tuple(data.labels[i] for i in order)
-    return replace(data, texts=tuple(data.texts[i] for i in order), labels=labels)
-
-
-def phase1_configs(target: Target, head: Sequence[str] = ()) -> list[QuantConfig]:
-    """The target's configuration, then the same with smoothing strengths α; ``head`` nodes stay fp32 in all.
-
-    Op types (Attention, EmbedLayerNormalization, Gather) are varied node by node in phase 2.
-    Targets without VNNI already use u8 weights (``targets.py``); ``reduce_range`` is tried only there.
-    """
-    base = target.quantization.model_copy(update={"nodes_to_exclude": tuple(head)}) if head else target.quantization
-    configs = [base] + [base.model_copy(update={"smooth_alpha": a}) for a in SMOOTH_ALPHAS]
-    if not target.has_vnni and target.isa.arch == "x86_64":
-        configs.append(base.model_copy(update={"reduce_range": True, "weight_type": "int8"}))
-    return configs
 
 
 class _Tuner:
@@ -108,18 +73,10 @@ class _Tuner:
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._amax, self._built, self._calibration = None, 0, None  # calibration: list[dict] once built
-        self._smoothed: dict[float, OnnxModel] = {}
-
-    def _base_graph(self, alpha: float | None) -> OnnxModel:
-        if alpha is None:
-            return self.fused
-        if alpha not in self._smoothed:
-            if self._amax is None:
-                calib = model_inputs(subset(builtin(self.ckpt.task), CALIBRATION_ITEMS))
-                self._amax = calibrate(self.fused, self.ckpt.task, calib)
-            self._smoothed[alpha] = smooth(self.fused, self.workdir / f"smooth-{alpha:g}", self._amax, alpha)
-        return self._smoothed[alpha]
+        self._built, self._calibration = 0, None  # calibration: list[dict] once built
+        self._base_graph = SmoothedGraphs(fused, ckpt.task, workdir, CALIBRATION_ITEMS)  # alpha -> graph
+        self._predictors: dict[tuple, Predictor] = {}  # the ones used more than once (see predictor)
+        self._timed_together: set[int] = set()  # the trials of the last interleaved re-timing
 
     def build(self, config) -> OnnxModel:
         """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
@@ -137,10 +94,17 @@ class _Tuner:
 
     def predictor(self, model: OnnxModel, threads: int | None = None, served: bool = False) -> Predictor:
         """``model`` opened as the tuner runs it: ``threads`` (default: the run's) intra-op threads, spinning off
-        (``served``: as ``serve`` runs it, spinning as shipped), an IR at its recorded inference precision."""
-        return Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads or self.threads,
-                         session_config={**(self.target.session if served else self.session),
-                                         **precision_config(model.quantization)})
+        (``served``: as ``serve`` runs it, spinning as shipped), an IR at its recorded inference precision. Those of
+        the fp32 graph, on ``TIMING_THREADS`` and ``served`` are kept for reuse (calibration, sensitivity, re-timing)."""
+        threads = threads or self.threads
+        config = {**(self.target.session if served else self.session), **precision_config(model.quantization)}
+        key = (str(model.path), threads, tuple(sorted(config.items())))
+        if key not in self._predictors:
+            predictor = Predictor(model.path, model.model_dir, self.ckpt.task, threads=threads, session_config=config)
+            if not (model.path == self.fused.path or threads == TIMING_THREADS or served):
+                return predictor
+            self._predictors[key] = predictor
+        return self._predictors[key]
 
     def run(self, label: str, model: OnnxModel, config: dict | None, phase: str) -> Trial:
         predictor = self.predictor(model)
@@ -204,13 +168,12 @@ class _Tuner:
                 break
 
     def phase1(self, configs: Sequence[QuantConfig], budget: int, anchor: int | None,
-               keep_last_for: Callable[[], bool] | None = None) -> None:
+               keep_last_for: Callable[[], bool] | None = None, precision: str = "auto") -> None:
         """Phase 1 (one INC loop, every configuration run) within what is left of ``budget``. With an ``anchor``
-        (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone and the rest
-        only if its CPU time, timed interleaved with the anchor's, is at most ``DOMINATED`` × the anchor's: the
-        rest add SmoothQuant's Mul nodes to the same int8 GEMMs and cost at least as much (measured, re-timed
-        interleaved in two builds of a DistilBERT-base-shaped classifier: α=0.6-0.8 at 0.99-1.03x the unsmoothed
-        candidate's CPU time), and :func:`choose` cannot ship a candidate that much slower than a passing one."""
+        (a trial that passed with margin, OpenVINO static int8), the first configuration runs alone, is re-timed with
+        the anchor and the passing trials (:meth:`retime`: the timing the choice then uses, unless more pass), and
+        the rest (its SmoothQuant variants) run only if one could ship by :func:`choose`'s rules at ``precision``
+        (``choice.could_ship_variant``: at ``VARIANT_TIME_FLOOR`` × its time at every length, without divergence)."""
         left = budget - (len(self.trials) - 1)
         if anchor is None or len(configs) < 2 or left < 2:
             self.inc_loop(configs, left, "configurations", stop_at_first=False, keep_last_for=keep_last_for)
@@ -218,44 +181,43 @@ class _Tuner:
         first = len(self.trials)
         self.inc_loop(configs[:1], left, "configurations", stop_at_first=False)
         if len(self.trials) > first and self.trials[first].validation is not None:
-            ratio = self.ratio(anchor, first)
-            if ratio > DOMINATED:
-                self.progress.info(f"not trying {len(configs) - 1} smoothed variant(s) of {self.trials[first].label}: "
-                                   f"it takes {ratio:.2f}× the CPU time of {self.trials[anchor].label} (> "
-                                   f"{DOMINATED:.2f}×), too slow to ship beside it, and they cost at least as much")
+            self.retime(also=(anchor, first))
+            a, b = (speeds_by_len(self.trials, [anchor, first])[0][k] for k in (anchor, first))
+            took = (f"{self.trials[first].label} takes {' / '.join(f'{b[n] / a[n]:.2f}×' for n in sorted(a))} the time "
+                    f"of {self.trials[anchor].label} at {' / '.join(map(str, sorted(a)))} tokens")
+            if not could_ship_variant(self.trials, first, precision, floor=VARIANT_TIME_FLOOR):
+                self.progress.info(f"not trying its {len(configs) - 1} smoothed variant(s): {took}; at "
+                                   f"{VARIANT_TIME_FLOOR:g}× its time and without divergence none would ship")
                 return
+            self.progress.info(f"{took}: its smoothed variants could ship")
         self.inc_loop(configs[1:], budget - (len(self.trials) - 1), "configurations", stop_at_first=False,
                       keep_last_for=keep_last_for)
 
-    def retime(self, rounds: int = RETIME_ROUNDS) -> None:
-        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) in ``rounds``
-        interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread; set ``cpu_ms_by_len`` and ``cpu_ms`` from
-        :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len`` (``candidate_timing.served_ms``: as served,
-        on a quiet host only): what :func:`choose` compares (``choice.speeds_by_len``).
-
+    def retime(self, rounds: int = RETIME_ROUNDS, also: Sequence[int] = ()) -> None:
+        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) and ``also`` in
+        ``rounds`` interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread (``candidate_timing.to_retime``);
+        set ``cpu_ms_by_len`` and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len``
+        (``candidate_timing.served_ms``: as served, on a quiet host only): what :func:`choose` compares
+        (``choice.speeds_by_len``). Not again for trials that were all in the last re-timing (nothing to add).
         Trials are first timed one after another, minutes apart; on a shared VM the host's speed drifts by more
         than the 5 % that separates candidates (measured: the same α=0.7 MiniLM graph 6.3 and 7.8 ms in two runs).
         Interleaving exposes all candidates to the same drift, and process CPU time (ONNX Runtime spinning off)
         leaves out the time a call waited for a core that another process held."""
-        passing = [i for i, t in enumerate(self.trials) if t.passed]
-        cheapest = min((self.trials[i].cpu_ms for i in passing if self.trials[i].cpu_ms), default=None)
-        if cheapest:  # far slower than the cheapest: no timing noise makes it the fastest (fp32 stays: the reason's speedup)
-            passing = [i for i in passing if i == 0 or not self.trials[i].cpu_ms
-                       or self.trials[i].cpu_ms <= RETIME_SPAN * cheapest]
-        if len(passing) < 2:
+        timed = to_retime(self.trials, also)
+        if len(timed) < 2 or set(timed) <= self._timed_together:
             return
-        timed = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in passing], self.latency_text,
-                            rounds)
-        served = served_ms([self.predictor(self.models[i], served=True) for i in passing], self.latency_text,
-                           SERVED_ROUNDS) or [{} for _ in passing]  # [] on a busy host: CPU time at every length
-        for t, w, i in zip(timed, served, passing):
+        costs = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in timed], self.latency_text, rounds)
+        served = served_ms([self.predictor(self.models[i], served=True) for i in timed], self.latency_text,
+                           SERVED_ROUNDS) or [{} for _ in timed]  # [] on a busy host: CPU time at every length
+        for t, w, i in zip(costs, served, timed):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"], served_ms_by_len=w)
+        self._timed_together = set(timed)
         lens = ", ".join(map(str, served[0]))
         where = f"served latency at {lens} tokens" if lens else "no served latency: other processes kept the CPUs busy"
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; {where}): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU"
-                                       + "".join(f", {v:.2f} ms" for v in w.values()) for w, i in zip(served, passing)))
+                                       + "".join(f", {v:.2f} ms" for v in w.values()) for w, i in zip(served, timed)))
 
     def ratio(self, i: int, j: int, rounds: int = TRIAL_ROUNDS) -> float:
         """Trial ``j``'s CPU time per call over trial ``i``'s at the sequence length where it is least slower (so
@@ -264,7 +226,7 @@ class _Tuner:
         loaded host: one fallback 11.40 ms alone and 10.06 ms interleaved, its base 10.04 ms)."""
         cost_i, cost_j = (t["cpu_ms_by_len"] for t in timed_costs(
             [self.predictor(self.models[k], TIMING_THREADS) for k in (i, j)], self.latency_text, rounds))
-        return min(cost_j[n] / cost_i[n] for n in cost_i)
+        return least_ratio(cost_j, cost_i)
 
     def fallback_phase(self, why: str, base: int, budget: int) -> dict:
         """Phase 2 from trial ``base``: its k most sensitive nodes in fp32 for growing k (one INC loop), within
@@ -276,12 +238,9 @@ class _Tuner:
         used = len(self.trials) - 1
         left = budget - used
         if left <= 0:
-            need = used + 1
-            skipped = (f"per-node fp32 fallback was skipped: the trial budget ({budget}) was used up by the "
-                       f"configuration phase; it needs at least {need} trials (--max-trials {need} or more, default "
-                       f"{DEFAULT_MAX_TRIALS}; each fallback trial keeps more nodes in fp32)")
-            self.progress.warn(f"{why}; {skipped}.")
-            return {"skipped": skipped, "why": why, "trials_needed": need}
+            record = skipped_fallback(why, budget, used + 1, DEFAULT_MAX_TRIALS)
+            self.progress.warn(f"{why}; {record['skipped']}.")
+            return record
         config = QuantConfig(**{k: v for k, v in best.config.items() if k in QuantConfig.model_fields})
         self.progress.info(f"{why}: measuring per-node sensitivity of {best.label} …")
         measured = self.sensitivity(config, self.models[base])
@@ -292,12 +251,7 @@ class _Tuner:
                       slower_than=(base, 1 + FIDELITY_TRADE[0]) if narrow else None)
         if any(t.phase == "fp32 fallback" and t.passed for t in self.trials):
             self.retime()
-        flips = measured["flip_rate"]
-        return {"base": best.label, "why": why, "kept_fp32": list(kept),
-                "metric": ("label flip rate over (eval margin, node logit error) pairs, node quantized alone, squared "
-                           "per MAC per token; ties by output NMSE") if flips else "output NMSE, node quantized alone",
-                "node_output_nmse": {k: float(f"{measured['output_nmse'][k]:.3g}") for k in order},
-                **({"node_flip_rate": {k: float(f"{flips[k]:.3g}") for k in order}} if flips else {})}
+        return fallback_record(best.label, why, kept, measured)
 
     def sensitivity(self, config: QuantConfig, quantized: OnnxModel) -> dict:
         """Per node of ``config``'s model ``quantized``: the output NMSE and (classifiers) the label flip rate with
@@ -337,6 +291,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     from .ovtuning import (
         openvino_bf16,
         openvino_configs,
+        openvino_reason,
         openvino_rest,
         openvino_source,
         openvino_static,
@@ -366,11 +321,11 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         if use_ort:
             head = head_nodes(fused, target.quantization)
             # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
-            # (see choose), not by which passed first on a finite eval set; unless the first, which the others
-            # cost at least as much as, is too slow to ship next to the anchor (tuner.phase1). Phase 1 leaves
-            # the budget's last trial to phase 2 when nothing has passed with margin by then: a fallback of the
-            # best candidate is likelier to pass than one more smoothing strength.
-            tuner.phase1(configs or phase1_configs(target, head), budget, anchor,
+            # (see choose), not by which passed first on a finite eval set; unless the first's variants could not
+            # ship next to the anchor (tuner.phase1). Phase 1 leaves the budget's last trial to phase 2 when
+            # nothing has passed with margin by then: a fallback of the best candidate is likelier to pass than
+            # one more smoothing strength.
+            tuner.phase1(configs or phase1_configs(target, head), budget, anchor, precision=precision,
                          keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
         if ov_configs:
             anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
@@ -382,12 +337,7 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
             sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision, runtime)
     if runtime == "openvino" and chosen is not None:
-        reason = reason.replace("int8 requested: ", "--runtime openvino: ", 1)
-        if (cost := cost_ms(tuner.trials, [0, chosen]))[chosen] > cost[0]:
-            slower = (f"it takes {speedup_text(tuner.trials, chosen, 0)} the CPU time of the fused fp32 ONNX Runtime "
-                      "graph on this host; --runtime auto would ship the faster one")
-            reason = f"{reason}; {slower}"
-            progress.warn(f"--runtime openvino: {tuner.trials[chosen].label} ships although {slower}")
+        reason = openvino_reason(tuner.trials, chosen, reason, progress)
     if sensitivity.get("skipped"):
         reason = f"{reason}; {sensitivity['why']}, and the {sensitivity['skipped']}"
     model = tuner.models[chosen if chosen is not None else min(

@@ -12,7 +12,7 @@ outputs to the task's gate and is the one place that decides pass/fail: all chec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,8 +22,9 @@ from .errors import EvalDataError
 from .tasks import Encoded, TextTokenizer, get_task, make_handler
 from .tasks.evaluation import Check, EvalSet, TaskOutputs
 
-__all__ = ["BATCH_SIZE", "Check", "TaskOutputs", "ValidationReport", "candidate_outputs", "collect", "grouped_rows",
-           "length_runs", "model_inputs", "reference_outputs", "resolution_note", "score", "stack_rows", "validate"]
+__all__ = ["BATCH_SIZE", "Check", "TaskOutputs", "ValidationReport", "by_length", "candidate_outputs", "collect",
+           "grouped_rows", "length_runs", "model_inputs", "reference_outputs", "resolution_note", "score", "stack_rows",
+           "validate"]
 
 BATCH_SIZE = 16
 #: The reference's model runs (``collect(grouped=True)``): at most this many rows and padded tokens (rows × longest
@@ -113,6 +114,18 @@ def _gap(value: float, threshold: float) -> str:
 def model_inputs(data: EvalSet) -> list:
     """What the model is run on: texts, or every (query, passage) pair of the ranking groups, in order."""
     return data.inputs()
+
+
+def by_length(data: EvalSet) -> EvalSet:
+    """``data`` with its texts (and labels) sorted by length in characters, for the reference and the candidates:
+    validation runs right-padded batches of 16; the built-in texts padded to 47,888 tokens in file order against
+    12,272 sorted (8,037 real). Only where every gated number is a mean, a min or a count over examples: ranking
+    groups and labelled embeddings (whose linear probe splits even/odd positions) keep their order."""
+    if data.groups or (get_task(data.task).sentence_embeddings and data.labels is not None):
+        return data
+    order = sorted(range(len(data.texts)), key=lambda i: len(data.texts[i]))
+    labels = None if data.labels is None else tuple(data.labels[i] for i in order)
+    return replace(data, texts=tuple(data.texts[i] for i in order), labels=labels)
 
 
 def collect(forward: Callable[[Encoded], np.ndarray], encode: Callable[[Sequence], Encoded], handler,

@@ -213,3 +213,26 @@ def test_choose_prefers_a_pass_with_margin_over_a_narrow_one_up_to_10_percent_sl
     assert choose([fp32, plain, narrow, trial({"q": 2}, 8.5, -0.0013, 0.008)])[0] == 2  # less faithful: no
     # the unsmoothed candidate passed with margin on the gate but is 3× less faithful: never the safer choice
     assert choose([fp32, plain, narrow])[0] == 2
+
+
+def test_a_best_case_variant_is_faster_by_the_floor_and_as_faithful_as_can_be_and_ships_only_where_rules_allow():
+    from multiverse.choice import best_case_variant, could_ship_variant
+
+    def trial(label, config, by_len, served=None, loss=0.004, nmse=0.003):
+        check = Check("expected_label_agreement", 1 - 2 * loss, 0.99, True, loss)
+        v = ValidationReport("d", "text-classification", 1, "label_agreement", 1.0, 1.0, 0.0, 0.01, True, (check,),
+                             {"logit_nmse": nmse, "label_agreement": 1.0})
+        return Trial(label, config, v, 1.0, cpu_ms=1.0, cpu_ms_by_len=by_len, served_ms_by_len=served or {})
+
+    plain = trial("plain", {"runtime": "onnxruntime"}, {16: 5.0, 128: 25.0}, {16: 2.0})
+    best = best_case_variant(plain, 0.9)
+    assert best.cpu_ms_by_len == {16: 4.5, 128: 22.5} and best.served_ms_by_len == {16: 1.8}
+    assert best.validation.divergence == 0 and best.validation.gate_loss == 0 and best.passed and best.p50_ms == 0.9
+    fp32 = trial("fp32", None, {16: 15.0, 128: 61.0}, {16: 6.0}, loss=0.0, nmse=0.0)
+    anchor = trial("ov", {"runtime": "openvino"}, {16: 4.2, 128: 17.4}, {16: 1.9}, loss=0.0, nmse=0.0002)
+    # 1.05x / 1.44x the anchor: a variant at 0.9x is still 1.29x at 128 tokens, no rule ships it
+    assert not could_ship_variant([fp32, anchor, plain], 2)
+    # 1.07x at both lengths: a variant 0.96x the anchor could (it would be the fastest)
+    close = trial("plain", {"runtime": "onnxruntime"}, {16: 4.5, 128: 18.6}, {16: 2.0})
+    assert could_ship_variant([fp32, anchor, close], 2)
+    assert could_ship_variant([fp32, anchor, plain], 2, floor=0.0)  # no bound on a variant's speed

@@ -309,6 +309,7 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     monkeypatch.setattr(tuning, "served_ms", fake_served_ms)
     tuner = object.__new__(tuning._Tuner)
     tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
+    tuner._timed_together = set()
     tuner.predictor = lambda model, threads=None, served=False: (model, threads or tuner.threads, served)
     passed = SimpleNamespace(passed=True)
     tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
@@ -325,6 +326,15 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     assert served_with == [[(2, True)] * 3]
     assert [t.served_ms_by_len for t in tuner.trials] == [{16: 3.0}, {16: 1.0}, {16: 1.2}, {}, {}]
     assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2
+    # nothing was added since the last re-timing: its numbers stand (one interleaved timing), nothing is timed again
+    tuner.retime(rounds=5)
+    assert len(timed_with) == 2
+    # a new passing trial is timed together with the others; ``also`` adds trials whatever they passed
+    tuner.models.append(0.9)
+    tuner.trials.append(Trial("new", {}, passed, 8.5, cpu_ms=9.0))
+    tuner.retime(rounds=5, also=(4,))
+    assert timed_with[-1] == [tuning.TIMING_THREADS] * 5 and tuner.trials[5].cpu_ms == pytest.approx(9.0)
+    assert tuner.trials[4].cpu_ms == pytest.approx(50.0) and served_with[-1] == [(2, True)] * 5
 
 
 def test_choose_compares_served_latency_at_the_short_length_and_never_mixes_clocks():
