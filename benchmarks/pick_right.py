@@ -5,7 +5,7 @@ Three steps, each writing its part of ``--out`` (JSON) so that they can run at d
 
 1. ``candidates`` (quiet host): the pipeline (``multiverse.pipeline.optimize``, default settings, ``--target
    icelake``) in this process with every candidate the tuner can build tried: phase 1's dominance skip off
-   (``tuning.DOMINATED`` = ∞) and every OpenVINO configuration built (``ovtuning.openvino_rest`` as if static
+   (``tuning.VARIANT_TIME_FLOOR`` = 0: every SmoothQuant variant built) and every OpenVINO configuration built (``ovtuning.openvino_rest`` as if static
    had not passed). The work folder is kept, and each validated candidate's graph is recorded by label.
 2. ``truth`` (quiet host): every passing candidate opened as ``serve`` opens a bundle (the target's session
    options, ONNX Runtime spinning as shipped, the IR at its recorded inference precision, 2 intra-op threads),
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import multiprocessing
 import os
 import subprocess
@@ -78,7 +77,7 @@ def collect(model: str | None, work: Path) -> dict:
         yield work / "build"
 
     tuning._Tuner.run = run
-    tuning.DOMINATED = math.inf
+    tuning.VARIANT_TIME_FLOOR = 0.0
     ovtuning.openvino_rest = lambda tuner, configs, budget, static: original_rest(tuner, configs, budget, None)
     workdir.work_folder = kept_folder
     try:
