@@ -225,20 +225,21 @@ def _why_not_fastest(trials: Sequence[Trial], passing: Sequence[int], best: int,
                f"margin (gate loss {b.gate_loss:.2g})")
     else:
         why = f"this one is more faithful to the PyTorch model (divergence {b.divergence:.3g} vs {f.divergence:.3g})"
-    if _timed_by_length(trials, [best, fastest]):
+    by_len = _timed_by_length(trials, [best, fastest])
+    if by_len:
         speed = speeds_by_len(trials, passing)[0]
-        mine, theirs = speed[best], speed[fastest]
-        slower = max([slower] + [mine[n] / theirs[n] - 1 for n in mine])  # the rules hold at every length
+        extra = {n: speed[best][n] / speed[fastest][n] - 1 for n in sorted(speed[best])}
+        slower = max(slower, *extra.values())  # the rules hold at every length
     trade = f"within {FIDELITY_TRADE[0]:.0%}"
     rule = (f"within the {LATENCY_TIE:.0%} timing noise" if slower <= LATENCY_TIE else trade
             if slower <= FIDELITY_TRADE[0] else f"{trade} of a faster candidate that is itself {trade} of it")
-    if _timed_by_length(trials, [best, fastest]):
-        more = " / ".join(f"{mine[n] / theirs[n] - 1:+.1%}" for n in sorted(mine))
+    if by_len:
         clock = f"({clock})" if "," in clock else clock
-        slower = f"{more} {clock} vs {trials[fastest].label} at {' / '.join(map(str, sorted(mine)))} tokens"
+        takes = (f"{' / '.join(f'{x:+.1%}' for x in extra.values())} {clock} vs {trials[fastest].label} at "
+                 f"{' / '.join(map(str, extra))} tokens")
     else:
-        slower = f"{slower:.1%} more {clock} than {trials[fastest].label}"
-    return f"{trials[best].label} ships although it takes {slower} ({rule}): {why}"
+        takes = f"{slower:.1%} more {clock} than {trials[fastest].label}"
+    return f"{trials[best].label} ships although it takes {takes} ({rule}): {why}"
 
 
 def cost_ms(trials: Sequence[Trial], indices: Sequence[int]) -> dict[int, float]:
@@ -272,9 +273,9 @@ def speeds_by_len(trials: Sequence[Trial], indices: Sequence[int]) -> tuple[dict
     does, which other load cannot inflate, but not how it spreads over the served threads, and at short lengths
     that decides (all-MiniLM-L6-v2, quiet host, 2 threads as served: ONNX Runtime α=0.7 with 1 node in fp32 ran
     0.53 / 0.83 ms at 8 / 16 tokens against OpenVINO dynamic int8's 0.76 / 1.05 ms, where one-thread CPU time had
-    OpenVINO 4 % ahead at 16 tokens; ``benchmarks/results/pick_right-minilm.json``). Short calls also fit between two
-    preemptions, so their minimum wall time stays measurable on a loaded host (same pair, two busy loops on both
-    cores: 1.15 vs 0.73 ms at 16 tokens), which long calls' is not (128 tokens: the order flipped with the load)."""
+    OpenVINO 4 % ahead at 16 tokens; ``benchmarks/results/pick_right-minilm.json``). Only at the short length: at
+    128 tokens the order of the same pair's fastest calls flipped with the load. The tuner records served latency
+    only when the host was quiet while it was timed (``candidate_timing.served_ms``)."""
     speed = {i: dict(trials[i].cpu_ms_by_len) for i in indices}
     clocks = {n: "CPU time" for n in (speed[indices[0]] if indices else {})}
     for n in clocks:
