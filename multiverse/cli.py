@@ -215,7 +215,7 @@ def validate(
         _out().print(t)
         for k, v in notes.items():
             _out().print(f"{k}: {v}", highlight=False, soft_wrap=True)
-    note = resolution_note(report.task, report.n, report.tolerance)
+    note = resolution_note(report.task, report.n, report.tolerance, report.details.get("metric_step"))
     if note:
         err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
     if not report.passed:

@@ -121,6 +121,10 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
             validation = report.chosen_validation
             passed = validation is not None and validation.passed
             s["ok"] = passed  # a failed gate is a failed stage (✗), not ✓
+        step = validation.details.get("metric_step") if validation is not None else None
+        note = resolution_note(ckpt.task, len(data), tolerance, step) if step is not None else None
+        if note:
+            progress.warn(note)
         manifest = _manifest(ckpt, tgt, fp32, fused, chosen, report)
         if not passed and not keep_failed:
             raise AccuracyGateError(_gate_message(report, tolerance), report)

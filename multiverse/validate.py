@@ -35,15 +35,27 @@ RUN_TOKENS = 4096
 WINDOW_ROWS = 256
 
 
-def resolution_note(task: str, n: int, tolerance: float) -> str | None:
+def resolution_note(task: str, n: int, tolerance: float, step: float | None = None) -> str | None:
     """A warning when the eval set is too small for the gate to resolve ``tolerance``, else None.
 
     For every task whose gated metric is not continuous (``Task.continuous_metric``: cosines are) one
     changed prediction moves the metric by about 1/n; when 1/n > τ a single flip already exceeds the
     tolerance and a pass or fail says little (seen: n = 3 ranking queries passed with MRR 1.0).
+    ``step``: the measured relative change of the gated metric from one changed prediction when a report has it
+    (``details["metric_step"]``; entity F1: 1 / the reference's true positives), used instead of 1/n.
     ``n``: examples (ranking: queries). Raises UsageError for an unknown task.
     """
-    if get_task(task).continuous_metric or tolerance <= 0 or n * tolerance >= 1:
+    if get_task(task).continuous_metric or tolerance <= 0:
+        return None
+    if step is not None:
+        if step <= tolerance:
+            return None
+        return (f"one changed entity moves entity F1 by about {step * 100:.2g} % on this eval set (the reference model "
+                f"finds {1 / step:.0f} of its entities), more than the tolerance {tolerance * 100:g} %, so the gate is "
+                f"mostly noise and the choice between passing candidates goes by agreement with the reference; use an "
+                f"eval set on which the reference finds at least {int(np.ceil(1 / tolerance))} correct entities, or "
+                f"--tolerance {step:.2g} or more.")
+    if n * tolerance >= 1:
         return None
     need = int(np.ceil(1 / tolerance))
     return (f"the eval set has {n} example{'s' if n != 1 else ''}: one changed prediction moves the metric by "
@@ -85,6 +97,14 @@ class ValidationReport:
     def gate_loss(self) -> float:
         """Largest loss-equivalent over the checks: passed ⇔ gate_loss ≤ tolerance. The tuner minimises it."""
         return max((c.loss for c in self.checks), default=0.0)
+
+    @property
+    def resolvable(self) -> bool:
+        """Whether one changed prediction moves the gated metric by at most the tolerance: False when the task's
+        gate measured a coarser ``details["metric_step"]`` (entity F1 of a model that finds few entities). Its gate
+        loss then says nothing at the scale of the tolerance, and the tuner does not call a pass narrow or safe by it
+        (``choice.passed_with_margin``)."""
+        return float(self.details.get("metric_step", 0.0)) <= self.tolerance
 
     @property
     def divergence(self) -> float:

@@ -236,3 +236,40 @@ def test_a_best_case_variant_is_faster_by_the_floor_and_as_faithful_as_can_be_an
     close = trial("plain", {"runtime": "onnxruntime"}, {16: 4.5, 128: 18.6}, {16: 2.0})
     assert could_ship_variant([fp32, anchor, close], 2)
     assert could_ship_variant([fp32, anchor, plain], 2, floor=0.0)  # no bound on a variant's speed
+
+
+def test_ner_gate_reports_the_step_of_one_entity_and_the_note_and_choice_follow_it():
+    from multiverse.tasks.token_classification import Handler
+    from multiverse.validate import resolution_note
+
+    # two texts, four gold entities; the reference finds two of them (TP 2) and one false positive
+    data = EvalSet("d", "token-classification", texts=("a b c d", "e f g h"),
+                   labels=(((0, 1, "PER"), (2, 3, "LOC")), ((0, 1, "PER"), (4, 5, "ORG"))))
+    ents = lambda *spans: [{"start": s, "end": e, "entity_group": t} for s, e, t in spans]  # noqa: E731
+    ref = TaskOutputs([np.array([1, 0])] * 2, [ents((0, 1, "PER")), ents((0, 1, "PER"), (6, 7, "LOC"))])
+    same = Handler.gate(data, ref, ref, {}, 0.01)
+    assert same.details["metric_step"] == pytest.approx(0.5)  # one of the two true positives = half the F1
+    # one true positive typed wrong (same number of predictions): entity F1 falls by exactly that step, 4/7 → 2/7
+    wrong = Handler.gate(data, ref, TaskOutputs(ref.values, [ents((0, 1, "LOC")), ref.entities[1]]), {}, 0.01)
+    assert wrong.optimised / wrong.reference == pytest.approx(1 - same.details["metric_step"])
+    note = resolution_note("token-classification", 230, 0.01, 0.0213)
+    assert "about 2.1 %" in note and "finds 47 of its entities" in note and "at least 100 correct entities" in note
+    assert resolution_note("token-classification", 230, 0.01, 0.008) is None
+    assert resolution_note("token-classification", 230, 0.01) is None  # 230 examples resolve 1 %: no step, no note
+
+    def trial(config, p50, loss, nmse, step):
+        check = Check("relative loss of entity_f1", loss, 0.01, loss <= 0.01, loss)
+        report = ValidationReport("d", "token-classification", 230, "entity_f1", 0.27, 0.27 * (1 - loss), loss, 0.01,
+                                  loss <= 0.01, (check,), {"logit_nmse": nmse, "metric_step": step})
+        return Trial("t", config, report, p50)
+
+    # measured (WNUT-16 validation, one entity = 2.1 %): OpenVINO static won over its bf16 twin (logit NMSE 0.0014
+    # both) on gate loss, a "margin" of one lucky entity (−3.1 %) against a narrow +0.9 %; unresolvable, gate loss
+    # decides nothing and the faster of the equally faithful ships
+    fp32 = trial(None, 5.7, 0.0, 0.0, 0.0213)
+    lucky, twin = trial({"q": 1}, 2.51, -0.031, 0.00144, 0.0213), trial({"q": 2}, 2.50, 0.0086, 0.00141, 0.0213)
+    assert choose([fp32, lucky, twin])[0] == 2
+    assert fallback_plan([fp32, lucky, twin]) is None  # no phase 2 on a narrow pass the metric cannot resolve
+    resolvable = [fp32, trial({"q": 1}, 2.51, -0.031, 0.00144, 0.005), trial({"q": 2}, 2.50, 0.0086, 0.00141, 0.005)]
+    assert choose(resolvable)[0] == 1  # with a fine step gate loss and the margin rule apply as before
+    assert fallback_plan([fp32, trial({"q": 2}, 2.50, 0.0086, 0.00141, 0.005)]) is not None

@@ -192,7 +192,11 @@ class Handler:
              tolerance: float) -> TaskScore:
         """Relative loss of entity F1 (labelled, exact spans and types) or of token-label agreement with the
         reference ≤ τ. Details: ``token_agreement``, ``logit_nmse`` and ``entity_agreement_f1`` (the
-        candidate's entities scored against the reference's)."""
+        candidate's entities scored against the reference's); labelled, also ``metric_step``: the relative change
+        of entity F1 when one entity changes, 1 / the reference's true positives (F1 = 2·TP / (predicted + gold)
+        is linear in TP), which is coarser than 1/n when the model finds few entities (measured with the test suite's
+        WNUT-16 model: 0.021 on the 230 validation tweets, where the reference finds 47 of 125 gold entities; 0.013 on the
+        459 test tweets, 77 of 281)."""
         agree = np.concatenate([a == b for a, b in zip(reference.values, candidate.values)])
         details = {"token_agreement": float(agree.mean()) if agree.size else 1.0}
         if reference.logits is not None and candidate.logits is not None:
@@ -204,8 +208,10 @@ class Handler:
         details["entity_agreement_f1"] = metrics.entity_f1(spans(candidate.entities), spans(reference.entities))["f1"]
         if data.labels is not None:
             gold = [{(int(s), int(e), str(t)) for s, e, t in row} for row in data.labels]
-            r = metrics.entity_f1(spans(reference.entities), gold)["f1"]
-            o = metrics.entity_f1(spans(candidate.entities), gold)["f1"]
+            ref_scores = metrics.entity_f1(spans(reference.entities), gold)
+            r, o = ref_scores["f1"], metrics.entity_f1(spans(candidate.entities), gold)["f1"]
+            true_positives = ref_scores["recall"] * sum(len(g) for g in gold)
+            details["metric_step"] = 1.0 / true_positives if true_positives >= 0.5 else 1.0
             metric = "entity_f1"
         else:
             metric, r, o = "token_agreement", 1.0, details["token_agreement"]
