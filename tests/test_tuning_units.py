@@ -424,6 +424,44 @@ def test_others_cores_counts_busy_ticks_of_our_cpus_that_this_process_did_not_us
     assert out == "done" and others == pytest.approx(len(cpus) / 2)  # one second of busy ticks per CPU in 2 s
 
 
+def test_foreground_raises_every_thread_where_allowed_and_restores_each_one(monkeypatch):
+    import os
+    import threading
+
+    from multiverse import candidate_timing
+    from multiverse.candidate_timing import foreground
+
+    def nices():
+        return {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        before = nices()
+        with foreground(-5) as raised:
+            inside = nices()
+            born = threading.Thread(target=stop.wait)  # a thread born inside takes the raised value
+            born.start()
+        after = nices()
+        if raised:  # root or CAP_SYS_NICE: every thread ran at -5
+            assert all(v == -5 for t, v in inside.items() if t in before)
+        else:  # no permission: nothing changed
+            assert inside == before
+        assert all(after[t] == before[t] for t in before) and after[born.native_id] == before[os.getpid()]
+        with foreground(None) as raised:
+            assert not raised and nices() == after
+
+        def refuse(*args):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(candidate_timing.os, "setpriority", refuse)
+        with foreground(-5) as raised:
+            assert not raised and nices() == after
+    finally:
+        stop.set()
+
+
 def test_reason_names_the_chain_when_two_ten_percent_rules_moved_the_choice():
     from multiverse.choice import choose
     from multiverse.tuning import Trial
