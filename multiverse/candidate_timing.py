@@ -26,11 +26,14 @@ SERVED_SEQ_LENS = (LATENCY_SEQ_LENS[0],)
 LATENCY_BATCH = 1
 RETIME_ROUNDS = 5  # interleaved timing rounds of the passing candidates before each choice
 MAX_OTHERS_CORES = 0.25  # served_ms is kept only when other processes used at most this many CPUs meanwhile
-# served_ms runs with every thread of this process at this nice value when the OS allows it (CAP_SYS_NICE, e.g. root):
-# the CPU scheduler then gives other processes' runnable threads ~1 % of a CPU beside ours (CFS weights 88761 vs 1024
-# for nice 0, kernel sched/core.c sched_prio_to_weight) for the second or two of timing, so a 2-thread call gets both
-# CPUs as on a quiet host. None: never change priorities.
-SERVED_NICE: int | None = -20
+# served_ms runs with every thread of this process under the real-time round-robin policy (SCHED_RR, lowest priority)
+# when the OS allows it (CAP_SYS_NICE, e.g. root): a woken thread of ours then takes a CPU from any normal process at
+# once, so a 2-thread call runs as on a quiet host for the second or two of timing. Measured, all-MiniLM-L6-v2 at
+# 16 tokens, two busy-loop processes on both CPUs, fastest call of ONNX Runtime α=0.7 / OpenVINO dynamic int8:
+# normal policy 0.78 / 1.16 ms (our threads waited 1.4 s per s for a CPU), nice -20 0.72 / 0.95 (0.55 s per s),
+# SCHED_RR 0.72 / 0.88 (other processes got 0.07 CPUs); quiet host, SCHED_RR 0.71 / 0.85. The kernel keeps 5 % of
+# every second for normal processes (sched_rt_runtime_us). False: never change the policy.
+SERVED_REALTIME = True
 SERVED_ROUNDS = 3  # rounds of served_ms: its minimum needs clean calls, not many rounds (≥ 100 calls each at 16 tokens)
 TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
 RUNS_PER_ROUND = 10  # calls per candidate per round (fewer when they take over ROUND_SECONDS); the round's median
@@ -131,14 +134,14 @@ def served_ms(predictors: Sequence[Predictor], text: str, rounds: int, *,
     given code snippet; higher values ... are typically ... caused by other processes interfering with your timing
     accuracy": Python's ``timeit`` docs).
 
-    The block runs in the :func:`foreground` (every thread at ``SERVED_NICE``) where the OS allows it. Only on a
+    The calls run in the :func:`foreground` (real-time round-robin) where the OS allows it. Only on a
     quiet host, or one made quiet that way: when other processes kept more than ``MAX_OTHERS_CORES`` of this process's CPUs busy
     during the timing (:func:`others_cores`), or that cannot be known, returns ``[]``. Why: a multi-threaded call
     needs all its threads on a CPU at once; with every CPU contended that happens by chance (measured, two
     busy loops on both cores, all-MiniLM-L6-v2 at 16 tokens: ONNX Runtime's minimum 0.73 ms in one process and
     1.28 ms in another, against 0.80 quietly, so OpenVINO's 1.26× lag shrank to 3.5 %).
     Returns one ``{length: ms}`` per predictor, or ``[]``."""
-    with foreground(SERVED_NICE):
+    with foreground(SERVED_REALTIME):
         values, others = others_cores(lambda: _served_minimum(predictors, text, rounds, seq_lens))
     return values if others is not None and others <= MAX_OTHERS_CORES else []
 
@@ -151,30 +154,37 @@ def _thread_ids() -> list[int]:
 
 
 @contextlib.contextmanager
-def foreground(nice: int | None):
-    """Run the block with every thread of this process (Linux keeps a nice value per thread, ``setpriority(2)``)
-    at ``nice``, when that is a raise and the OS allows it; restores each thread's value afterwards (threads born
-    inside take the process's value from before). Yields whether it raised them. No ``/proc/self/task``, ``nice``
-    None or not a raise, or no permission (``PermissionError``: CAP_SYS_NICE is needed): nothing changes."""
-    before = {t: os.getpriority(os.PRIO_PROCESS, t) for t in _thread_ids()} if nice is not None else {}
-    base = os.getpriority(os.PRIO_PROCESS, 0) if before else 0
-    raised = {}
-    for t, value in before.items():
-        if nice < value:
-            try:
-                os.setpriority(os.PRIO_PROCESS, t, nice)
-            except PermissionError:
-                break
-            except ProcessLookupError:  # the thread ended meanwhile
-                continue
-            raised[t] = value
+def foreground(enabled: bool = True):
+    """Run the block with every thread of this process (Linux schedules threads, ``sched_setscheduler(2)``) under
+    SCHED_RR at the lowest real-time priority, when ``enabled`` and the OS allows it; afterwards each thread gets its
+    policy and priority back (threads born inside: the process's from before). Yields whether it changed them.
+    Without ``/proc/self/task`` or ``os.sched_setscheduler``, or without permission (``PermissionError``:
+    CAP_SYS_NICE or an RLIMIT_RTPRIO is needed), nothing changes."""
+    if not enabled or not hasattr(os, "sched_setscheduler"):
+        yield False
+        return
+    before = {}
+    for t in _thread_ids():
+        with contextlib.suppress(OSError):
+            before[t] = (os.sched_getscheduler(t), os.sched_getparam(t).sched_priority)
+    base = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) if before else None
+    changed = []
+    for t in before:
+        try:
+            os.sched_setscheduler(t, os.SCHED_RR, os.sched_param(os.sched_get_priority_min(os.SCHED_RR)))
+        except PermissionError:
+            break
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+        changed.append(t)
     try:
-        yield bool(raised)
+        yield bool(changed)
     finally:
-        if raised:
+        if changed:
             for t in _thread_ids():
+                policy, priority = before.get(t, base)
                 with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, t, before.get(t, base))
+                    os.sched_setscheduler(t, policy, os.sched_param(priority))
 
 
 def _served_minimum(predictors: Sequence[Predictor], text: str, rounds: int,

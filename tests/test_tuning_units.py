@@ -424,40 +424,40 @@ def test_others_cores_counts_busy_ticks_of_our_cpus_that_this_process_did_not_us
     assert out == "done" and others == pytest.approx(len(cpus) / 2)  # one second of busy ticks per CPU in 2 s
 
 
-def test_foreground_raises_every_thread_where_allowed_and_restores_each_one(monkeypatch):
+def test_foreground_runs_every_thread_round_robin_where_allowed_and_restores_each_one(monkeypatch):
     import os
     import threading
 
     from multiverse import candidate_timing
     from multiverse.candidate_timing import foreground
 
-    def nices():
-        return {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
+    def policies():
+        return {int(t): os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}
 
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait)
     worker.start()
     try:
-        before = nices()
-        with foreground(-5) as raised:
-            inside = nices()
-            born = threading.Thread(target=stop.wait)  # a thread born inside takes the raised value
+        before = policies()
+        with foreground() as changed:
+            inside = policies()
+            born = threading.Thread(target=stop.wait)  # a thread born inside inherits the policy
             born.start()
-        after = nices()
-        if raised:  # root or CAP_SYS_NICE: every thread ran at -5
-            assert all(v == -5 for t, v in inside.items() if t in before)
+        after = policies()
+        if changed:  # root or CAP_SYS_NICE: every thread ran SCHED_RR
+            assert all(inside[t] == os.SCHED_RR for t in before)
         else:  # no permission: nothing changed
             assert inside == before
         assert all(after[t] == before[t] for t in before) and after[born.native_id] == before[os.getpid()]
-        with foreground(None) as raised:
-            assert not raised and nices() == after
+        with foreground(False) as changed:
+            assert not changed and policies() == after
 
         def refuse(*args):
             raise PermissionError(1, "Operation not permitted")
 
-        monkeypatch.setattr(candidate_timing.os, "setpriority", refuse)
-        with foreground(-5) as raised:
-            assert not raised and nices() == after
+        monkeypatch.setattr(candidate_timing.os, "sched_setscheduler", refuse)
+        with foreground() as changed:
+            assert not changed and policies() == after
     finally:
         stop.set()
 
