@@ -16,7 +16,6 @@ the reference, token agreement and logit NMSE; and ``metric_step`` of each split
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -31,44 +30,23 @@ CACHE = Path(os.environ.get("MULTIVERSE_FIXTURE_CACHE", Path.home() / ".cache" /
 def run(work: Path) -> dict:
     """Build every candidate in ``work`` and score each on the test split; the JSON document (see the module)."""
     sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import support as fx
+    from pick_right import collect
 
-    from multiverse import evaldata, hub, ovtuning, pipeline, tuning, workdir
+    from multiverse import evaldata, hub
     from multiverse.inference import Predictor
     from multiverse.ovsession import precision_config
     from multiverse.validate import reference_outputs, validate
 
     path = fx.wnut_ner(CACHE / "wnut-ner")
-    captured: dict = {}
-    original_run, original_rest = tuning._Tuner.run, ovtuning.openvino_rest
-
-    def record(self, label, model_, config, phase):
-        trial = original_run(self, label, model_, config, phase)
-        captured[label] = {"model": model_, "passed": trial.passed,
-                           "validation": trial.validation.to_dict() if trial.validation else None}
-        return trial
-
-    @contextlib.contextmanager
-    def kept_folder():
-        (work / "build").mkdir(parents=True, exist_ok=True)
-        yield work / "build"
-
-    tuning._Tuner.run, tuning.VARIANT_TIME_FLOOR = record, 0.0
-    ovtuning.openvino_rest = lambda tuner, configs, budget, static: original_rest(tuner, configs, budget, None)
-    workdir.work_folder = kept_folder
-    try:
-        b = pipeline.optimize(str(path), "native", eval_data="wnut16", eval_split="validation", tolerance=0.01,
-                              out=work / "bundle", overwrite=True, threads=2)
-    finally:
-        tuning._Tuner.run, ovtuning.openvino_rest = original_run, original_rest
-    t = b.manifest["tuning"]
+    built = collect(str(path), work, "native", eval_data="wnut16", eval_split="validation", tolerance=0.01, threads=2)
     ckpt = hub.resolve(str(path))
     test = evaldata.load("wnut16", "token-classification", split="test")
     reference, rows = None, []
-    for label, c in captured.items():
-        m = c["model"]
-        p = Predictor(m.path, m.model_dir, "token-classification", threads=2,
-                      session_config=precision_config(m.quantization))
+    for label, c in built["candidates"].items():
+        p = Predictor(c["path"], c["model_dir"], "token-classification", threads=2,
+                      session_config=precision_config(c["quantization"]))
         reference = reference if reference is not None else reference_outputs(ckpt, test, p.model_dir, 2)
         held = validate(ckpt, p, test, 0.01, reference=reference).to_dict()
         v = c["validation"] or {}
@@ -83,7 +61,7 @@ def run(work: Path) -> dict:
               f"  agreement F1 {held['details']['entity_agreement_f1']:.4f}  NMSE {held['details']['logit_nmse']:.4f}",
               file=sys.stderr, flush=True)
     return {"model": "tests/support wnut_ner (WNUT-16 token classifier)", "tolerance": 0.01,
-            "shipped": t["trials"][t["chosen"]]["label"], "reason": t["reason"], "candidates": rows,
+            "shipped": built["quiet_choice"], "reason": built["quiet_reason"], "candidates": rows,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_1m": os.getloadavg()[0]}
 
 

@@ -55,9 +55,9 @@ def model_path(name: str) -> str | None:
     return str(build_distilbert(CACHE / "distilbert-base-shaped"))
 
 
-def collect(model: str | None, work: Path) -> dict:
+def collect(model: str | None, work: Path, target: str = "icelake", **options) -> dict:
     """Step 1: ``{label: {"path", "model_dir", "quantization", "passed", "gate_loss"}}`` and the choice of this
-    run, every candidate tried (see the module docstring)."""
+    run, every candidate tried (see the module docstring); ``options`` go to ``multiverse.pipeline.optimize``."""
     from multiverse import ovtuning, pipeline, tuning, workdir
 
     captured: dict = {}
@@ -81,7 +81,7 @@ def collect(model: str | None, work: Path) -> dict:
     ovtuning.openvino_rest = lambda tuner, configs, budget, static: original_rest(tuner, configs, budget, None)
     workdir.work_folder = kept_folder
     try:
-        b = pipeline.optimize(model, "icelake", out=work / "bundle", overwrite=True)
+        b = pipeline.optimize(model, target, out=work / "bundle", overwrite=True, **options)
     finally:
         tuning._Tuner.run, ovtuning.openvino_rest = original_run, original_rest
     return {"candidates": captured, "quiet_choice": _chosen_label(b.manifest),
