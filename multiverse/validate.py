@@ -50,11 +50,16 @@ def resolution_note(task: str, n: int, tolerance: float, step: float | None = No
     if step is not None:
         if step <= tolerance:
             return None
+        if step >= 1:  # the reference finds at most one gold entity: relative entity F1 loss is meaningless
+            return ("the reference model finds at most one correct entity on this eval set, so entity F1 cannot gate "
+                    "it; use a labelled eval set on which the reference finds at least "
+                    f"{int(np.ceil(1 / tolerance))} correct entities.")
+        digits = 1 - int(np.floor(np.log10(step)))  # the tolerance to suggest: step rounded up to 2 significant digits
         return (f"one changed entity moves entity F1 by about {step * 100:.2g} % on this eval set (the reference model "
-                f"finds {1 / step:.0f} of its entities), more than the tolerance {tolerance * 100:g} %, so the gate is "
-                f"mostly noise and the choice between passing candidates goes by agreement with the reference; use an "
-                f"eval set on which the reference finds at least {int(np.ceil(1 / tolerance))} correct entities, or "
-                f"--tolerance {step:.2g} or more.")
+                f"finds {1 / step:.0f} gold entities correctly), more than the tolerance {tolerance * 100:g} %, so the "
+                f"gate is mostly noise and passing candidates are ranked by logit NMSE to the reference, then speed; "
+                f"use an eval set on which the reference finds at least {int(np.ceil(1 / tolerance))} correct "
+                f"entities, or --tolerance {np.ceil(step * 10 ** digits) / 10 ** digits:g} or more.")
     if n * tolerance >= 1:
         return None
     need = int(np.ceil(1 / tolerance))

@@ -252,9 +252,11 @@ def test_ner_gate_reports_the_step_of_one_entity_and_the_note_and_choice_follow_
     # one true positive typed wrong (same number of predictions): entity F1 falls by exactly that step, 4/7 → 2/7
     wrong = Handler.gate(data, ref, TaskOutputs(ref.values, [ents((0, 1, "LOC")), ref.entities[1]]), {}, 0.01)
     assert wrong.optimised / wrong.reference == pytest.approx(1 - same.details["metric_step"])
-    note = resolution_note("token-classification", 230, 0.01, 0.0213)
-    assert "about 2.1 %" in note and "finds 47 of its entities" in note and "at least 100 correct entities" in note
+    note = resolution_note("token-classification", 230, 0.01, 1 / 47)
+    assert "about 2.1 %" in note and "finds 47 gold entities correctly" in note and "at least 100 correct entities" in note
     assert resolution_note("token-classification", 230, 0.01, 0.008) is None
+    assert "--tolerance 0.022 " in note and resolution_note("token-classification", 230, 0.022, 1 / 47) is None
+    assert "at most one correct entity" in resolution_note("token-classification", 230, 0.01, 1.0)
     assert resolution_note("token-classification", 230, 0.01) is None  # 230 examples resolve 1 %: no step, no note
 
     def trial(config, p50, loss, nmse, step):
