@@ -31,8 +31,9 @@ MAX_OTHERS_CORES = 0.25  # served_ms is kept only when other processes used at m
 # once, so a 2-thread call runs as on a quiet host for the second or two of timing. Measured, all-MiniLM-L6-v2 at
 # 16 tokens, two busy-loop processes on both CPUs, fastest call of ONNX Runtime α=0.7 / OpenVINO dynamic int8:
 # normal policy 0.78 / 1.16 ms (our threads waited 1.4 s per s for a CPU), nice -20 0.72 / 0.95 (0.55 s per s),
-# SCHED_RR 0.72 / 0.88 (other processes got 0.07 CPUs); quiet host, SCHED_RR 0.71 / 0.85. The kernel keeps 5 % of
-# every second for normal processes (sched_rt_runtime_us). False: never change the policy.
+# SCHED_RR 0.72 / 0.88 (other processes got 0.07 CPUs); quiet host, SCHED_RR 0.71 / 0.85. By default the kernel
+# keeps 5 % of every second for normal processes (sched_rt_runtime_us 950000 of sched_rt_period_us 1000000).
+# False: never change the policy.
 SERVED_REALTIME = True
 SERVED_ROUNDS = 3  # rounds of served_ms: its minimum needs clean calls, not many rounds (≥ 100 calls each at 16 tokens)
 TRIAL_ROUNDS = 3  # timing rounds of one candidate right after its validation
@@ -157,7 +158,8 @@ def _thread_ids() -> list[int]:
 def foreground(enabled: bool = True):
     """Run the block with every thread of this process (Linux schedules threads, ``sched_setscheduler(2)``) under
     SCHED_RR at the lowest real-time priority, when ``enabled`` and the OS allows it; afterwards each thread gets its
-    policy and priority back (threads born inside: the process's from before). Yields whether it changed them.
+    policy and priority back (threads born inside: the calling thread's from before). Yields whether it changed
+    them: all or none (a refusal part-way puts back those already changed).
     Without ``/proc/self/task`` or ``os.sched_setscheduler``, or without permission (``PermissionError``:
     CAP_SYS_NICE or an RLIMIT_RTPRIO is needed), nothing changes."""
     if not enabled or not hasattr(os, "sched_setscheduler"):
@@ -173,6 +175,11 @@ def foreground(enabled: bool = True):
         try:
             os.sched_setscheduler(t, os.SCHED_RR, os.sched_param(os.sched_get_priority_min(os.SCHED_RR)))
         except PermissionError:
+            for done in changed:
+                policy, priority = before[done]
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(done, policy, os.sched_param(priority))
+            changed = []
             break
         except ProcessLookupError:  # the thread ended meanwhile
             continue

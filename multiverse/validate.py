@@ -43,9 +43,14 @@ def resolution_note(task: str, n: int, tolerance: float, step: float | None = No
     tolerance and a pass or fail says little (seen: n = 3 ranking queries passed with MRR 1.0).
     ``step``: the measured relative change of the gated metric from one changed prediction when a report has it
     (``details["metric_step"]``; entity F1: 1 / the reference's true positives), used instead of 1/n.
-    ``n``: examples (ranking: queries). Raises UsageError for an unknown task.
+    A task whose gate measures the step (``Task.reports_metric_step``: NER, whose labels are required) gets no note
+    from ``n`` alone: texts are not its unit. ``n``: examples (ranking: queries). Raises UsageError for an unknown
+    task.
     """
-    if get_task(task).continuous_metric or tolerance <= 0:
+    handler = get_task(task)
+    if handler.continuous_metric or tolerance <= 0:
+        return None
+    if step is None and getattr(handler, "reports_metric_step", False):
         return None
     if step is not None:
         if step <= tolerance:
@@ -108,8 +113,8 @@ class ValidationReport:
         """Whether one changed prediction moves the gated metric by at most the tolerance: False when the task's
         gate measured a coarser ``details["metric_step"]`` (entity F1 of a model that finds few entities). Its gate
         loss then says nothing at the scale of the tolerance, and the tuner does not call a pass narrow or safe by it
-        (``choice.passed_with_margin``)."""
-        return float(self.details.get("metric_step", 0.0)) <= self.tolerance
+        (``choice.passed_with_margin``). At τ = 0 every loss fails and nothing is narrow: True."""
+        return self.tolerance <= 0 or float(self.details.get("metric_step", 0.0)) <= self.tolerance
 
     @property
     def divergence(self) -> float:

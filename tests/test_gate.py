@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -257,7 +259,9 @@ def test_ner_gate_reports_the_step_of_one_entity_and_the_note_and_choice_follow_
     assert resolution_note("token-classification", 230, 0.01, 0.008) is None
     assert "--tolerance 0.022 " in note and resolution_note("token-classification", 230, 0.022, 1 / 47) is None
     assert "at most one correct entity" in resolution_note("token-classification", 230, 0.01, 1.0)
-    assert resolution_note("token-classification", 230, 0.01) is None  # 230 examples resolve 1 %: no step, no note
+    # before validation (no step yet) texts are not NER's unit: no note from the example count, even for 20 texts
+    assert resolution_note("token-classification", 20, 0.01) is None
+    assert resolution_note("text-classification", 20, 0.01) is not None
 
     def trial(config, p50, loss, nmse, step):
         check = Check("relative loss of entity_f1", loss, 0.01, loss <= 0.01, loss)
@@ -274,4 +278,5 @@ def test_ner_gate_reports_the_step_of_one_entity_and_the_note_and_choice_follow_
     assert fallback_plan([fp32, lucky, twin]) is None  # no phase 2 on a narrow pass the metric cannot resolve
     resolvable = [fp32, trial({"q": 1}, 2.51, -0.031, 0.00144, 0.005), trial({"q": 2}, 2.50, 0.0086, 0.00141, 0.005)]
     assert choose(resolvable)[0] == 1  # with a fine step gate loss and the margin rule apply as before
+    assert replace(lucky.validation, tolerance=0.0).resolvable  # τ = 0: every loss fails, nothing to resolve
     assert fallback_plan([fp32, trial({"q": 2}, 2.50, 0.0086, 0.00141, 0.005)]) is not None

@@ -455,6 +455,19 @@ def test_foreground_runs_every_thread_round_robin_where_allowed_and_restores_eac
         def refuse(*args):
             raise PermissionError(1, "Operation not permitted")
 
+        real, calls = os.sched_setscheduler, []
+
+        def refuse_the_second(tid, policy, param):  # a refusal part-way puts back the thread already switched
+            calls.append((tid, policy))
+            if len(calls) == 2:
+                raise PermissionError(1, "Operation not permitted")
+            return real(tid, policy, param)
+
+        monkeypatch.setattr(candidate_timing.os, "sched_setscheduler", refuse_the_second)
+        with foreground() as changed:
+            assert not changed and policies() == after
+        # as root: switched, refused, put back; without permission the first (real) call refuses: nothing to put back
+        assert calls[2:] == [(calls[0][0], before[calls[0][0]])] if len(calls) > 1 else calls[0][1] == os.SCHED_RR
         monkeypatch.setattr(candidate_timing.os, "sched_setscheduler", refuse)
         with foreground() as changed:
             assert not changed and policies() == after

@@ -173,6 +173,7 @@ class Handler:
     sentence_embeddings = False
     continuous_metric = False
     fidelity_metric = "token_agreement"
+    reports_metric_step = True  # gate() measures the step of one entity (validate.resolution_note uses it, not n)
     eval_labels = "spans"
     eval_columns: dict = {"text": "text", "label": "label"}
     word_columns: dict = {"text": "tokens", "label": "ner_tags"}
