@@ -8,6 +8,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,25 @@ def others_cores(fn: Callable[[], object], stat: str = "/proc/stat") -> tuple[ob
     return out, max(0.0, ((b1 - b0) / hz - (own1 - own0)) / (t1 - t0))
 
 
+@dataclass(frozen=True)
+class ServedTiming:
+    """What :func:`served_ms` measured: ``values``, one ``{length: ms}`` per predictor, or ``[]`` when the clock was
+    dropped; ``realtime``: whether the calls ran under SCHED_RR (:func:`foreground`); ``others_cores``: the CPUs
+    other processes kept busy meanwhile (None: unknown)."""
+
+    values: list[dict[int, float]]
+    realtime: bool
+    others_cores: float | None
+
+    def record(self) -> dict:
+        """The manifest's note of this timing (``tuning.latency.served_clock``)."""
+        others = None if self.others_cores is None else round(self.others_cores, 3)
+        return {"kept": bool(self.values), "realtime": self.realtime, "others_cores": others,
+                "max_others_cores": MAX_OTHERS_CORES}
+
+
 def served_ms(predictors: Sequence[Predictor], text: str, rounds: int, *,
-              seq_lens: Sequence[int] = SERVED_SEQ_LENS) -> list[dict[int, float]]:
+              seq_lens: Sequence[int] = SERVED_SEQ_LENS) -> ServedTiming:
     """Wall-clock ms per call of ``predictors`` opened as ``serve`` runs them, at each of ``seq_lens``: the minimum
     over every call of ``rounds`` interleaved rounds (:func:`latency_call`; per candidate, length and round two
     warm-up calls, then calls for ``ROUND_SECONDS``, at least ``RUNS_PER_ROUND``). Why the minimum: it is the call
@@ -136,15 +154,16 @@ def served_ms(predictors: Sequence[Predictor], text: str, rounds: int, *,
     accuracy": Python's ``timeit`` docs).
 
     The calls run in the :func:`foreground` (real-time round-robin) where the OS allows it. Only on a
-    quiet host, or one made quiet that way: when other processes kept more than ``MAX_OTHERS_CORES`` of this process's CPUs busy
-    during the timing (:func:`others_cores`), or that cannot be known, returns ``[]``. Why: a multi-threaded call
-    needs all its threads on a CPU at once; with every CPU contended that happens by chance (measured, two
-    busy loops on both cores, all-MiniLM-L6-v2 at 16 tokens: ONNX Runtime's minimum 0.73 ms in one process and
-    1.28 ms in another, against 0.80 quietly, so OpenVINO's 1.26× lag shrank to 3.5 %).
-    Returns one ``{length: ms}`` per predictor, or ``[]``."""
-    with foreground(SERVED_REALTIME):
+    quiet host, or one made quiet that way: when other processes kept more than ``MAX_OTHERS_CORES`` of this process's
+    CPUs busy during the timing (:func:`others_cores`), or that cannot be known, the values are dropped (``[]``).
+    Why: a multi-threaded call needs all its threads on a CPU at once; with every CPU contended that happens by
+    chance (measured, two busy loops on both cores, all-MiniLM-L6-v2 at 16 tokens: ONNX Runtime's minimum 0.73 ms
+    in one process and 1.28 ms in another, against 0.80 quietly, so OpenVINO's 1.26× lag shrank to 3.5 %).
+    Returns a :class:`ServedTiming`."""
+    with foreground(SERVED_REALTIME) as realtime:
         values, others = others_cores(lambda: _served_minimum(predictors, text, rounds, seq_lens))
-    return values if others is not None and others <= MAX_OTHERS_CORES else []
+    kept = others is not None and others <= MAX_OTHERS_CORES
+    return ServedTiming(values if kept else [], realtime, others)
 
 
 def _thread_ids() -> list[int]:

@@ -77,6 +77,7 @@ class _Tuner:
         self._base_graph = SmoothedGraphs(fused, ckpt.task, workdir, CALIBRATION_ITEMS)  # alpha -> graph
         self._predictors: dict[tuple, Predictor] = {}  # the ones used more than once (see predictor)
         self._timed_together: set[int] = set()  # the trials of the last interleaved re-timing
+        self.served_clock: dict | None = None  # candidate_timing.ServedTiming.record() of the last re-timing
 
     def build(self, config) -> OnnxModel:
         """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
@@ -207,14 +208,18 @@ class _Tuner:
         if len(timed) < 2 or set(timed) <= self._timed_together:
             return
         costs = timed_costs([self.predictor(self.models[i], TIMING_THREADS) for i in timed], self.latency_text, rounds)
-        served = served_ms([self.predictor(self.models[i], served=True) for i in timed], self.latency_text,
-                           SERVED_ROUNDS) or [{} for _ in timed]  # [] on a busy host: CPU time at every length
+        timing = served_ms([self.predictor(self.models[i], served=True) for i in timed], self.latency_text,
+                           SERVED_ROUNDS)
+        self.served_clock = timing.record()
+        served = timing.values or [{} for _ in timed]  # [] on a busy host: CPU time at every length
         for t, w, i in zip(costs, served, timed):
             self.trials[i] = replace(self.trials[i], cpu_ms=t["cpu_ms"], cpu_ms_by_len=t["cpu_ms_by_len"],
                                      cpu_rounds_ms=t["cpu_rounds_ms"], served_ms_by_len=w)
         self._timed_together = set(timed)
         lens = ", ".join(map(str, served[0]))
-        where = f"served latency at {lens} tokens" if lens else "no served latency: other processes kept the CPUs busy"
+        where = (f"served latency at {lens} tokens" if lens else
+                 f"no served latency: other processes kept {timing.others_cores or 0:.2f} CPUs busy")
+        where += ", SCHED_RR" if timing.realtime else ""
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; {where}): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU"
                                        + "".join(f", {v:.2f} ms" for v in w.values()) for w, i in zip(served, timed)))
@@ -346,5 +351,6 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
                "compared": f"process CPU time per call at each of seq_lens (cpu_ms_by_len; on {TIMING_THREADS} thread "
                            "after re-timing, ONNX Runtime spinning off), but the served latency (served_ms_by_len: minimum "
                            f"wall ms per call as served) at {list(SERVED_SEQ_LENS)} tokens, interleaved rounds, "
-                           "worst-length ratio to the fastest passing candidate (choice.cost_ms)"}
+                           "worst-length ratio to the fastest passing candidate (choice.cost_ms)",
+               "served_clock": tuner.served_clock}
     return model, TuningReport(tuple(tuner.trials), chosen, reason, latency, sensitivity=sensitivity)

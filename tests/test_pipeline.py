@@ -49,6 +49,9 @@ def test_tiny_task_end_to_end(task, tiny_bundles, tiny_checkpoints):
     served = {tuple(t["served_ms_by_len"]) for t in retimed}
     assert served <= {(), ("16",)} and len(served) <= 1
     assert all(v > 0 for t in retimed for v in t["served_ms_by_len"].values())
+    clock = m["tuning"]["latency"]["served_clock"]  # the manifest says whether it was kept, and why
+    if retimed:
+        assert clock["kept"] == (served == {("16",)}) and isinstance(clock["realtime"], bool)
     # The bundle serves: predictions come back in the task's shape.
     out = Predictor.from_bundle(b).predict(SAMPLE[task]).results
     assert len(out) == 2

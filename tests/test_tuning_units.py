@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from multiverse.candidate_timing import ServedTiming
 from multiverse.export import OnnxModel
 from multiverse.quantize import quantize, quantized_op_counts
 from multiverse.targets import QuantConfig
@@ -303,13 +304,13 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
 
     def fake_served_ms(predictors, text, rounds):  # served latency at 16 tokens = 1 ms × the speed factor
         served_with.append([(threads, served) for _, threads, served in predictors])
-        return [{16: 1.0 * speed} for speed, _, _ in predictors]
+        return ServedTiming([{16: 1.0 * speed} for speed, _, _ in predictors], True, 0.02)
 
     monkeypatch.setattr(tuning, "timed_costs", lambda ps, text, rounds: fake_timed_costs([p[:2] for p in ps], text, rounds))
     monkeypatch.setattr(tuning, "served_ms", fake_served_ms)
     tuner = object.__new__(tuning._Tuner)
     tuner.threads, tuner.latency_text, tuner.progress = 2, "text", SimpleNamespace(info=lambda msg: None)
-    tuner._timed_together = set()
+    tuner._timed_together, tuner.served_clock = set(), None
     tuner.predictor = lambda model, threads=None, served=False: (model, threads or tuner.threads, served)
     passed = SimpleNamespace(passed=True)
     tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
@@ -325,6 +326,7 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     # the same trials timed as served (the run's threads, the runtime's spinning) at the short length
     assert served_with == [[(2, True)] * 3]
     assert [t.served_ms_by_len for t in tuner.trials] == [{16: 3.0}, {16: 1.0}, {16: 1.2}, {}, {}]
+    assert tuner.served_clock == {"kept": True, "realtime": True, "others_cores": 0.02, "max_others_cores": 0.25}
     assert tuner.ratio(1, 2) == pytest.approx(1.2) and timed_with[-1] == [tuning.TIMING_THREADS] * 2
     # nothing was added since the last re-timing: its numbers stand (one interleaved timing), nothing is timed again
     tuner.retime(rounds=5)
@@ -390,14 +392,17 @@ def test_served_ms_is_the_fastest_call_of_interleaved_rounds_and_only_kept_on_a_
             time.sleep(self.seconds)
 
     fast, slow = Fake(0.002), Fake(0.006)
-    out = served_ms([slow, fast], "some text", 2, seq_lens=(16, 32))
+    timing = served_ms([slow, fast], "some text", 2, seq_lens=(16, 32))
+    out = timing.values
+    assert timing.others_cores == 0.1 and timing.record()["kept"]
     assert list(out[0]) == [16, 32] and all(v >= 6.0 for v in out[0].values()) and all(v >= 2.0 for v in out[1].values())
     assert all(out[1][n] < out[0][n] for n in (16, 32))
     assert fast.calls >= 2 * 2 * 10  # ≥ RUNS_PER_ROUND timed calls per length and round, after warm-up
     # other processes kept more than MAX_OTHERS_CORES busy, or nobody can tell: no served latency at all
     for busy in (1.2, None):
         monkeypatch.setattr(candidate_timing, "others_cores", lambda fn, busy=busy: (fn(), busy))
-        assert served_ms([slow, fast], "some text", 1) == []
+        timing = served_ms([slow, fast], "some text", 1)
+        assert timing.values == [] and timing.record()["kept"] is False and timing.others_cores == busy
 
 
 def test_others_cores_counts_busy_ticks_of_our_cpus_that_this_process_did_not_use(tmp_path, monkeypatch):
