@@ -194,10 +194,7 @@ def foreground(enabled: bool = True):
         try:
             os.sched_setscheduler(t, os.SCHED_RR, os.sched_param(os.sched_get_priority_min(os.SCHED_RR)))
         except PermissionError:
-            for done in changed:
-                policy, priority = before[done]
-                with contextlib.suppress(OSError):
-                    os.sched_setscheduler(done, policy, os.sched_param(priority))
+            _restore(changed, before, base)
             changed = []
             break
         except ProcessLookupError:  # the thread ended meanwhile
@@ -207,10 +204,15 @@ def foreground(enabled: bool = True):
         yield bool(changed)
     finally:
         if changed:
-            for t in _thread_ids():
-                policy, priority = before.get(t, base)
-                with contextlib.suppress(OSError):
-                    os.sched_setscheduler(t, policy, os.sched_param(priority))
+            _restore(_thread_ids(), before, base)
+
+
+def _restore(threads: Sequence[int], before: dict, base: tuple[int, int]) -> None:
+    """Give each of ``threads`` its ``(policy, priority)`` from ``before`` (one not there: ``base``)."""
+    for t in threads:
+        policy, priority = before.get(t, base)
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(t, policy, os.sched_param(priority))
 
 
 def _served_minimum(predictors: Sequence[Predictor], text: str, rounds: int,

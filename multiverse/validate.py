@@ -50,7 +50,7 @@ def resolution_note(task: str, n: int, tolerance: float, step: float | None = No
     handler = get_task(task)
     if handler.continuous_metric or tolerance <= 0:
         return None
-    if step is None and getattr(handler, "reports_metric_step", False):
+    if step is None and handler.reports_metric_step:
         return None
     if step is not None:
         if step <= tolerance:

@@ -47,6 +47,7 @@ class FakeTask:
     output = "logits"
     accepts_pairs = requires_pairs = sentence_embeddings = False
     continuous_metric = True
+    reports_metric_step = False
     fidelity_metric = "fake_agreement"
     eval_labels = "classes"
     eval_columns = {"text": "text", "label": "label"}  # noqa: RUF012 - the protocol's shape

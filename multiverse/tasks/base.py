@@ -220,6 +220,8 @@ class Task(Protocol):
             ``SentenceTransformer.encode`` (pooling and modules are outside the graph).
         continuous_metric: the gated metrics are continuous (cosines); else one changed prediction
             moves them by about 1/n, and the gate warns when 1/n exceeds the tolerance.
+        reports_metric_step: the gate measures that step itself (``details["metric_step"]``: entity F1, one entity
+            is 1 / the reference's true positives), so no warning is given from n alone.
         fidelity_metric: the ``details`` key of agreement with the reference model (1 = identical);
             ``ValidationReport.divergence`` is 1 minus it when there is no ``logit_nmse``.
         eval_labels: the kind of gold labels of the task's eval data: ``classes`` (a class name or id per
@@ -250,6 +252,7 @@ class Task(Protocol):
     ort_model_class: ClassVar[str]
     sentence_embeddings: ClassVar[bool]
     continuous_metric: ClassVar[bool]
+    reports_metric_step: ClassVar[bool]
     fidelity_metric: ClassVar[str]
     eval_labels: ClassVar[str]
     eval_columns: ClassVar[dict[str, str]]

@@ -258,6 +258,7 @@ class Handler:
 
     sentence_embeddings = True
     continuous_metric = True
+    reports_metric_step = False
     fidelity_metric = "mean_cosine"
     eval_labels = "classes"
     eval_columns: dict = {"text": "text", "label": "label"}

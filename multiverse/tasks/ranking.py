@@ -43,6 +43,7 @@ class Handler:
 
     sentence_embeddings = False
     continuous_metric = False
+    reports_metric_step = False
     fidelity_metric = "top1_agreement"
     eval_labels = "relevance"
     eval_columns: dict = {"text": "query", "text_pair": "passage", "label": "label"}

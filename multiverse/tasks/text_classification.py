@@ -116,6 +116,7 @@ class Handler:
 
     sentence_embeddings = False
     continuous_metric = False
+    reports_metric_step = False
     fidelity_metric = "label_agreement"
     eval_labels = "classes"
     eval_columns: dict = {"text": "text", "text_pair": "text_pair", "label": "label"}
