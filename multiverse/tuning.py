@@ -218,7 +218,8 @@ class _Tuner:
         self._timed_together = set(timed)
         lens = ", ".join(map(str, served[0]))
         where = (f"served latency at {lens} tokens" if lens else
-                 f"no served latency: other processes kept {timing.others_cores or 0:.2f} CPUs busy")
+                 f"no served latency: other processes kept {timing.others_cores:.2f} CPUs busy"
+                 if timing.others_cores is not None else "no served latency: other processes' load unknown (no /proc/stat)")
         where += ", SCHED_RR" if timing.realtime else ""
         self.progress.info(f"re-timed in {rounds} interleaved rounds (CPU time, {TIMING_THREADS} thread; {where}): "
                            + ", ".join(f"{self.trials[i].label} {self.trials[i].cpu_ms:.2f} ms CPU"
