@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .choice import contenders
 from .inference import Predictor
 from .timing import interleaved, relative_costs
 
@@ -44,8 +45,6 @@ ROUND_SECONDS = 0.3  # wall-clock budget of one candidate's calls in one round (
 # for a preempted peer, so its CPU time grows with other load, ONNX Runtime's (spinning off) not
 # (benchmarks/results/runtime_noise.md).
 TIMING_THREADS = 1
-# Not re-timed: passing int8 trials over RETIME_SPAN x the cheapest's CPU time (one timing is within ~25 %: 6.3/7.8 ms)
-RETIME_SPAN = 2.0
 
 
 def latency_call(predictor: Predictor, text: str, *, seq_len: int = LATENCY_SEQ_LEN,
@@ -82,14 +81,10 @@ def timed_costs(predictors: Sequence[Predictor], text: str, rounds: int, *, warm
 
 
 def to_retime(trials: Sequence, also: Sequence[int] = ()) -> list[int]:
-    """Indices of the trials (``choice.Trial``) to re-time together, in order: the passing ones but int8 trials over
-    ``RETIME_SPAN`` × the cheapest passing one's ``cpu_ms`` (no timing noise makes those the fastest; fp32, trial 0,
-    stays: the reason's speed-up), plus ``also`` whatever they passed."""
-    passing = [i for i, t in enumerate(trials) if t.passed]
-    cheapest = min((trials[i].cpu_ms for i in passing if trials[i].cpu_ms), default=None)
-    if cheapest:
-        passing = [i for i in passing if i == 0 or not trials[i].cpu_ms or trials[i].cpu_ms <= RETIME_SPAN * cheapest]
-    return sorted(set(passing) | set(also))
+    """Indices of the trials (``choice.Trial``) to re-time together, in order: the passing ones that could be the
+    fastest (``choice.contenders``: not over ``choice.RETIME_SPAN`` × the cheapest passing one's ``cpu_ms``, fp32
+    included), plus ``also`` whatever they passed."""
+    return sorted(set(contenders(trials, [i for i, t in enumerate(trials) if t.passed])) | set(also))
 
 
 def least_ratio(slow: dict, fast: dict) -> float:

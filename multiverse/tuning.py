@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS, RETIME_SPAN,  # noqa: F401
+from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS,  # noqa: F401
                                SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
                                served_ms, timed_costs, to_retime)
 from .choice import (FIDELITY_TRADE, SAFETY_MARGIN, VARIANT_TIME_FLOOR, Trial, TuningReport, choose,
@@ -195,7 +195,7 @@ class _Tuner:
                       keep_last_for=keep_last_for)
 
     def retime(self, rounds: int = RETIME_ROUNDS, also: Sequence[int] = ()) -> None:
-        """Re-time the passing trials (but those over ``RETIME_SPAN`` × the cheapest's CPU time) and ``also`` in
+        """Re-time the passing trials that could be the fastest (``choice.contenders``) and ``also`` in
         ``rounds`` interleaved rounds (A B C, B C A, …) on ``TIMING_THREADS`` thread (``candidate_timing.to_retime``);
         set ``cpu_ms_by_len`` and ``cpu_ms`` from :func:`multiverse.timing.relative_costs`, and ``served_ms_by_len``
         (``candidate_timing.served_ms``: as served, on a quiet host only): what :func:`choose` compares

@@ -314,11 +314,11 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     tuner.predictor = lambda model, threads=None, served=False: (model, threads or tuner.threads, served)
     passed = SimpleNamespace(passed=True)
     tuner.models = [3.0, 1.0, 1.2, 2.5, 5.0]  # the speed factors stand in for the graphs
-    tuner.trials = [Trial("fp32", None, passed, 30.0, cpu_ms=29.0), Trial("ort", {}, passed, 9.0, cpu_ms=12.0),
+    tuner.trials = [Trial("fp32", None, passed, 30.0, cpu_ms=21.0), Trial("ort", {}, passed, 9.0, cpu_ms=12.0),
                     Trial("ov", {}, passed, 8.0, cpu_ms=11.0), Trial("slow", {}, passed, 20.0, cpu_ms=25.0),
                     Trial("rejected", {}, None, 7.0, cpu_ms=1.0)]
     tuner.retime(rounds=5)
-    # fp32 is re-timed too (same clock and threads for the reason's speedup); "slow" is over RETIME_SPAN
+    # fp32 within RETIME_SPAN of the cheapest is re-timed too (it could ship); "slow" is over RETIME_SPAN
     assert timed_with == [[tuning.TIMING_THREADS] * 3] and tuning.TIMING_THREADS == 1
     assert [t.cpu_ms for t in tuner.trials] == [30.0, 10.0, 12.0, 25.0, 1.0]
     assert tuner.trials[1].cpu_rounds_ms == (10.0,) * 5 and tuner.trials[1].cpu_ms_by_len == {16: 2.0, 128: 50.0}
@@ -334,9 +334,10 @@ def test_retime_and_ratio_compare_cpu_time_on_one_thread_and_keep_the_trials_p50
     # a new passing trial is timed together with the others; ``also`` adds trials whatever they passed
     tuner.models.append(0.9)
     tuner.trials.append(Trial("new", {}, passed, 8.5, cpu_ms=9.0))
-    tuner.retime(rounds=5, also=(4,))
-    assert timed_with[-1] == [tuning.TIMING_THREADS] * 5 and tuner.trials[5].cpu_ms == pytest.approx(9.0)
-    assert tuner.trials[4].cpu_ms == pytest.approx(50.0) and served_with[-1] == [(2, True)] * 5
+    tuner.retime(rounds=5, also=(4,))  # fp32, re-timed at 30 ms, is now over RETIME_SPAN × the new 9 ms: left out
+    assert timed_with[-1] == [tuning.TIMING_THREADS] * 4 and tuner.trials[5].cpu_ms == pytest.approx(9.0)
+    assert tuner.trials[4].cpu_ms == pytest.approx(50.0) and served_with[-1] == [(2, True)] * 4
+    assert tuner.trials[0].cpu_ms == pytest.approx(30.0)
 
 
 def test_choose_compares_served_latency_at_the_short_length_and_never_mixes_clocks():
@@ -364,9 +365,48 @@ def test_choose_compares_served_latency_at_the_short_length_and_never_mixes_cloc
     assert "2.92× at 16 tokens, 1.89× at 128 tokens faster than fp32" in reason
     # without served latency the one-thread CPU time decides, as before
     assert choose([replace(t, served_ms_by_len={}) for t in (fp32, ov, ort)])[0] == 1
-    # one trial was not timed as served (over RETIME_SPAN): CPU time at every length for all, no mixed clock
+    # one trial was not timed as served: CPU time at every length for all, no mixed clock
     cost = cost_ms([fp32, ov, replace(ort, served_ms_by_len={})], [1, 2])
     assert cost[1] < cost[2]
+
+
+def test_candidates_over_retime_span_are_neither_retimed_nor_compared():
+    """A passing trial over ``RETIME_SPAN`` × the cheapest passing one's CPU time (fp32 included) cannot be the
+    fastest: it is not re-timed, so it has no served latency, and it must not take the served clock away from the
+    contenders; the speed-up over fp32 is then on CPU time at both lengths (DistilBERT-base shape: fp32 3.8× the
+    CPU time of the int8 that shipped)."""
+    from dataclasses import replace
+
+    from multiverse.candidate_timing import to_retime
+    from multiverse.choice import RETIME_SPAN, Trial, choose, contenders
+    from multiverse.validate import ValidationReport
+
+    def trial(label, config, cpu, served, gate_loss=0.001):
+        report = ValidationReport("d", "feature-extraction", 1, "cosine", 1.0, 1.0 - gate_loss, gate_loss, 0.01,
+                                  True, (), {"logit_nmse": 0.001})
+        return Trial(label, config, report, 1.0, cpu_ms=float(np.sqrt(cpu[16] * cpu[128])), cpu_ms_by_len=cpu,
+                     served_ms_by_len=served)
+
+    fp32 = trial("fp32", None, {16: 8.0, 128: 40.0}, {}, 0.0)  # not re-timed: no served latency
+    ov = trial("ov", {"runtime": "openvino"}, {16: 1.25, 128: 8.53}, {16: 1.05})
+    ort = trial("ort", {"runtime": "onnxruntime"}, {16: 1.29, 128: 9.64}, {16: 0.83})
+    far = trial("far", {"runtime": "onnxruntime"}, {16: 3.0, 128: 25.0}, {})
+    trials = [fp32, ov, ort, far]
+    assert fp32.cpu_ms > RETIME_SPAN * ov.cpu_ms and far.cpu_ms > RETIME_SPAN * ov.cpu_ms
+    assert contenders(trials, [0, 1, 2, 3]) == [1, 2] and to_retime(trials) == [1, 2]
+    assert to_retime(trials, also=(3,)) == [1, 2, 3]
+    chosen, reason = choose(trials)
+    assert chosen == 2  # the served clock decides at 16 tokens, as without the slow ones
+    assert reason.startswith("fastest passing candidate by served latency at 16 tokens, CPU time at 128 tokens")
+    assert "6.20× at 16 tokens, 4.15× at 128 tokens faster than fp32" in reason  # CPU time at both lengths
+    assert choose(trials, precision="int8")[0] == 2
+    # fp32 within the span stays a contender (and without its served latency CPU time decides for all)
+    near = replace(fp32, cpu_ms_by_len={16: 1.3, 128: 9.0}, cpu_ms=3.4)
+    assert contenders([near, ov, ort], [0, 1, 2]) == [0, 1, 2] and to_retime([near, ov, ort]) == [0, 1, 2]
+    # int8 all over the span of a fast fp32: fp32 ships, and the reason still names the int8 candidates
+    tiny = replace(fp32, cpu_ms_by_len={16: 0.2, 128: 1.0}, cpu_ms=0.45)
+    chosen, reason = choose([tiny, ov, ort])
+    assert chosen == 0 and "not faster than fp32" in reason
 
 
 def test_served_ms_is_the_fastest_call_of_interleaved_rounds_and_only_kept_on_a_quiet_host(monkeypatch):
