@@ -35,7 +35,7 @@ from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS,  
                                SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
                                served_ms, timed_costs, to_retime)
 from .choice import (FIDELITY_TRADE, SAFETY_MARGIN, VARIANT_TIME_FLOOR, Trial, TuningReport, choose,
-                     could_ship_variant, fallback_plan, fallback_record, skipped_fallback, speeds_by_len)
+                     could_ship_variant, speeds_by_len)
 from .errors import MultiverseError
 from .evaldata import EvalSet, subset
 from .export import OnnxModel
@@ -43,6 +43,7 @@ from .graphnodes import head_nodes, output_nmse, quantizable_nodes  # noqa: F401
 from .incconfig import to_inc
 from .inference import Predictor
 from .ovsession import precision_config
+from .phase2 import fallback_plan, fallback_record, skipped_fallback
 from .progress import Progress
 from .quantize import quantize as quantize_model
 from .runtime import SPINNING, physical_cores
