@@ -84,6 +84,32 @@ def graph_files(model: str | Path) -> list[str]:
     return locations
 
 
+def check_destination(dest: str | Path, overwrite: bool = False) -> None:
+    """Refuse a bundle destination that could not be written, before any work is done.
+
+    ``dest`` must not be a file, must not exist unless ``overwrite``, and its parent (or, when that does not
+    exist yet, its nearest existing ancestor) must be a folder in which a folder can be created: probed by
+    creating and removing an empty temp folder there, which also catches read-only file systems and
+    permissions that ``os.access`` reports wrongly for root.
+
+    Raises UsageError (naming ``--out`` or ``--overwrite``).
+    """
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"Output path {dest} is a file, not a bundle folder; move it away or choose another --out.")
+    if dest.exists() and not overwrite:
+        raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
+    parent = dest.absolute().parent
+    base = next(p for p in (parent, *parent.parents) if p.exists())
+    if not base.is_dir():
+        raise UsageError(f"--out {dest.parent} cannot be created: {base} is a file, not a folder; choose another --out.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".multiverse-probe-", dir=base))
+    except OSError as exc:
+        raise UsageError(f"--out {dest.parent} cannot be written ({exc.strerror} in {base}); choose another --out "
+                         "or fix the folder's permissions.") from None
+
+
 def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, manifest: dict[str, Any],
                 readme: str | None = None, dockerfile: str | None = None, overwrite: bool = False,
                 extra_files: dict[str, Path] | None = None) -> Path:
@@ -103,7 +129,7 @@ def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, m
         extra_files: more files to ship, bundle-relative path → source file.
         overwrite: replace an existing ``dest``; otherwise an existing folder is a UsageError.
 
-    Raises UsageError (destination exists), BundleError (I/O failure, external data outside the
+    Raises UsageError (:func:`check_destination`), BundleError (I/O failure, external data outside the
     graph's folder or colliding with another bundle file, a manifest that does not match
     ``manifest.Manifest``; nothing half-written is left).
     """
@@ -112,10 +138,12 @@ def write_files(dest: str | Path, *, model: str | Path, model_dir: str | Path, m
              container.DOCKERFILE: container.dockerfile() if dockerfile is None else dockerfile,
              **({container.REQUIREMENTS: container.requirements_txt(pins)} if pins else {})}
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    check_destination(dest, overwrite)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as exc:
+        raise BundleError(f"Could not write bundle {dest}: {exc}. Check free disk space and permissions.") from exc
     try:
         model = Path(model)
         model_file = IR_MODEL_FILE if is_openvino_ir(model) else MODEL_FILE

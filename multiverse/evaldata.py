@@ -283,7 +283,7 @@ def _limited(data: EvalSet, limit: int | None) -> EvalSet:
     if limit is None:
         return data
     if limit < 1:
-        raise EvalDataError(f"limit must be at least 1, got {limit}.")
+        raise EvalDataError(f"--eval-limit {limit} must be at least 1 (the number of eval examples to keep); omit it to use them all.")
     return subset(data, limit)
 
 

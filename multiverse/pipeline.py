@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, bundle, evaldata, hub, image, workdir
+from .bundle_writer import check_destination
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
 from .fuse import expected_fusions, fuse, summarize
@@ -81,6 +82,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     progress = progress or Progress()
     workdir.remove_stale()  # work folders of runs killed with -9 (again in work_folder, right before ours is made)
     _check_tolerance(tolerance)
+    _check_threads(threads)
     if precision not in ("auto", "int8", "fp32"):
         raise UsageError(f"--precision {precision!r}: choose auto, int8 or fp32.")
     runtimes(runtime, precision)  # an unknown runtime or a missing extra fails here, before any work
@@ -96,8 +98,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         s["summary"] = (f"{ckpt.name} ({ckpt.model_type}, {ckpt.num_layers} layers, {ckpt.task}) "
                         f"from {ckpt.source}" + (f" @ {ckpt.revision[:12]}" if ckpt.revision else ""))
     dest = bundle_path(ckpt, tgt.name, out)
-    if dest.exists() and not overwrite:
-        raise UsageError(f"Output folder {dest} already exists; pass --overwrite or choose another --out.")
+    check_destination(dest, overwrite)  # a file, an existing bundle or an unwritable --out: before any work
     data = _eval_data(model, ckpt, eval_data, eval_split, eval_limit, eval_columns)
     note = resolution_note(ckpt.task, len(data), tolerance)
     if note:
@@ -174,6 +175,12 @@ def _check_tolerance(tolerance: float) -> None:
         raise UsageError(f"--tolerance {tolerance} must be in [0, 1): it is a relative loss, 0.01 = 1 %.")
 
 
+def _check_threads(threads: int | None) -> None:
+    """Raises UsageError unless ``threads`` is None (physical cores) or at least 1, as ``serve --threads``."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be ≥ 1 (omit it for one per physical core).")
+
+
 def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: float | None = None, *,
                eval_split: str = "test", eval_limit: int | None = None, threads: int | None = None,
                allow_isa_mismatch: bool = False, eval_columns: evaldata.Columns | None = None) -> "ValidationReport":
@@ -191,6 +198,7 @@ def revalidate(bundle_dir: str | Path, eval_data: str | None = None, tolerance: 
 
     if tolerance is not None:
         _check_tolerance(tolerance)
+    _check_threads(threads)
     b = bundle.load(bundle_dir)
     src = b.manifest["source"]
     ckpt = None

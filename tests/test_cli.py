@@ -135,6 +135,43 @@ def test_a_negative_trial_budget_is_a_usage_error(tiny_checkpoints, tmp_path):
     assert r.exit_code == 2 and "--max-trials" in r.output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--threads", "-2"), ("--threads", "0"), ("--eval-limit", "0")])
+def test_optimize_and_validate_refuse_counts_below_one_with_one_line(flag, value, tiny_checkpoints, tiny_bundles,
+                                                                      tmp_path):
+    """``--threads -2`` reached torch.set_num_threads (a traceback after the export) and ``--threads 0`` was
+    taken as the default; ``--eval-limit 0`` said "limit must be at least 1" without naming the flag. Each is a
+    usage error (exit 2) naming the flag, before any work: nothing is written."""
+    r = run("optimize", tiny_checkpoints["text-classification"], flag, value, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and f"{flag} {value} must be" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+    r = run("validate", tiny_bundles["text-classification"], flag, value)
+    assert r.exit_code == 2 and f"{flag} {value} must be" in r.output, r.output
+
+
+@pytest.mark.parametrize("out", ["a-file", "a-file/sub"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(out, tiny_checkpoints, tmp_path):
+    """``--out`` naming a file (or a folder under one) failed with a FileExistsError traceback after the whole
+    build; it is a usage error before the export, and the file is left as it was."""
+    (tmp_path / "a-file").write_text("keep me")
+    r = run("optimize", tiny_checkpoints["text-classification"], "--out", tmp_path / out)
+    assert r.exit_code == 2 and "a-file is a file, not a folder" in r.output, r.output
+    assert "export" not in r.output and (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_a_file_where_the_bundle_folder_goes_is_not_replaced_by_overwrite(tiny_checkpoints, tmp_path):
+    """``--overwrite`` replaces a bundle folder, never a file of the same name."""
+    from multiverse import hub
+    from multiverse.pipeline import bundle_path
+
+    dest = bundle_path(hub.resolve(str(tiny_checkpoints["text-classification"])), "icelake", tmp_path / "o")
+    dest.parent.mkdir()
+    dest.write_text("keep me")
+    r = run("optimize", tiny_checkpoints["text-classification"], "--target", "icelake", "--out", tmp_path / "o",
+            "--overwrite")
+    assert r.exit_code == 2 and "is a file, not a bundle folder" in r.output, r.output
+    assert dest.read_text() == "keep me"
+
+
 def test_validate_command_reruns_the_gate(tiny_bundles):
     r = run("validate", tiny_bundles["text-classification"], "--json")
     assert r.exit_code == 0, r.output

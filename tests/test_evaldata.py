@@ -168,7 +168,7 @@ def test_load_named_sets_and_limit():
     assert len(load("bbc-news", "ranking", limit=2)) == 2
     with pytest.raises(EvalDataError, match="wnut16 is a token-classification set"):
         load("wnut16", "text-classification")
-    with pytest.raises(EvalDataError, match="limit must be at least 1"):
+    with pytest.raises(EvalDataError, match="--eval-limit 0 must be at least 1"):  # names the flag to fix
         load(None, "ranking", limit=0)
 
 
