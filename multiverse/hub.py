@@ -80,6 +80,25 @@ def infer_task(config: dict, folder: Path) -> str:
     return feature_extraction.Handler.name
 
 
+# The head a task reads, as the suffix of the transformers class in config.json's ``architectures``.
+_TASK_HEADS = {text_classification.Handler.name: "ForSequenceClassification",
+               ranking.Handler.name: "ForSequenceClassification",
+               token_classification.Handler.name: "ForTokenClassification"}
+
+
+def _check_head(config: dict, task: str | None, folder: Path) -> None:
+    """Raises UsageError when ``task`` needs a head (``_TASK_HEADS``) that the checkpoint's ``architectures`` lack:
+    transformers would initialise that head at random on every load, so no output could be validated. A config
+    without ``architectures`` is not refused (nothing to check against)."""
+    head = _TASK_HEADS.get(task or "")
+    archs = config.get("architectures") or []
+    if head and archs and not any(str(a).endswith(head) for a in archs):
+        raise UsageError(
+            f"--task {task} needs a checkpoint with a trained *{head} head, but {folder.name}'s config.json lists "
+            f"{', '.join(map(str, archs))} (transformers would add an untrained head). Omit --task to use "
+            f"{infer_task(config, folder)}, or pass a fine-tuned {task} checkpoint.")
+
+
 def model_dims(config: dict) -> tuple[int, int, int]:
     """``(layers, attention heads, hidden size)`` from a ``config.json`` dict (BERT or DistilBERT names; 0 if absent)."""
     layers = config.get("num_hidden_layers", config.get("n_layers"))
@@ -119,6 +138,7 @@ def from_folder(folder: Path, task: str | None = None, repo_id: str | None = Non
         )
     if task is not None and task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
+    _check_head(config, task, folder)
     layers, heads, hidden = model_dims(config)
     return Checkpoint(
         path=folder, repo_id=repo_id, revision=revision, local_hash=_local_hash(folder),

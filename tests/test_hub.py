@@ -18,6 +18,21 @@ def test_folder_and_task_inference(tiny_checkpoints):
     assert hub.resolve(str(tiny_checkpoints["ranking"]), task="text-classification").task == "text-classification"
 
 
+def test_a_task_whose_head_the_checkpoint_lacks_is_refused(tiny_checkpoints):
+    """``--task text-classification`` on a bare encoder made transformers add a random head on every load, and
+    the build failed later as "the fp32 ONNX graph disagrees with PyTorch". It is a usage error naming the head
+    and the task the checkpoint has; overrides between tasks that read the same head stay allowed."""
+    with pytest.raises(UsageError, match=r"needs a checkpoint with a trained \*ForSequenceClassification head.*"
+                                         r"lists BertModel.*Omit --task to use feature-extraction"):
+        hub.resolve(str(tiny_checkpoints["feature-extraction"]), task="text-classification")
+    with pytest.raises(UsageError, match="ForTokenClassification head"):
+        hub.resolve(str(tiny_checkpoints["text-classification"]), task="token-classification")
+    with pytest.raises(UsageError, match="ForSequenceClassification head"):
+        hub.resolve(str(tiny_checkpoints["token-classification"]), task="ranking")
+    assert hub.resolve(str(tiny_checkpoints["text-classification"]), task="ranking").task == "ranking"
+    assert hub.resolve(str(tiny_checkpoints["ranking"]), task="feature-extraction").task == "feature-extraction"
+
+
 def test_hub_id_from_simulated_cache_offline(tiny_checkpoints, tmp_path, monkeypatch):
     sha = write_hf_cache(tiny_checkpoints["text-classification"], tmp_path / "hub", "acme/tiny-sentiment")
     with hf_offline(tmp_path / "hub", monkeypatch):
