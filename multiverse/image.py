@@ -39,6 +39,20 @@ def verify_bundle(bundle_dir: str | Path) -> dict:
     return manifest
 
 
+def check_context(context: str | Path) -> None:
+    """Raises UsageError when ``context`` cannot become a fresh build context folder: it is a file, a folder that
+    is not empty, or it would be created under a file."""
+    context = Path(context)
+    if context.exists() and not context.is_dir():
+        raise UsageError(f"Build context {context} is a file, not a folder; choose another --context.")
+    if context.exists() and any(context.iterdir()):
+        raise UsageError(f"Build context folder {context} exists and is not empty; remove it or choose another --context.")
+    base = next(p for p in context.absolute().parents if p.exists())
+    if not base.is_dir():
+        raise UsageError(f"Build context {context} cannot be created: {base} is a file, not a folder; choose another "
+                         "--context.")
+
+
 def write_context(bundle_dir: str | Path, wheel: Path, context: str | Path, *,
                   base_image: str = DEFAULT_BASE_IMAGE, log: Callable[[str], None] = lambda s: None) -> Path:
     """Verify the bundle and lay out a build context: ``Dockerfile``, ``bundle/``, ``wheels/``.
@@ -47,16 +61,19 @@ def write_context(bundle_dir: str | Path, wheel: Path, context: str | Path, *,
     without the pinned ``requirements.txt``, is refused before anything is written.
 
     Returns the context folder. Raises BundleError (corrupted, unpinned or not a bundle), UsageError
-    (``context`` exists and is not empty).
+    (:func:`check_context`, or the folder cannot be created).
     """
     bundle_dir, context = Path(bundle_dir), Path(context)
     verify_bundle(bundle_dir)
     if not (bundle_dir / REQUIREMENTS).is_file():
         raise BundleError(f"{bundle_dir} has no {REQUIREMENTS} (it was built before bundles pinned their runtime); "
                           "rebuild it with this version of `multiverse optimize`.")
-    if context.exists() and any(context.iterdir()):
-        raise UsageError(f"Build context folder {context} exists and is not empty; remove it or choose another --context.")
-    context.mkdir(parents=True, exist_ok=True)
+    check_context(context)
+    try:
+        context.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create the build context folder {context} ({exc.strerror}); choose another "
+                         "--context.") from None
     shutil.copytree(bundle_dir, context / "bundle", ignore=shutil.ignore_patterns(".*"))
     (context / "wheels").mkdir()
     shutil.copy2(wheel, context / "wheels" / Path(wheel).name)
@@ -198,6 +215,8 @@ def build_image(bundle_dir: str | Path, tag: str | None = None, *, builder: str 
             raise UsageError("--tag NAME[:TAG] is required to build an image (or pass --dockerfile-only).")
         check_tag(tag)
     manifest = verify_bundle(bundle_dir)
+    if context is not None:
+        check_context(context)  # before the wheel build and the builder
     if not (manifest.get("validation") or {}).get("passed"):
         log(f"warning: {bundle_dir} FAILED its accuracy gate (kept with --keep-failed); the image serves it anyway")
     engine = None if dockerfile_only else find_builder(builder)

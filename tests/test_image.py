@@ -100,6 +100,17 @@ def test_no_container_engine_is_one_line(tiny_bundles, tmp_path):
     assert "apt-get install podman" in lines[0]
 
 
+@pytest.mark.parametrize("context", ["a-file", "a-file/sub"])
+def test_a_context_that_cannot_be_a_folder_is_a_usage_error(tiny_bundles, tmp_path, context):
+    """``--context`` naming a file (or a folder under one) ended in a NotADirectoryError traceback; it is a
+    one-line usage error, and the file is left as it was."""
+    (tmp_path / "a-file").write_text("keep me")
+    r = run_cli("image", tiny_bundles["feature-extraction"], "--tag", "x/y:1", "--dockerfile-only",
+                "--context", tmp_path / context)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
 @pytest.mark.parametrize("tag", ["UPPER/case", "no spaces:1", ""])
 def test_bad_tag_is_a_usage_error(tiny_bundles, tag):
     r = run_cli("image", tiny_bundles["feature-extraction"], "--tag", tag)
