@@ -240,6 +240,26 @@ def test_a_best_case_variant_is_faster_by_the_floor_and_as_faithful_as_can_be_an
     assert could_ship_variant([fp32, anchor, plain], 2, floor=0.0)  # no bound on a variant's speed
 
 
+def test_ner_gate_refuses_eval_tags_of_which_the_model_predicts_none():
+    """Eval tags named otherwise than the model's (e.g. WNUT's ``person`` for a CoNLL ``PER`` model) put the
+    reference's and every candidate's entity F1 at 0: the gate passed whatever the candidate did. It is an eval
+    data error naming both sets of types; one shared type is enough to gate on."""
+    from multiverse.errors import EvalDataError
+    from multiverse.tasks.token_classification import Handler
+
+    config = {"id2label": {"0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC"}}
+    ents = lambda *spans: [{"start": s, "end": e, "entity_group": t} for s, e, t in spans]  # noqa: E731
+    ref = TaskOutputs([np.array([1, 0])], [ents((0, 1, "PER"))])
+    broken = TaskOutputs([np.array([0, 0])], [ents()])
+    foreign = EvalSet("wnut.jsonl", "token-classification", texts=("a b",), labels=(((0, 1, "person"),),))
+    with pytest.raises(EvalDataError, match=r"wnut.jsonl: none of its entity types \(person\) is one the model "
+                                            r"predicts \(LOC, PER\)"):
+        Handler.gate(foreign, ref, broken, config, 0.01)
+    shared = EvalSet("d", "token-classification", texts=("a b",), labels=(((0, 1, "PER"), (2, 3, "person")),))
+    got = Handler.gate(shared, ref, broken, config, 0.01)
+    assert (got.reference, got.optimised) == (pytest.approx(2 / 3), 0.0) and not all(c.passed for c in got.checks)
+
+
 def test_ner_gate_reports_the_step_of_one_entity_and_the_note_and_choice_follow_it():
     from multiverse.tasks.token_classification import Handler
     from multiverse.validate import resolution_note

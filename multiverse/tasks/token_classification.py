@@ -135,6 +135,20 @@ def bio_to_spans(words: list[str], tags: list[str]) -> list[tuple[int, int, str]
     return spans
 
 
+def _check_entity_types(name: str, gold: list[set], config: dict) -> None:
+    """Raises EvalDataError when the eval set's entity types and the model's (``config.json`` ``id2label``, BIO
+    prefixes dropped) share none: every prediction would then be wrong, the reference's and the candidate's entity
+    F1 would both be 0 and the gate could not fail. Skipped when the config names no labels or there is no gold
+    entity."""
+    model_types = {split_tag(str(v))[1] for v in (config.get("id2label") or {}).values()} - {"O"}
+    gold_types = {t for row in gold for _, _, t in row}
+    if model_types and gold_types and not gold_types & model_types:
+        raise EvalDataError(
+            f"{name}: none of its entity types ({', '.join(sorted(gold_types))}) is one the model predicts "
+            f"({', '.join(sorted(model_types))}), so the accuracy gate could not fail; rename the tags to the "
+            "model's (config.json id2label), or use eval data labelled for this model.")
+
+
 def _char_spans(name: str, n: str, text: str, label: list) -> list[tuple[int, int, str]]:
     spans = []
     for span in label:
@@ -209,6 +223,7 @@ class Handler:
         details["entity_agreement_f1"] = metrics.entity_f1(spans(candidate.entities), spans(reference.entities))["f1"]
         if data.labels is not None:
             gold = [{(int(s), int(e), str(t)) for s, e, t in row} for row in data.labels]
+            _check_entity_types(data.name, gold, config)
             ref_scores = metrics.entity_f1(spans(reference.entities), gold)
             r, o = ref_scores["f1"], metrics.entity_f1(spans(candidate.entities), gold)["f1"]
             true_positives = ref_scores["recall"] * sum(len(g) for g in gold)
