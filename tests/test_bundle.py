@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -117,6 +118,28 @@ def test_manifest_digest_is_shown_and_can_be_pinned(copy):
     result = CliRunner().invoke(app, ["inspect", str(copy), "--expect-sha256", digest])
     assert result.exit_code == 0 and "matches --expect-sha256" in result.output, result.output
     assert bundle.load(copy, expect_manifest_sha256=digest.upper()).manifest_sha256 == digest
+
+
+def test_serving_a_bundle_that_failed_its_gate_logs_a_warning(copy, caplog):
+    """A bundle written with --keep-failed was served without a word (``multiverse image`` warns about it)."""
+    from fastapi.testclient import TestClient
+
+    from multiverse.serve.app import create_app
+
+    _edit(copy, lambda m: m["validation"].update(passed=False), reseal=True)
+    with caplog.at_level("INFO", logger="multiverse.serve"), TestClient(create_app(str(copy))) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("FAILED its accuracy gate" in m and str(copy) in m for m in warned), caplog.text
+    _edit(copy, lambda m: m["validation"].update(passed=True), reseal=True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="multiverse.serve"), TestClient(create_app(str(copy))) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "model ready" in caplog.text and "FAILED" not in caplog.text
 
 
 def test_tampered_task_is_refused_and_a_pinned_digest_catches_a_resealed_one(copy):

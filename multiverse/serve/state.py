@@ -134,6 +134,9 @@ class ServerState:
             self.metrics.set_runtime(self.runtime_document())
             log.info("model ready: %s (%s), %s %s threads", self.model_name, self.task, self.threads,
                      getattr(b, "runtime_name", "ONNX Runtime"))
+            if b is not None and not b.passed:  # written with --keep-failed
+                log.warning("%s FAILED its accuracy gate (kept with --keep-failed); serving it anyway: its outputs "
+                            "may differ from the original model's. `multiverse inspect` shows the gap.", b.path)
         except BaseException as exc:
             self.failed = exc
             log.error("could not load the model: %s", exc, exc_info=not isinstance(exc, MultiverseError))
