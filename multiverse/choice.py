@@ -150,7 +150,8 @@ def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "aut
     if not passing:
         return None, ("no candidate met the tolerance" + ("" if precision == "auto" else f" at precision {precision}")
                       + ("" if runtime == "auto" else f" on {runtime}"))
-    best = _most_accurate_of_fastest(trials, contenders(trials, passing))
+    compared = contenders(trials, passing)
+    best = _most_accurate_of_fastest(trials, compared)
     if trials[best].config is None:
         if any(trials[i].config is not None for i in passing):
             int8 = contenders(trials, [i for i in passing if trials[i].config is not None])
@@ -160,9 +161,8 @@ def choose(trials: Sequence[Trial], precision: str = "auto", runtime: str = "aut
         if any(t.config is not None for t in trials):
             return best, "fp32 shipped: no int8 candidate met the tolerance"
         return best, "fp32 shipped: no int8 candidate was tried (--precision fp32 or --max-trials 0)"
-    passing = contenders(trials, passing)
-    clock = _clock(trials, passing)
-    return best, f"{_why_not_fastest(trials, passing, best, clock)}, {speedup_text(trials, 0, best)} faster than fp32"
+    clock = _clock(trials, compared)
+    return best, f"{_why_not_fastest(trials, compared, best, clock)}, {speedup_text(trials, 0, best)} faster than fp32"
 
 
 def _clock(trials: Sequence[Trial], passing: Sequence[int]) -> str:
