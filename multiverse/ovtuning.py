@@ -175,7 +175,8 @@ def openvino_bf16(tuner, budget: int) -> None:
     0.92-1.08 / 1.02-1.04: no gain on MiniLM, the model where it is built (on the DistilBERT shape static passes
     with margin, so dynamic is not), so it is not retried. bf16 moved no gate decision: MiniLM min cosine 0.9529 →
     0.9494 (static, failed at both), 0.9937 → 0.9931 (FFN fp32), 0.9929 → 0.9929 (dynamic); label agreement 1.0
-    at both on the DistilBERT shape. So a candidate that failed at f32 is not retried either."""
+    at both on the DistilBERT shape. So a candidate that failed at f32 is not retried either. One already retried
+    (an earlier call: ``tuning.tune`` calls this right after an anchor) is not retried again."""
     from dataclasses import replace
 
     from .choice import trial_runtime
@@ -187,8 +188,10 @@ def openvino_bf16(tuner, budget: int) -> None:
     if missing_isa(None, [BF16_FLAG]):
         tuner.progress.info(f"bf16 candidates skipped: this host lacks {BF16_FLAG}, so they cannot be validated here")
         return
+    tried = {t.label for t in tuner.trials}
     passed = [i for i, t in enumerate(tuner.trials) if t.passed and trial_runtime(t.config) == "openvino"
-              and t.config.get("mode") == "static" and t.config.get("inference_precision", "f32") == "f32"]
+              and t.config.get("mode") == "static" and t.config.get("inference_precision", "f32") == "f32"
+              and f"{t.label} bf16" not in tried]
     for i in passed[:max(0, budget - (len(tuner.trials) - 1))]:
         quantization = {**tuner.models[i].quantization, "inference_precision": "bf16"}
         try:

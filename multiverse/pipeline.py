@@ -1,7 +1,8 @@
 """``optimize``: the only place that knows the stage order (DESIGN.md §2).
 
 resolve → export (+ check) → fuse (+ check) → tune/quantize → validate → gate → bundle.
-Each stage takes a value and returns a new one; the gate is a policy here, reports are data.
+Each stage takes a value and returns a new one; the gate is a policy here, reports are data. Beside export and
+fusion, a worker process computes the PyTorch reference the tuner validates against (``multiverse.background``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, bundle, evaldata, hub, image, workdir
+from .background import BackgroundBuilds, in_worker_start, start_reference
 from .bundle_writer import check_destination
 from .errors import AccuracyGateError, HubError, UsageError
 from .export import export
@@ -20,7 +22,7 @@ from .targets import get_target, missing_flags
 from .choice import trial_runtime
 from .ovtuning import runtimes
 from .tuning import TuningReport, tune
-from .validate import ValidationReport, resolution_note
+from .validate import ValidationReport, by_length, resolution_note
 
 DEFAULT_OUT = Path("multiverse-bundles")
 
@@ -79,6 +81,9 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         ExportError, FusionError, QuantizationError: a stage failed.
         AccuracyGateError: no candidate met the tolerance (exit code 3); ``.report`` has the numbers.
     """
+    if in_worker_start():
+        raise UsageError("optimize() was called while a worker process imported your script: put the call under "
+                         "`if __name__ == \"__main__\":` (the build's worker process imports the main module).")
     progress = progress or Progress()
     workdir.remove_stale()  # work folders of runs killed with -9 (again in work_folder, right before ours is made)
     _check_tolerance(tolerance)
@@ -104,7 +109,8 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
     if note:
         progress.warn(note)
 
-    with workdir.work_folder() as work:
+    with workdir.work_folder() as work, BackgroundBuilds() as background:
+        start_reference(background, ckpt, by_length(data))  # on the core export and fusion leave idle
         with progress.stage("export", "Exporting to ONNX (optimum-onnx)") as s:
             fp32 = export(ckpt, work / "fp32")
             s["summary"] = f"opset {fp32.opset}, max |ONNX − PyTorch| {fp32.max_abs_diff:.1e}"
@@ -117,7 +123,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         with progress.stage("tune", f"Quantizing and validating on {data.name} ({len(data)} examples)") as s:
             chosen, report = tune(ckpt, fused, tgt, data, tolerance, work / "trials", precision=precision,
                                   max_trials=max_trials, threads=threads, progress=progress, exported=fp32,
-                                  runtime=runtime)
+                                  runtime=runtime, background=background)
             s["summary"] = report.summary()
             validation = report.chosen_validation
             passed = validation is not None and validation.passed

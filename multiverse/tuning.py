@@ -10,7 +10,8 @@ validating and timing each candidate is Multiverse's (the evaluation function).
 
 Candidates, in this order (stage order lives in :func:`tune`), each validated on the full eval set and timed
 end to end here (``candidate_timing``): 1. fp32, the fused graph: int8 ships only when accurate *and* faster;
-2. OpenVINO static int8 (``ovtuning``), when OpenVINO is tried: the fastest kind where it passes;
+2. OpenVINO static int8 (``ovtuning``), when OpenVINO is tried: the fastest kind where it passes; when it passed
+   with margin on a bf16 target, its bf16 twin right after it (re-timed with phase 3's first candidate);
 3. the target's ONNX Runtime configuration, then the same with SmoothQuant strengths α (``smooth.py``), the task
    head (:func:`head_nodes`) fp32 in all. They cost the same to run, so all run (INC's early stop off) and
    :func:`choose` ships the most accurate of the equally fast; unless the first is too slow to ship beside a
@@ -27,10 +28,13 @@ between trials cannot pick the winner. The choice: ``choice.py``.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
+from .background import REFERENCE, BackgroundBuilds, start_quantize
 from .candidate_timing import (LATENCY_BATCH, LATENCY_SEQ_LENS, RETIME_ROUNDS,  # noqa: F401
                                SERVED_ROUNDS, SERVED_SEQ_LENS, TIMING_THREADS, TRIAL_ROUNDS, least_ratio, measure,
                                served_ms, timed_costs, to_retime)
@@ -64,29 +68,52 @@ class _Tuner:
     """State of one tuning run: the reference outputs, smoothed graphs and the trials so far."""
 
     def __init__(self, ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: Path,
-                 threads: int | None, progress: Progress, exported: OnnxModel | None = None):
+                 threads: int | None, progress: Progress, exported: OnnxModel | None = None,
+                 background: BackgroundBuilds | None = None):
         self.ckpt, self.fused, self.target, self.data, self.exported = ckpt, fused, target, data, exported
+        self.background = background or BackgroundBuilds()
         self.validation_data = by_length(data)
         self.tolerance, self.workdir, self.threads, self.progress = tolerance, workdir, threads, progress
         self.session = {**target.session, **NO_SPINNING}
-        progress.activity(f"computing the PyTorch reference on {len(data)} examples")
-        self.reference = reference_outputs(ckpt, self.validation_data, fused.model_dir, threads)
         self.latency_text = " ".join(t if isinstance(t, str) else t[1] for t in model_inputs(data))
         self.trials: list[Trial] = []
         self.models: list[OnnxModel] = []
-        self._built, self._calibration = 0, None  # calibration: list[dict] once built
+        self._built, self._calibration, self._early = 0, None, {}  # calibration: list[dict] once built
         self._base_graph = SmoothedGraphs(fused, ckpt.task, workdir, CALIBRATION_ITEMS)  # alpha -> graph
         self._predictors: dict[tuple, Predictor] = {}  # the ones used more than once (see predictor)
         self._timed_together: set[int] = set()  # the trials of the last interleaved re-timing
         self.served_clock: dict | None = None  # candidate_timing.ServedTiming.record() of the last re-timing
 
+    @cached_property
+    def reference(self):
+        """The PyTorch model's outputs on the validation data (``validate.TaskOutputs``), at first use: from the
+        background worker (``background.start_reference``), else computed now."""
+        self.progress.activity(f"computing the PyTorch reference on {len(self.data)} examples")
+        taken = self.background.take(REFERENCE)
+        return taken if taken is not None else reference_outputs(self.ckpt, self.validation_data,
+                                                                 self.fused.model_dir, self.threads)
+
+    def build_early(self, config) -> None:
+        """:meth:`build` ``config`` now, for the build of its trial to return (or raise its ``MultiverseError``):
+        NNCF's calibration needs no reference, so it runs while the worker still computes that."""
+        try:
+            self._early[config.model_dump_json()] = self.build(config)
+        except MultiverseError as exc:
+            self._early[config.model_dump_json()] = exc
+
     def build(self, config) -> OnnxModel:
         """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
         of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on ``ovtuning.calibration_set``)."""
+        if (early := self._early.pop(config.model_dump_json(), None)) is not None:
+            if isinstance(early, MultiverseError):
+                raise early
+            return early
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
         if isinstance(config, QuantConfig):
-            return quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}", config)
+            built = self.background.take(config.model_dump_json())
+            return built or quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}",
+                                           config)
         from .ovquant import quantize_ov
         from .ovtuning import calibration_feeds
 
@@ -277,10 +304,12 @@ class _Tuner:
                                 self.reference.values, task=self.ckpt.task, threads=self.threads, session=self.session,
                                 workdir=self.workdir / "single-node", progress=self.progress)
 
+
 def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float, workdir: str | Path, *,
          quantize: bool = True, max_trials: int | None = None, threads: int | None = None, precision: str = "auto",
          configs: Sequence[QuantConfig] | None = None, progress: Progress | None = None,
-         exported: OnnxModel | None = None, runtime: str = "auto") -> tuple[OnnxModel, TuningReport]:
+         exported: OnnxModel | None = None, runtime: str = "auto",
+         background: BackgroundBuilds | None = None) -> tuple[OnnxModel, TuningReport]:
     """Validate and time the fp32 graph and the int8 candidates; return the model to ship and the report.
 
     Args:
@@ -291,19 +320,14 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
         exported: the exported (unfused) fp32 graph, which OpenVINO candidates quantize.
         runtime: ``auto`` (ONNX Runtime and, when openvino/nncf are installed and ``exported`` is given, OpenVINO
             candidates), ``onnxruntime`` or ``openvino`` (only OpenVINO ones may ship; ``ovtuning.runtimes``).
+        background: the run's worker process (``multiverse.background``; default: one of its own), holding the
+            PyTorch reference when ``background.start_reference`` was called with ``by_length(data)``.
     Returns ``(model, report)``: the fastest passing candidate; when none passes, ``report.chosen`` is None and the
     most accurate candidate's model is returned (the pipeline's gate decides).
     Raises UsageError / MissingExtraError for a runtime that cannot be tried (before any work).
     """
-    from .ovtuning import (
-        openvino_bf16,
-        openvino_configs,
-        openvino_reason,
-        openvino_rest,
-        openvino_source,
-        openvino_static,
-        runtimes,
-    )
+    from .ovtuning import (openvino_bf16, openvino_configs, openvino_reason, openvino_rest, openvino_source,
+                           openvino_static, runtimes)
 
     progress = progress or Progress()
     use_ort, use_ov, note = runtimes(runtime, precision)
@@ -312,36 +336,48 @@ def tune(ckpt, fused: OnnxModel, target: Target, data: EvalSet, tolerance: float
     if runtime == "openvino":
         precision = "int8"  # the fp32 trial is the ONNX Runtime reference: it cannot ship as an OpenVINO bundle
     (workdir := Path(workdir)).mkdir(parents=True, exist_ok=True)
-    if use_ov and configs is None and quantize and precision != "fp32":
-        exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
-    tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported)
-    tuner.run("fp32 (fused)", fused, None, "baseline")
     budget = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
+    int8 = quantize and precision != "fp32"
+    first_configs = ((configs or phase1_configs(target, head_nodes(fused, target.quantization)))
+                     if use_ort and int8 else [])
     sensitivity: dict = {}
-    if quantize and precision != "fp32":
-        if note:
-            progress.info(note)
-        ov_configs = openvino_configs(exported) if use_ov and configs is None else []
+    with nullcontext(background) if background else BackgroundBuilds() as background:
+        if use_ov and configs is None and int8:
+            exported = openvino_source(ckpt, exported, workdir / "openvino-fp32", progress)
+        tuner = _Tuner(ckpt, fused, target, data, tolerance, workdir, threads, progress, exported, background)
+        ov_configs = openvino_configs(exported) if use_ov and configs is None and int8 else []
         # a budget of one trial goes to ONNX Runtime, whose per-node fallback then says how many trials it needs
         static_first = bool(ov_configs) and (budget > 1 or not use_ort)
-        anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
-        if use_ort:
-            head = head_nodes(fused, target.quantization)
-            # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
-            # (see choose), not by which passed first on a finite eval set; unless the first's variants could not
-            # ship next to the anchor (tuner.phase1). Phase 1 leaves the budget's last trial to phase 2 when
-            # nothing has passed with margin by then: a fallback of the best candidate is likelier to pass than
-            # one more smoothing strength.
-            tuner.phase1(configs or phase1_configs(target, head), budget, anchor, precision=precision,
-                         keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
-        if ov_configs:
-            anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
-            openvino_rest(tuner, ov_configs, budget, anchor)
-            openvino_bf16(tuner, budget)
-        tuner.retime()
-        plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
-        if plan:
-            sensitivity = tuner.fallback_phase(*plan, budget)
+        if static_first and budget > 0:  # built before fp32's trial needs the reference the worker may still compute
+            if first_configs:  # NNCF's Python passes leave a core idle: phase 1's first is built there
+                start_quantize(background, fused, workdir, first_configs[0])
+            tuner.build_early(ov_configs[0])
+        tuner.run("fp32 (fused)", fused, None, "baseline")
+        if int8:
+            if note:
+                progress.info(note)
+            anchor = openvino_static(tuner, ov_configs, budget) if static_first else None
+            if anchor is not None and budget - (len(tuner.trials) - 1) > len(first_configs) + 1:
+                # Static passed with margin, so openvino_rest builds nothing more: its bf16 twin runs now and phase 1's
+                # re-timing (anchor and first ONNX Runtime candidate) takes it in, one interleaved re-timing instead of
+                # two. Only where the budget leaves room for phase 1 and one fallback after it.
+                openvino_bf16(tuner, budget)
+            if use_ort:
+                # All phase-1 candidates run: they cost the same to run, so which one ships is decided by accuracy
+                # (see choose), not by which passed first on a finite eval set; unless the first's variants could not
+                # ship next to the anchor (tuner.phase1). Phase 1 leaves the budget's last trial to phase 2 when
+                # nothing has passed with margin by then: a fallback of the best candidate is likelier to pass than
+                # one more smoothing strength.
+                tuner.phase1(first_configs, budget, anchor, precision=precision,
+                             keep_last_for=None if configs else lambda: fallback_plan(tuner.trials, precision) is not None)
+            if ov_configs:
+                anchor = anchor if static_first else openvino_static(tuner, ov_configs, budget)
+                openvino_rest(tuner, ov_configs, budget, anchor)
+                openvino_bf16(tuner, budget)
+            tuner.retime()
+            plan = fallback_plan(tuner.trials, precision, runtime) if configs is None and use_ort else None
+            if plan:
+                sensitivity = tuner.fallback_phase(*plan, budget)
     chosen, reason = choose(tuner.trials, precision, runtime)
     if runtime == "openvino" and chosen is not None:
         reason = openvino_reason(tuner.trials, chosen, reason, progress)

@@ -3,7 +3,10 @@ built (build time), with the rule checked against :func:`multiverse.choice.choos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
+
+import pytest
 
 from multiverse.choice import Trial, choose
 from multiverse.ovtuning import openvino_rest
@@ -101,3 +104,100 @@ def test_openvino_dynamic_and_ffn_variants_only_when_static_did_not_pass_with_ma
     assert t.loops == []
     openvino_rest(t, ["static", "dynamic", "ffn"], budget=12, static=None)
     assert t.loops == [["dynamic", "ffn"]]
+
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What the tuner's OpenVINO steps read of a trial's model."""
+
+    quantization: dict | None
+
+
+class _OrderTuner(_Tuner):
+    """A ``_Tuner`` without models: ``run``/``inc_loop`` append made-up trials (costs from ``COSTS``); ``retime``
+    records which trials it would time together, by the real rules (``to_retime``; nothing new: no re-timing)."""
+
+    COSTS = {"fp32 (fused)": 30.0, "ov static": 8.0, "ov static bf16": 7.9, "plain": 11.5, "a0.7": 11.6}
+
+    def __init__(self, ckpt, fused, target, *args, **kw):
+        from multiverse.progress import Progress
+
+        self.target, self.progress, self.trials, self.models = target, Progress(), [], []
+        self.retimings, self._timed_together, self.served_clock, self.early = [], set(), None, []
+
+    def build_early(self, config):
+        self.early.append(config.label)
+
+    def run(self, label, model, config, phase):
+        self.trials.append(_trial(label, config, self.COSTS[label]))
+        self.models.append(_Model(config))
+
+    def inc_loop(self, configs, budget, phase, stop_at_first=True, keep_last_for=None, **kw):
+        for c in configs[:budget]:
+            self.run(c, None, {"name": c}, phase) if isinstance(c, str) else self.run(c.label, None, c.config, phase)
+
+    def retime(self, rounds=5, also=()):
+        from multiverse.candidate_timing import to_retime
+
+        timed = to_retime(self.trials, also)
+        if len(timed) >= 2 and not set(timed) <= self._timed_together:
+            self.retimings.append([self.trials[i].label for i in timed])
+            self._timed_together = set(timed)
+
+
+def test_a_static_openvino_anchor_takes_its_bf16_twin_into_phase_1s_retiming(monkeypatch, tmp_path):
+    """On a bf16 target, OpenVINO static int8 that passed with margin is followed by its bf16 twin at once, so that
+    phase 1's re-timing (anchor, first ONNX Runtime candidate) also times the twin and no second re-timing runs:
+    measured (DistilBERT-base shape, quiet host) the second re-timing of all three took 7.6 of the build's 70 s."""
+    from multiverse import targets, tuning
+    from multiverse.ovtuning import openvino_bf16
+
+    static = SimpleNamespace(label="ov static", config={"runtime": "openvino", "mode": "static",
+                                                        "inference_precision": "f32"})
+    made = []
+    monkeypatch.setattr(targets, "host_flags", lambda: frozenset({"avx512f", "avx512_vnni", targets.BF16_FLAG}))
+    monkeypatch.setattr(tuning, "_Tuner", lambda *a, **kw: made.append(_OrderTuner(*a, **kw)) or made[-1])
+    monkeypatch.setattr("multiverse.ovtuning.runtimes", lambda runtime, precision: (True, True, None))
+    monkeypatch.setattr("multiverse.ovtuning.openvino_source", lambda ckpt, exported, workdir, progress: exported)
+    monkeypatch.setattr("multiverse.ovtuning.openvino_configs", lambda exported: [static])
+    monkeypatch.setattr(tuning, "head_nodes", lambda fused, q: [])
+    monkeypatch.setattr(tuning, "phase1_configs", lambda target, head: ["plain", "a0.7"])
+    prebuilt = []  # phase 1's first candidate is started in the background before OpenVINO's conversion and NNCF
+    monkeypatch.setattr(tuning, "start_quantize", lambda background, fused, workdir, config: prebuilt.append(config))
+    _, report = tuning.tune(None, _Model(None), targets.get_target("zen4"), None, 0.01, tmp_path,
+                            exported=_Model(None))
+    assert [t.label for t in report.trials] == ["fp32 (fused)", "ov static", "ov static bf16", "plain"]
+    assert made[0].retimings == [["ov static", "ov static bf16", "plain"]]  # one re-timing, all three in it
+    # before fp32's trial (which waits for the reference): NNCF here, phase 1's first in the worker
+    assert prebuilt == ["plain"] and made[0].early == ["ov static"]
+    assert report.trials[report.chosen].label in ("ov static", "ov static bf16")
+    openvino_bf16(made[0], 12)  # a second call (where openvino_rest runs first) does not retry the twin
+    assert len(made[0].trials) == 4
+
+
+def test_a_candidate_built_early_is_the_one_its_trial_gets_and_so_is_its_error(monkeypatch, tmp_path):
+    from multiverse import tuning
+    from multiverse.background import BackgroundBuilds
+    from multiverse.errors import QuantizationError
+    from multiverse.targets import QuantConfig
+
+    builds = []
+
+    def quantize(graph, out, config):
+        builds.append(config.label())
+        if config.per_channel:
+            raise QuantizationError("no luck")
+        return SimpleNamespace(path=out)
+
+    monkeypatch.setattr(tuning, "quantize_model", quantize)
+    t = object.__new__(_Tuner)
+    t._early, t._built, t.workdir, t.background = {}, 0, tmp_path, BackgroundBuilds()
+    t.progress, t._base_graph = SimpleNamespace(activity=lambda text: None), lambda alpha: "fused"
+    ok, bad = QuantConfig(per_channel=False), QuantConfig(per_channel=True)
+    t.build_early(ok)
+    t.build_early(bad)  # its error is kept for its trial
+    assert t.build(ok).path == tmp_path / "q1" and len(builds) == 2
+    with pytest.raises(QuantizationError, match="no luck"):
+        t.build(bad)
+    assert t.build(ok).path == tmp_path / "q3" and len(builds) == 3  # taken once; a second build builds anew

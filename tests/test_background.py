@@ -1,0 +1,111 @@
+"""``optimize``'s worker process (``multiverse.background``): the PyTorch reference and candidate graphs it computes are
+the ones computed in process, errors come back as raised, and a dead worker leaves the work to the caller."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import pytest
+from test_tuning_units import _graph_with_head
+
+from multiverse import background as bg
+from multiverse.background import BackgroundBuilds, start_quantize
+from multiverse.errors import QuantizationError
+from multiverse.quantize import quantize
+from multiverse.targets import QuantConfig
+
+CONFIG = QuantConfig(op_types=("MatMul", "Gather"))
+
+
+def _initializers(path):
+    return {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_a_graph_built_in_the_background_is_the_one_built_in_process(tmp_path, monkeypatch):
+    fused = _graph_with_head(tmp_path / "model.onnx")
+    with BackgroundBuilds() as background:
+        start_quantize(background, fused, tmp_path / "small", CONFIG)  # under BACKGROUND_BYTES: not started
+        assert background.take(CONFIG.model_dump_json()) is None
+        monkeypatch.setattr(bg, "BACKGROUND_BYTES", 0)
+        start_quantize(background, fused, tmp_path / "bg", CONFIG)
+        built = background.take(CONFIG.model_dump_json())
+        assert background.take(CONFIG.model_dump_json()) is None  # taken once
+    direct = quantize(fused, tmp_path / "direct", CONFIG)
+    assert built.path == tmp_path / "bg" / "q-early" / "model.onnx"
+    assert built.quantization == direct.quantization and built.stage == "int8"
+    assert _initializers(built.path) == _initializers(direct.path)
+
+
+def test_errors_come_back_as_raised_and_a_dead_worker_leaves_the_build_to_the_caller(tmp_path):
+    fused = _graph_with_head(tmp_path / "model.onnx")
+    with BackgroundBuilds() as background:
+        background.submit("convs", quantize, fused, tmp_path / "out", QuantConfig(op_types=("Conv",)))
+        with pytest.raises(QuantizationError, match="quantized no op of"):  # the graph has no Conv
+            background.take("convs")
+        background.submit("dies", os._exit, 1)  # the worker process ends mid-build (killed for memory, say)
+        assert background.take("dies") is None
+        background.submit("after", os.getpid)  # no new worker: what killed that one would kill it too
+        assert background.take("after") is None and background.broken
+
+
+def test_the_reference_computed_in_the_worker_is_the_one_the_tuner_computes(tiny_checkpoints, tmp_path, monkeypatch):
+    """``start_reference`` reads the checkpoint's folder; the tuner's own reference reads the export's, which holds
+    the checkpoint's tokenizer and config files: the same outputs (one intra-op thread against two: rounding)."""
+    import numpy as np
+
+    from multiverse import evaldata, hub
+    from multiverse.background import REFERENCE, start_reference
+    from multiverse.export import export
+    from multiverse.validate import by_length, reference_outputs
+
+    ckpt = hub.resolve(str(tiny_checkpoints["token-classification"]))
+    data = by_length(evaldata.load(None, ckpt.task, limit=40))
+    with BackgroundBuilds() as background:
+        assert not start_reference(background, ckpt, data)  # a tiny model: not worth a worker
+        monkeypatch.setattr(bg, "BACKGROUND_BYTES", 0)
+        assert start_reference(background, ckpt, data)
+        early = background.take(REFERENCE)
+    here = reference_outputs(ckpt, data, export(ckpt, tmp_path / "fp32", check=False).model_dir, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(early.values, here.values)) and early.entities == here.entities
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(early.logits, here.logits))
+    (no_tokenizer := tmp_path / "slow-only").mkdir()
+    for f in ckpt.path.iterdir():
+        if f.name != "tokenizer.json":
+            (no_tokenizer / f.name).write_bytes(f.read_bytes())
+    with BackgroundBuilds() as background:  # optimum writes the tokenizer.json the bundle uses: not known before
+        assert not start_reference(background, hub.resolve(str(no_tokenizer)), data)
+
+
+def test_optimize_validates_against_the_reference_from_the_worker(tiny_checkpoints, tmp_path, monkeypatch):
+    from multiverse import tuning
+    from multiverse.pipeline import optimize
+
+    monkeypatch.setattr(bg, "BACKGROUND_BYTES", 0)
+    computed_here = []
+    real = tuning.reference_outputs
+    monkeypatch.setattr(tuning, "reference_outputs", lambda *a: computed_here.append(a) or real(*a))
+    b = optimize(str(tiny_checkpoints["text-classification"]), "native", out=tmp_path, runtime="onnxruntime",
+                 max_trials=1, tolerance=0.2)
+    assert computed_here == [] and b.manifest["validation"]["n"] > 0
+
+
+def test_a_script_without_a_main_guard_still_builds_and_is_told_why_the_worker_failed(tiny_checkpoints, tmp_path):
+    """``spawn`` runs the script again in the worker; there ``optimize`` refuses at once (no second build), the worker
+    dies and the build computes the reference itself."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "build.py"
+    script.write_text(
+        "import multiverse.background as bg\n"
+        "from multiverse.pipeline import optimize\n"
+        "bg.BACKGROUND_BYTES = 0\n"
+        f"optimize({str(tiny_checkpoints['text-classification'])!r}, 'native', out={str(tmp_path / 'out')!r}, "
+        "runtime='onnxruntime', max_trials=1, tolerance=0.2)\n"
+        "print('built')\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("built") == 1
+    assert 'put the call under `if __name__ == "__main__":`' in done.stderr
