@@ -18,7 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Self
 
 #: Models at least this large (bytes: the fp32 graph, the checkpoint's weights) use the worker. Below it the worker's
-#: start (a fresh interpreter importing torch and transformers: about 3 s of CPU) costs more than it saves.
+#: start costs more than it saves: a fresh interpreter importing torch, transformers and multiverse.validate took
+#: 5.4-5.5 CPU seconds (user + system, two runs, load 3).
 BACKGROUND_BYTES = 20 * 2**20
 #: The worker runs this much nicer than the build (Linux CFS: weight 110 against 1024, about 1:9), so that it takes
 #: a core the build leaves idle rather than one the build's 2-thread phases (PyTorch, ONNX Runtime) wait for.
