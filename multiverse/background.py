@@ -91,20 +91,25 @@ def _lower_priority() -> None:
         os.nice(WORKER_NICENESS)
 
 
-def start_reference(background: BackgroundBuilds, ckpt, data) -> bool:
+def start_reference(background: BackgroundBuilds, ckpt, data, workdir) -> bool:
     """Start ``validate.reference_outputs`` of ``ckpt`` on ``data`` (an ``EvalSet`` as the tuner validates on it,
     ``validate.by_length``) in the worker, on one intra-op thread, for ``_Tuner`` to take (key :data:`REFERENCE`).
-    Only for a checkpoint with its own ``tokenizer.json`` (the export copies its tokenizer and config files, so the
-    bundle tokenizes as its folder does) and at least ``BACKGROUND_BYTES`` of weights. Returns whether it started."""
+    Only for a checkpoint with its own ``tokenizer.json`` and at least ``BACKGROUND_BYTES`` of weights. The worker
+    reads the tokenizer, config and sentence-transformers module files the export copies (``copy_model_files``
+    into ``workdir/reference-files``: a Dense module's ``pytorch_model.bin`` converted to ``model.safetensors``), so
+    the bundle tokenizes and pools as the reference does. Returns whether it started."""
     from pathlib import Path
 
+    from .bundle_writer import copy_model_files
     from .validate import reference_outputs
 
     folder = Path(ckpt.path)
     weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
     if not (folder / "tokenizer.json").is_file() or weights < BACKGROUND_BYTES:
         return False
-    background.submit(REFERENCE, reference_outputs, ckpt, data, folder, 1)
+    (files := Path(workdir) / "reference-files").mkdir(parents=True, exist_ok=True)
+    copy_model_files(folder, files)
+    background.submit(REFERENCE, reference_outputs, ckpt, data, files, 1)
     return True
 
 

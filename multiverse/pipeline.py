@@ -110,7 +110,7 @@ def optimize(model: str | None = None, target: str = "native", *, task: str | No
         progress.warn(note)
 
     with workdir.work_folder() as work, BackgroundBuilds() as background:
-        start_reference(background, ckpt, by_length(data))  # on the core export and fusion leave idle
+        start_reference(background, ckpt, by_length(data), work)  # on the core export and fusion leave idle
         with progress.stage("export", "Exporting to ONNX (optimum-onnx)") as s:
             fp32 = export(ckpt, work / "fp32")
             s["summary"] = f"opset {fp32.opset}, max |ONNX − PyTorch| {fp32.max_abs_diff:.1e}"

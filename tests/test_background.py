@@ -50,8 +50,9 @@ def test_errors_come_back_as_raised_and_a_dead_worker_leaves_the_build_to_the_ca
 
 
 def test_the_reference_computed_in_the_worker_is_the_one_the_tuner_computes(tiny_checkpoints, tmp_path, monkeypatch):
-    """``start_reference`` reads the checkpoint's folder; the tuner's own reference reads the export's, which holds
-    the checkpoint's tokenizer and config files: the same outputs (one intra-op thread against two: rounding)."""
+    """``start_reference`` reads the checkpoint's files as the export copies them; the tuner's own reference reads the
+    export's folder, which holds the checkpoint's tokenizer and config files: the same outputs (one intra-op thread
+    against two: rounding)."""
     import numpy as np
 
     from multiverse import evaldata, hub
@@ -62,9 +63,9 @@ def test_the_reference_computed_in_the_worker_is_the_one_the_tuner_computes(tiny
     ckpt = hub.resolve(str(tiny_checkpoints["token-classification"]))
     data = by_length(evaldata.load(None, ckpt.task, limit=40))
     with BackgroundBuilds() as background:
-        assert not start_reference(background, ckpt, data)  # a tiny model: not worth a worker
+        assert not start_reference(background, ckpt, data, tmp_path / "work")  # a tiny model: not worth a worker
         monkeypatch.setattr(bg, "BACKGROUND_BYTES", 0)
-        assert start_reference(background, ckpt, data)
+        assert start_reference(background, ckpt, data, tmp_path / "work")
         early = background.take(REFERENCE)
     here = reference_outputs(ckpt, data, export(ckpt, tmp_path / "fp32", check=False).model_dir, 2)
     assert all(np.array_equal(a, b) for a, b in zip(early.values, here.values)) and early.entities == here.entities
@@ -74,7 +75,7 @@ def test_the_reference_computed_in_the_worker_is_the_one_the_tuner_computes(tiny
         if f.name != "tokenizer.json":
             (no_tokenizer / f.name).write_bytes(f.read_bytes())
     with BackgroundBuilds() as background:  # optimum writes the tokenizer.json the bundle uses: not known before
-        assert not start_reference(background, hub.resolve(str(no_tokenizer)), data)
+        assert not start_reference(background, hub.resolve(str(no_tokenizer)), data, tmp_path / "work")
 
 
 def test_optimize_validates_against_the_reference_from_the_worker(tiny_checkpoints, tmp_path, monkeypatch):
@@ -109,3 +110,43 @@ def test_a_script_without_a_main_guard_still_builds_and_is_told_why_the_worker_f
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("built") == 1
     assert 'put the call under `if __name__ == "__main__":`' in done.stderr
+
+
+def test_the_worker_reference_reads_a_dense_module_stored_as_a_pickle_as_the_export_does(tiny_checkpoints, tmp_path,
+                                                                                          monkeypatch):
+    """Older sentence-transformers checkpoints keep ``2_Dense/pytorch_model.bin``; the export converts it to
+    ``model.safetensors`` (``bundle_writer.copy_model_files``), which is all the pooling code reads. The worker's
+    reference, computed before the export exists, gets the same embeddings as the tuner's own reference."""
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from multiverse import evaldata, hub
+    from multiverse.background import REFERENCE, start_reference
+    from multiverse.export import export
+    from multiverse.validate import by_length, reference_outputs
+
+    folder = tmp_path / "st-dense-pickle"
+    shutil.copytree(tiny_checkpoints["feature-extraction"], folder)
+    (folder / "2_Dense").mkdir()
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"linear.weight": torch.randn(16, 32, generator=gen), "linear.bias": torch.randn(16, generator=gen)},
+               folder / "2_Dense" / "pytorch_model.bin")
+    (folder / "2_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": 32, "out_features": 16, "bias": True,
+         "activation_function": "torch.nn.modules.activation.Tanh"}))
+    modules = json.loads((folder / "modules.json").read_text())
+    modules = [m for m in modules if "Normalize" not in m["type"]] + [
+        {"idx": len(modules), "name": "dense", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    ckpt = hub.resolve(str(folder))
+    data = by_length(evaldata.load(None, ckpt.task, limit=20))
+    monkeypatch.setattr(bg, "BACKGROUND_BYTES", 0)
+    with BackgroundBuilds() as background:
+        assert start_reference(background, ckpt, data, tmp_path / "work")
+        early = background.take(REFERENCE)
+    here = reference_outputs(ckpt, data, export(ckpt, tmp_path / "fp32", check=False).model_dir, 2)
+    assert here.values[0].shape[-1] == 16  # the Dense module is applied
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(early.values, here.values))
