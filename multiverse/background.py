@@ -45,7 +45,7 @@ class BackgroundBuilds:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority)
+                                             initializer=_init_worker)
         self._futures[key] = self._pool.submit(fn, *args)
 
     def take(self, key: str):
@@ -85,8 +85,13 @@ def in_worker_start() -> bool:
     return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
-def _lower_priority() -> None:
-    """The worker's niceness: ``WORKER_NICENESS`` above the build's, where the OS has ``os.nice``."""
+def _init_worker() -> None:
+    """The worker's niceness: ``WORKER_NICENESS`` above the build's, where the OS has ``os.nice``. It ignores SIGINT:
+    Ctrl-C reaches the terminal's whole process group, and the build, unwinding, ends the worker (:meth:`close`);
+    a KeyboardInterrupt in the worker came back as a build's error, or printed its traceback into the build's output."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):
         os.nice(WORKER_NICENESS)
 

@@ -150,3 +150,20 @@ def test_the_worker_reference_reads_a_dense_module_stored_as_a_pickle_as_the_exp
     here = reference_outputs(ckpt, data, export(ckpt, tmp_path / "fp32", check=False).model_dir, 2)
     assert here.values[0].shape[-1] == 16  # the Dense module is applied
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(early.values, here.values))
+
+
+def test_ctrl_c_leaves_the_worker_to_the_build_that_ends_it(tmp_path):
+    """Ctrl-C sends SIGINT to the terminal's whole process group, the worker included. The build unwinds and
+    terminates the worker itself (``close``); a worker that died of KeyboardInterrupt printed ``Process
+    SpawnProcess-1:`` and its traceback into the build's output meanwhile."""
+    import signal
+    import time
+
+    with BackgroundBuilds() as background:
+        background.submit("pid", os.getpid)
+        worker = background.take("pid")
+        for _ in range(3):  # the worker is idle, waiting for its next build
+            os.kill(worker, signal.SIGINT)
+            time.sleep(0.3)
+        background.submit("after", os.getpid)
+        assert background.take("after") == worker and not background.broken
