@@ -40,13 +40,17 @@ class BackgroundBuilds:
         self.broken = False  # the worker died: later submits run nothing, and take() returns None
 
     def submit(self, key: str, fn: Callable, *args) -> None:
-        """Start ``fn(*args)`` in the worker (``fn`` and ``args`` must pickle), for :meth:`take` ``key``."""
+        """Start ``fn(*args)`` in the worker (``fn`` and ``args`` must pickle), for :meth:`take` ``key``. Starts nothing
+        once the worker died (``BrokenProcessPool``, here or at a :meth:`take`)."""
         if self.broken:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_init_worker)
-        self._futures[key] = self._pool.submit(fn, *args)
+        try:
+            self._futures[key] = self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # it died while nothing was taken from it: the caller builds this itself
+            self.broken = True
 
     def take(self, key: str):
         """The result of the build submitted as ``key`` (waits for it), or None when none was, or when the worker

@@ -167,3 +167,17 @@ def test_ctrl_c_leaves_the_worker_to_the_build_that_ends_it(tmp_path):
             time.sleep(0.3)
         background.submit("after", os.getpid)
         assert background.take("after") == worker and not background.broken
+
+
+def test_a_worker_that_died_before_the_next_submit_leaves_that_build_to_the_caller(tmp_path):
+    """The worker can die while nothing is taken from it (killed for memory while it computes the reference, or a
+    script without a main guard): the next ``submit`` (``start_quantize``) must not raise, its ``take`` is None."""
+    import time
+
+    with BackgroundBuilds() as background:
+        background.submit("dies", os._exit, 1)
+        deadline = time.monotonic() + 60
+        while not background._pool._broken and time.monotonic() < deadline:  # noticed by the pool's own thread
+            time.sleep(0.1)
+        background.submit("after", os.getpid)
+        assert background.take("after") is None and background.take("dies") is None and background.broken
