@@ -92,12 +92,27 @@ def in_worker_start() -> bool:
 def _init_worker() -> None:
     """The worker's niceness: ``WORKER_NICENESS`` above the build's, where the OS has ``os.nice``. It ignores SIGINT:
     Ctrl-C reaches the terminal's whole process group, and the build, unwinding, ends the worker (:meth:`close`);
-    a KeyboardInterrupt in the worker came back as a build's error, or printed its traceback into the build's output."""
+    a KeyboardInterrupt in the worker came back as a build's error, or printed its traceback into the build's output.
+    It ends itself when the build's process ends without ending it (``kill -9``, the OOM killer): it holds both
+    ends of its queues, so it never reads EOF there, and stayed blocked for good (idle, or writing a result).
+    """
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):
         os.nice(WORKER_NICENESS)
+    parent = multiprocessing.parent_process()  # its sentinel becomes ready when the build's process ends
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel) -> None:
+    """Wait until ``sentinel`` (a process's) is ready, then end this process at once."""
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(1)
 
 
 def start_reference(background: BackgroundBuilds, ckpt, data, workdir) -> bool:

@@ -181,3 +181,35 @@ def test_a_worker_that_died_before_the_next_submit_leaves_that_build_to_the_call
             time.sleep(0.1)
         background.submit("after", os.getpid)
         assert background.take("after") is None and background.take("dies") is None and background.broken
+
+
+def test_the_worker_ends_when_the_build_is_killed(tmp_path):
+    """``kill -9`` (or the OOM killer) of the build runs no cleanup; the worker holds both ends of its queues, so it
+    never sees the build go, and stayed blocked (idle, or writing a result nobody reads) with torch loaded."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal\n"
+        "from multiverse.background import BackgroundBuilds\n"
+        "if __name__ == '__main__':\n"
+        "    background = BackgroundBuilds()\n"
+        "    background.submit('pid', os.getpid)\n"
+        "    print(background.take('pid'), flush=True)\n"
+        "    background.submit('large', os.urandom, 1 << 20)  # more than a pipe holds: nobody will read it\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n", encoding="utf-8")
+    with open(tmp_path / "out.txt", "w") as out:  # a file, not a pipe: the worker holds the script's stdout
+        subprocess.run([sys.executable, str(script)], stdout=out, stderr=subprocess.DEVNULL, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    worker = int((tmp_path / "out.txt").read_text().split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, 9)  # the test's own orphan
+    pytest.fail(f"worker {worker} still runs 30 s after its build was killed")
