@@ -118,7 +118,8 @@ def _exit_with(sentinel) -> None:
 def start_reference(background: BackgroundBuilds, ckpt, data, workdir) -> bool:
     """Start ``validate.reference_outputs`` of ``ckpt`` on ``data`` (an ``EvalSet`` as the tuner validates on it,
     ``validate.by_length``) in the worker, on one intra-op thread, for ``_Tuner`` to take (key :data:`REFERENCE`).
-    Only for a checkpoint with its own ``tokenizer.json`` and at least ``BACKGROUND_BYTES`` of weights. The worker
+    Only for a checkpoint with its own ``tokenizer.json`` and ``tokenizer_config.json`` (the export writes them when
+    missing, and the reference must tokenize as the bundle) and at least ``BACKGROUND_BYTES`` of weights. The worker
     reads the tokenizer, config and sentence-transformers module files the export copies (``copy_model_files``
     into ``workdir/reference-files``: a Dense module's ``pytorch_model.bin`` converted to ``model.safetensors``), so
     the bundle tokenizes and pools as the reference does. Returns whether it started."""
@@ -129,7 +130,8 @@ def start_reference(background: BackgroundBuilds, ckpt, data, workdir) -> bool:
 
     folder = Path(ckpt.path)
     weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
-    if not (folder / "tokenizer.json").is_file() or weights < BACKGROUND_BYTES:
+    own = all((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))  # else optimum writes them
+    if not own or weights < BACKGROUND_BYTES:
         return False
     (files := Path(workdir) / "reference-files").mkdir(parents=True, exist_ok=True)
     copy_model_files(folder, files)

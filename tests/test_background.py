@@ -70,12 +70,13 @@ def test_the_reference_computed_in_the_worker_is_the_one_the_tuner_computes(tiny
     here = reference_outputs(ckpt, data, export(ckpt, tmp_path / "fp32", check=False).model_dir, 2)
     assert all(np.array_equal(a, b) for a, b in zip(early.values, here.values)) and early.entities == here.entities
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(early.logits, here.logits))
-    (no_tokenizer := tmp_path / "slow-only").mkdir()
-    for f in ckpt.path.iterdir():
-        if f.name != "tokenizer.json":
-            (no_tokenizer / f.name).write_bytes(f.read_bytes())
-    with BackgroundBuilds() as background:  # optimum writes the tokenizer.json the bundle uses: not known before
-        assert not start_reference(background, hub.resolve(str(no_tokenizer)), data, tmp_path / "work")
+    for missing in ("tokenizer.json", "tokenizer_config.json"):  # optimum writes the one the bundle uses: not known
+        (partial := tmp_path / f"without-{missing}").mkdir()                 # before the export
+        for f in ckpt.path.iterdir():
+            if f.name != missing:
+                (partial / f.name).write_bytes(f.read_bytes())
+        with BackgroundBuilds() as background:
+            assert not start_reference(background, hub.resolve(str(partial)), data, tmp_path / "work"), missing
 
 
 def test_optimize_validates_against_the_reference_from_the_worker(tiny_checkpoints, tmp_path, monkeypatch):
