@@ -96,22 +96,24 @@ class _Tuner:
     def build_early(self, config) -> None:
         """:meth:`build` ``config`` now, for the build of its trial to return (or raise its ``MultiverseError``):
         NNCF's calibration needs no reference, so it runs while the worker still computes that."""
+        key = config.model_dump_json()
         try:
-            self._early[config.model_dump_json()] = self.build(config)
+            self._early[key] = self.build(config)
         except MultiverseError as exc:
-            self._early[config.model_dump_json()] = exc
+            self._early[key] = exc
 
     def build(self, config) -> OnnxModel:
         """The graph of one candidate: ORT dynamic int8 of the fused graph (``QuantConfig``), or NNCF static int8
         of the exported graph as an OpenVINO IR (``OvInt8Config``, calibrated on ``ovtuning.calibration_set``)."""
-        if (early := self._early.pop(config.model_dump_json(), None)) is not None:
+        key = config.model_dump_json()  # what build_early and background.start_quantize keyed it by
+        if (early := self._early.pop(key, None)) is not None:
             if isinstance(early, MultiverseError):
                 raise early
             return early
         self._built += 1
         self.progress.activity(f"quantizing {config.label()}")
         if isinstance(config, QuantConfig):
-            built = self.background.take(config.model_dump_json())
+            built = self.background.take(key)
             return built or quantize_model(self._base_graph(config.smooth_alpha), self.workdir / f"q{self._built}",
                                            config)
         from .ovquant import quantize_ov
