@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Self
@@ -48,7 +49,8 @@ class BackgroundBuilds:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_init_worker)
         try:
-            self._futures[key] = self._pool.submit(fn, *args)
+            with _sigint_blocked():  # the first submit starts the worker, which inherits the mask
+                self._futures[key] = self._pool.submit(fn, *args)
         except BrokenProcessPool:  # it died while nothing was taken from it: the caller builds this itself
             self.broken = True
 
@@ -83,6 +85,24 @@ class BackgroundBuilds:
         self.close()
 
 
+@contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in the calling thread meanwhile (``pthread_sigmask``; a no-op where there is none). A process
+    started meanwhile inherits the mask through fork and exec, so Ctrl-C cannot interrupt the worker while it starts and
+    imports the build's main module, before :func:`_init_worker` ignores SIGINT; the build's own Ctrl-C stays pending
+    here and is delivered when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def in_worker_start() -> bool:
     """True while multiprocessing imports the main module in a new worker (``spawn``), as
     ``multiprocessing.spawn._check_not_importing_main`` tells it: a script without a main guard is running again."""
@@ -90,9 +110,10 @@ def in_worker_start() -> bool:
 
 
 def _init_worker() -> None:
-    """The worker's niceness: ``WORKER_NICENESS`` above the build's, where the OS has ``os.nice``. It ignores SIGINT:
-    Ctrl-C reaches the terminal's whole process group, and the build, unwinding, ends the worker (:meth:`close`);
-    a KeyboardInterrupt in the worker came back as a build's error, or printed its traceback into the build's output.
+    """The worker's niceness: ``WORKER_NICENESS`` above the build's, where the OS has ``os.nice``. It ignores SIGINT
+    (blocked until here, :func:`_sigint_blocked`): Ctrl-C reaches the terminal's whole process group, and the build,
+    unwinding, ends the worker (:meth:`close`); a KeyboardInterrupt in the worker came back as a build's error, or
+    printed its traceback into the build's output.
     It ends itself when the build's process ends without ending it (``kill -9``, the OOM killer): it holds both
     ends of its queues, so it never reads EOF there, and stayed blocked for good (idle, or writing a result).
     """
@@ -100,6 +121,8 @@ def _init_worker() -> None:
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the start (_sigint_blocked): a pending Ctrl-C is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(os, "nice"):
         os.nice(WORKER_NICENESS)
     parent = multiprocessing.parent_process()  # its sentinel becomes ready when the build's process ends

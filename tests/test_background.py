@@ -214,3 +214,42 @@ def test_the_worker_ends_when_the_build_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(worker, 9)  # the test's own orphan
     pytest.fail(f"worker {worker} still runs 30 s after its build was killed")
+
+
+def test_ctrl_c_while_the_worker_starts_prints_no_traceback(tmp_path):
+    """Ctrl-C reaches the worker before its initializer ignores SIGINT too: while the new interpreter starts and
+    imports the build's main module (here made slow, as a script importing torch is). It printed ``Process
+    SpawnProcess-1:`` and a KeyboardInterrupt traceback into the build's output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "starting.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from multiverse.background import BackgroundBuilds\n"
+        "if __name__ == '__mp_main__':  # spawn imports the main module under this name in the worker\n"
+        "    print('worker starting', flush=True)\n"
+        "    time.sleep(2)  # the worker imports this module: the window Ctrl-C falls in\n"
+        "def busy(*_):  # the build sees Ctrl-C when its C call (export, fusion) returns\n"
+        "    time.sleep(1)\n"
+        "    raise KeyboardInterrupt\n"
+        "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGINT, busy)\n"
+        "    try:\n"
+        "        with BackgroundBuilds() as background:\n"
+        "            background.submit('pid', os.getpid)\n"
+        "            print('worker', background.take('pid'), flush=True)\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted', flush=True)\n"
+        "        sys.exit(130)\n", encoding="utf-8")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,  # its own process group, as a terminal's job
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert process.stdout.readline().strip() == "worker starting"
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in out
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
