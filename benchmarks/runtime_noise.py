@@ -96,7 +96,8 @@ def build(work: Path, model: str) -> tuple[object, dict, str]:
     base = tgt.quantization.model_copy(update={"nodes_to_exclude": tuple(head_nodes(fused, tgt.quantization))})
     data = builtin(ckpt.task)
     src = pytorch_ir(ckpt.path, ckpt.task, exported, work / "ov-fp32")
-    static, dynamic = openvino_configs(src)[:2]
+    configs = openvino_configs(src)
+    static, dynamic = configs[0], next(c for c in configs if c.mode == "dynamic" and c.dynamic_group_size == 32)
     calib = calibration_feeds(Predictor(fused.path, fused.model_dir, ckpt.task, threads=2), data)
     models = {"ort " + base.label(): quantize(fused, work / "ort-int8", base),
               static.label(): quantize_ov(src, work / "ov-static", static, calib),
