@@ -11,12 +11,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:  # Ctrl-C while the console script imports this module (about 0.1 s): exit 130, no traceback, as later
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-from .errors import AccuracyGateError, Interrupted, MultiverseError, UsageError
+    from .errors import AccuracyGateError, Interrupted, MultiverseError, UsageError
+    from .extras import HINT, OPTIMIZE_MODULES
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 # rich_markup_mode=None: click's plain help, which shows flags as plain flags (typer's rich help renders
 # `--json <bool>` although `--json true` is a usage error) and prints usage errors as one plain line.
@@ -362,8 +366,6 @@ def image(
 
 def main() -> None:
     """Console-script entry point."""
-    from .extras import HINT, OPTIMIZE_MODULES
-
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover

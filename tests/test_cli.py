@@ -224,3 +224,26 @@ def test_no_quantize_is_a_deprecated_alias_that_refuses_a_conflicting_precision(
     r = run("optimize", tmp_path / "missing-model", "--no-quantize", "--precision", "int8", "--out", tmp_path / "out")
     assert r.exit_code == 2
     assert "conflicts with --precision int8" in r.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", ["typer", "extras"])
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(module, tmp_path):
+    """Ctrl-C in the first ~0.1 s (the console script importing ``multiverse.cli``: rich and typer; ``main`` importing
+    ``multiverse.extras``) printed a KeyboardInterrupt traceback and died by the signal. The interrupt is raised at the
+    import of ``module``, as a SIGINT arriving there raises it, in the console script's own two statements."""
+    script = ("import builtins\n"
+              "real = builtins.__import__\n"
+              "def fake(name, globals=None, locals=None, fromlist=(), level=0):\n"
+              f"    if name == {module!r}:\n"
+              "        raise KeyboardInterrupt\n"
+              "    return real(name, globals, locals, fromlist, level)\n"
+              "builtins.__import__ = fake\n"
+              "import sys\n"
+              "from multiverse.cli import main\n"
+              "sys.argv = ['multiverse', 'targets']\n"
+              "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 130, (done.returncode, done.stderr)
