@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .bundle_writer import copy_model_files, graph_files, readme_text, write_files
+from .bundle_writer import copy_model_files, fused_ops, graph_files, readme_text, write_files
 from .errors import BundleError, IsaMismatchError
 from .graphfiles import GraphFormatError, check_external_data, external_tensors, unsafe_location
 from .manifest import (DIGEST_KEY, MANIFEST, MODEL_FILE, REQUIRED_FILES, SCHEMA_VERSION, Manifest, SourceSpec,
@@ -287,7 +287,6 @@ class Inspection:
         run it."""
         b, m = self.bundle, self.bundle.manifest
         v, q = m.get("validation") or {}, m.get("quantization") or {}
-        fam = (m.get("fusion") or {}).get("families") or {}
         shipped = ((m.get("tuning") or {}).get("trials") or [{}])[(m.get("tuning") or {}).get("chosen") or 0]
         if self.problems:
             loads = "not tried (files are not intact)"
@@ -308,8 +307,7 @@ class Inspection:
              + (f", inference precision {b.inference_precision}" if b.runtime_name == "OpenVINO" else "")),
             ("precision", f"{m.get('precision')}" + (f": {shipped.get('label')}, {kept} node(s) kept in fp32"
                                                      if q and shipped.get("label") else "")),
-            ("fused ops", "none: an OpenVINO IR of the unfused export (OpenVINO fuses when it compiles)"
-             if b.runtime_name == "OpenVINO" else ", ".join(f"{k} {n}" for k, n in fam.items()) or "-"),
+            ("fused ops", fused_ops(m)),
             ("validation", f"{v.get('metric')} {v.get('optimised', float('nan')):.4f} vs reference "
                            f"{v.get('reference', float('nan')):.4f} on {v.get('dataset')} (n={v.get('n')}): "
                            f"{'passed' if v.get('passed') else 'FAILED'}"),

@@ -207,6 +207,19 @@ def _extra_checks(validation: dict) -> list[dict]:
             if c["name"] != metric and not c["name"].startswith("relative loss")]
 
 
+def fused_ops(manifest: dict[str, Any]) -> str:
+    """What the shipped graph fuses, in words (``inspect``, the bundle's README): ONNX Runtime's fused op families
+    with their counts (``fusion.families``, e.g. ``Attention 6, SkipLayerNormalization 12``), or for an OpenVINO IR
+    none, and which OpenVINO frontend read the model (``quantization.frontend``: ``pytorch``, the ``transformers``
+    model; ``onnx``, the unfused export); OpenVINO fuses when it compiles."""
+    m = manifest
+    if (((m.get("runtime") or {}).get("engine") or {}).get("name") or "onnxruntime") == "openvino":
+        source = ("the transformers model (OpenVINO's PyTorch frontend)"
+                  if (m.get("quantization") or {}).get("frontend") == "pytorch" else "the unfused ONNX export")
+        return f"none: an OpenVINO IR of {source}; OpenVINO fuses when it compiles"
+    return ", ".join(f"{k} {n}" for k, n in ((m.get("fusion") or {}).get("families") or {}).items()) or "-"
+
+
 def readme_text(manifest: dict[str, Any], name: str) -> str:
     """The bundle's ``README.md`` (Markdown) for the bundle folder ``name``, from its manifest.
 
@@ -250,8 +263,7 @@ Optimised by Multiverse {m['versions']['multiverse']} (`multiverse optimize`) fo
     f" (OpenVINO inference precision {(m.get('quantization') or {}).get('inference_precision', 'f32')})"
     if engine == 'openvino' else ''}; max sequence length {m.get('max_sequence_length')} tokens
 - Required CPU flags: {', '.join(tgt['required_flags']) or 'none'}
-- Fused ops: {'none (an OpenVINO IR of the unfused export: OpenVINO fuses when it compiles)' if engine == 'openvino'
-               else ', '.join(f'{k} {n}' for k, n in m['fusion']['families'].items())}
+- Fused ops: {fused_ops(m)}
 
 ## Accuracy ({v.get('dataset')}, {v.get('n')} examples, tolerance {v.get('tolerance')})
 

@@ -244,6 +244,7 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     every item is used (``subset_size = len(calibration)``); mode ``dynamic`` needs none. NNCF's progress and log lines go to stderr.
     Returns a new OnnxModel with ``path`` the IR, stage ``int8`` and ``quantization`` =
     ``{"runtime": "openvino", **config, "inference_precision": "f32", "calibration_size", "quantized_ops": {...}}``
+    (``calibration_size``: the batches NNCF calibrated on; 0 for ``dynamic``, which uses none)
     (``inference_precision``: what OpenVINO compiles the IR's other layers in, ``ovsession.precision_config``).
     Raises MissingExtraError without openvino/nncf; QuantizationError on an empty calibration set (static), an unknown
     ignored node, a NNCF failure or a result with nothing quantized.
@@ -277,7 +278,7 @@ def quantize_ov(model: OnnxModel, out_dir: str | Path, config: OvInt8Config,
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(out / IR_FILE), compress_to_fp16=False)  # int8 stays int8, the rest fp32
     info = {"runtime": "openvino", "frontend": frontend(ov_model), **config.model_dump(mode="json"),
-            "inference_precision": "f32", "calibration_size": len(calibration),
+            "inference_precision": "f32", "calibration_size": len(calibration) if config.mode == "static" else 0,
             "quantized_ops": counts, "versions": {"openvino": ov.__version__, "nncf": nncf.__version__}}
     return replace(model, path=out / IR_FILE, stage="int8", quantization=info)
 

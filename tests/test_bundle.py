@@ -269,3 +269,14 @@ def test_write_derives_readme_dockerfile_and_requirements_from_the_manifest(tiny
     text = (b.path / "README.md").read_text()
     assert text.startswith("# copy\n") and "onnxruntime 9.9.9" in text
     assert "(shipped)" not in text and "none passed the gate" in text
+
+
+def test_fused_ops_says_which_openvino_frontend_read_the_model():
+    from multiverse.bundle_writer import fused_ops
+
+    ov = {"runtime": {"engine": {"name": "openvino"}}, "fusion": {"families": {}}}
+    assert fused_ops({**ov, "quantization": {"frontend": "pytorch"}}) == (
+        "none: an OpenVINO IR of the transformers model (OpenVINO's PyTorch frontend); OpenVINO fuses when it compiles")
+    assert "of the unfused ONNX export;" in fused_ops({**ov, "quantization": {"frontend": "onnx"}})
+    ort = {"runtime": {"engine": {"name": "onnxruntime"}}, "fusion": {"families": {"Attention": 6, "Gelu": 6}}}
+    assert fused_ops(ort) == "Attention 6, Gelu 6"

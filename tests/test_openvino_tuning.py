@@ -48,7 +48,10 @@ def test_an_openvino_bundle_records_its_runtime_and_pins_it(ov_bundles):
     result = CliRunner().invoke(app, ["inspect", str(b.path)])
     assert result.exit_code == 0, result.output
     assert "OpenVINO" in result.output and "ov s8 static" in result.output
-    assert "none: an OpenVINO IR of the unfused export" in " ".join(result.output.split())
+    # where the IR came from: the PyTorch model (the manifest's quantization.frontend), not the ONNX export
+    said = " ".join(result.output.split())
+    assert "none: an OpenVINO IR of the transformers model (OpenVINO's PyTorch frontend)" in said
+    assert "OpenVINO's PyTorch frontend" in (b.path / "README.md").read_text()
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -119,8 +119,10 @@ def test_dynamic_mode_has_int8_weights_and_records_the_group_size(fp32, texts, t
 
     from multiverse.ovquant import int8_nodes, node_names, quantize_ov
 
-    q = quantize_ov(fp32, tmp_path / "dyn", OvInt8Config(mode="dynamic", dynamic_group_size=16), [])  # data-free
+    given = [e.arrays for e in _batches(fp32, texts[:4])]  # data-free: given batches are not used, and the manifest says none were
+    q = quantize_ov(fp32, tmp_path / "dyn", OvInt8Config(mode="dynamic", dynamic_group_size=16), given)
     assert q.quantization["mode"] == "dynamic" and q.quantization["quantized_ops"].get("FakeQuantize", 0) == 0
+    assert q.quantization["calibration_size"] == 0
     assert int8_nodes(q.path) == node_names(fp32)
     core = ov.Core()
     model = core.read_model(str(q.path))
