@@ -119,7 +119,7 @@ def test_dynamic_mode_has_int8_weights_and_records_the_group_size(fp32, texts, t
 
     from multiverse.ovquant import int8_nodes, node_names, quantize_ov
 
-    given = [e.arrays for e in _batches(fp32, texts[:4])]  # data-free: given batches are not used, and the manifest says none were
+    given = [e.arrays for e in _batches(fp32, texts[:4])]  # data-free: unused, and the manifest says so
     q = quantize_ov(fp32, tmp_path / "dyn", OvInt8Config(mode="dynamic", dynamic_group_size=16), given)
     assert q.quantization["mode"] == "dynamic" and q.quantization["quantized_ops"].get("FakeQuantize", 0) == 0
     assert q.quantization["calibration_size"] == 0
